@@ -1,0 +1,221 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use distlock::{
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
+    Release, ReleaseHub, ReleaseWatch,
+};
+use tokio::time::Instant;
+
+/// The smallest map size at which expired entries are swept.
+const MIN_SWEEP_LEN: usize = 1024;
+
+/// An in-process lock store; see the [crate docs](crate).
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    hub: ReleaseHub,
+}
+
+#[derive(Default)]
+struct State {
+    locks: HashMap<String, Entry>,
+    last_fence: u64,
+    sweep_at: usize,
+}
+
+struct Entry {
+    token: LockToken,
+    owner: Option<String>,
+    expires_at: Instant,
+    fence: u64,
+}
+
+impl State {
+    /// The live entry of `key`, dropping it if it has expired.
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut Entry> {
+        if self.locks.get(key).is_some_and(|e| e.expires_at <= now) {
+            self.locks.remove(key);
+        }
+        self.locks.get_mut(key)
+    }
+
+    /// Removes expired entries once the map has doubled since the last sweep,
+    /// which keeps the cost amortised O(1) per insert.
+    fn maybe_sweep(&mut self, now: Instant) {
+        if self.locks.len() < self.sweep_at.max(MIN_SWEEP_LEN) {
+            return;
+        }
+        self.locks.retain(|_, e| e.expires_at > now);
+        self.sweep_at = self.locks.len() * 2;
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Test hook: ends the lease on `key` now, as if its TTL had run out,
+    /// without notifying waiters. Returns whether a live lease was ended.
+    pub fn expire_now(&self, key: &LockKey) -> bool {
+        let now = Instant::now();
+        self.state().live(key.encoded(), now).is_some_and(|e| {
+            e.expires_at = now;
+            true
+        })
+    }
+
+    /// Test hook: how many entries the store keeps, expired ones not yet
+    /// swept included.
+    pub fn stored_entries(&self) -> usize {
+        self.state().locks.len()
+    }
+
+    /// Test hook: how many waiters are registered for release notifications.
+    pub fn registered_waiters(&self) -> usize {
+        self.inner.hub.watcher_count()
+    }
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.stored_entries())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_fencing(true)
+            .with_release_notify(true)
+            .with_tokio_clock(true)
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        if let Some(held) = state.live(key.encoded(), now) {
+            return Ok(Acquire::Held {
+                remaining: Some(held.expires_at - now),
+            });
+        }
+        state.last_fence += 1;
+        let fence = state.last_fence;
+        state.locks.insert(
+            key.encoded().to_owned(),
+            Entry {
+                token: token.clone(),
+                owner: owner.map(str::to_owned),
+                expires_at: now + ttl,
+                fence,
+            },
+        );
+        state.maybe_sweep(now);
+        Ok(Acquire::Acquired { fence })
+    }
+
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        Ok(match state.live(key.encoded(), now) {
+            Some(e) if e.token == *token => {
+                e.expires_at = now + ttl;
+                Extend::Extended
+            }
+            _ => Extend::NotHeld,
+        })
+    }
+
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        let now = Instant::now();
+        let released = {
+            let mut state = self.state();
+            let ours = state
+                .live(key.encoded(), now)
+                .is_some_and(|e| e.token == *token);
+            if ours {
+                state.locks.remove(key.encoded());
+            }
+            ours
+        };
+        Ok(if released {
+            self.inner.hub.notify(key.encoded());
+            Release::Released
+        } else {
+            Release::NotHeld
+        })
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        Ok(match state.live(key.encoded(), now) {
+            Some(e) => LockInfo::held(e.owner.clone(), Some(e.expires_at - now), Some(e.fence)),
+            None => LockInfo::free(None),
+        })
+    }
+
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(Some(self.inner.hub.watch(key)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> LockKey {
+        LockKey::new("", name).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_million_expired_names_do_not_stay_in_memory() {
+        let backend = MemoryBackend::new();
+        let token = LockToken::generate();
+        let ttl = Duration::from_secs(1);
+        for i in 0..1_000_000u32 {
+            let k = key(&i.to_string());
+            let out = backend.try_acquire(&k, &token, ttl, None).await.unwrap();
+            assert!(matches!(out, Acquire::Acquired { .. }));
+            if i % 10_000 == 9_999 {
+                tokio::time::advance(Duration::from_secs(2)).await;
+            }
+        }
+        assert!(
+            backend.stored_entries() < 50_000,
+            "{} entries kept",
+            backend.stored_entries()
+        );
+        assert_eq!(backend.state().last_fence, 1_000_000);
+    }
+}

@@ -1,0 +1,182 @@
+//! Errors returned to applications and by backends.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong when taking, extending or releasing a lock.
+///
+/// A lock that someone else holds is **not** an error: [`Locker::try_lock`]
+/// returns `Ok(None)` for it. Only waiting that runs out of time is
+/// ([`LockError::TimedOut`]).
+///
+/// [`Locker::try_lock`]: crate::Locker::try_lock
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// [`Locker::lock`](crate::Locker::lock) waited for the whole wait timeout
+    /// and the lock stayed held by someone else.
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
+    TimedOut {
+        /// The lock name.
+        name: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
+    /// The lock is no longer ours: its lease expired, or another owner took
+    /// it. Work that needs the lock must stop.
+    #[error("lock {name:?} is no longer held by this owner (expired or taken over)")]
+    NotHeld {
+        /// The lock name.
+        name: String,
+    },
+    /// The lock name is unusable (empty, too long, not UTF-8, contains NUL).
+    #[error("invalid lock name: {reason}")]
+    InvalidName {
+        /// Why the name was refused.
+        reason: String,
+    },
+    /// A TTL outside [`MIN_TTL`](crate::MIN_TTL)..=[`MAX_TTL`](crate::MAX_TTL).
+    #[error("invalid TTL {ttl:?}: {reason}")]
+    InvalidTtl {
+        /// The TTL that was refused.
+        ttl: Duration,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Any other option or configuration value is unusable.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The backend failed; the lock state on the server is unknown or unchanged.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl LockError {
+    /// True when retrying the same call later may succeed: a transient backend
+    /// error, or a wait that timed out.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LockError::TimedOut { .. } => true,
+            LockError::Backend(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// The backend error, if this is one.
+    pub fn backend_error(&self) -> Option<&BackendError> {
+        match self {
+            LockError::Backend(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of failure a [`BackendError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The server could not be reached, or the connection broke (transient).
+    Unavailable,
+    /// The server did not answer within the configured timeout (transient).
+    Timeout,
+    /// Every pooled connection was busy for the whole pool wait timeout
+    /// (transient).
+    PoolExhausted,
+    /// The credentials were refused.
+    Auth,
+    /// The credentials were accepted but lack a permission (e.g. a Redis ACL).
+    Permission,
+    /// A key the lock uses holds data of another type (Redis `WRONGTYPE`).
+    WrongType,
+    /// The backend's configuration is unusable (bad URL, bad pool settings).
+    Config,
+    /// The server answered something this backend does not understand.
+    Protocol,
+    /// Anything else.
+    Other,
+}
+
+impl BackendErrorKind {
+    /// True for kinds where a retry may succeed without changing anything.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            BackendErrorKind::Unavailable
+                | BackendErrorKind::Timeout
+                | BackendErrorKind::PoolExhausted
+        )
+    }
+}
+
+impl fmt::Display for BackendErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendErrorKind::Unavailable => "backend unavailable",
+            BackendErrorKind::Timeout => "backend timed out",
+            BackendErrorKind::PoolExhausted => "connection pool exhausted",
+            BackendErrorKind::Auth => "authentication failed",
+            BackendErrorKind::Permission => "permission denied",
+            BackendErrorKind::WrongType => "key holds the wrong type",
+            BackendErrorKind::Config => "invalid backend configuration",
+            BackendErrorKind::Protocol => "unexpected backend reply",
+            BackendErrorKind::Other => "backend error",
+        })
+    }
+}
+
+/// A failure inside a backend, with its [`kind`](BackendError::kind) and the
+/// underlying error as [`source`](StdError::source).
+#[derive(Debug)]
+pub struct BackendError {
+    kind: BackendErrorKind,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A new error of `kind` with a message for humans. The message must not
+    /// contain secrets (passwords, full tokens).
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+
+    /// True when a retry may succeed (see [`BackendErrorKind::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+
+    /// The message, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl StdError for BackendError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}

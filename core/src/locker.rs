@@ -1,0 +1,309 @@
+//! The application-facing entry point.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::backend::{Acquire, LockBackend, LockInfo, Release};
+use crate::error::LockError;
+use crate::guard::{Lease, LockGuard};
+use crate::key::LockKey;
+use crate::options::LockOptions;
+use crate::releaser::{PendingRelease, Releaser};
+use crate::token::LockToken;
+use crate::wait::{Backoff, Turns};
+
+/// Takes named locks through a backend. Cheap to clone; clones share the
+/// backend, the background release task and the queue of local waiters.
+///
+/// Every lock name lives in the locker's namespace ([`Locker::with_prefix`]):
+/// lockers with different prefixes never share a lock, even on one backend.
+///
+/// ```
+/// use distlock::Locker;
+/// use distlock_memory::MemoryBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), distlock::LockError> {
+/// let locker = Locker::new(MemoryBackend::new()).with_prefix("billing")?;
+///
+/// let guard = locker.try_lock("invoice:42").await?.expect("nobody holds it yet");
+/// assert!(locker.try_lock("invoice:42").await?.is_none(), "held: not an error");
+/// println!("fencing token {}", guard.fence());
+/// guard.release().await?;
+///
+/// let total = locker.with_lock("nightly-report", |lease| async move {
+///     // ... work that must not run twice at once; pass lease.fence() along ...
+///     lease.fence()
+/// }).await?;
+/// assert!(total > 0);
+/// # Ok(()) }
+/// ```
+pub struct Locker<B: LockBackend> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    backend: Arc<B>,
+    dyn_backend: Arc<dyn LockBackend>,
+    prefix: String,
+    defaults: LockOptions,
+    releaser: Releaser,
+    turns: Arc<Turns>,
+}
+
+impl<B: LockBackend> Clone for Locker<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B: LockBackend> std::fmt::Debug for Locker<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Locker")
+            .field("prefix", &self.inner.prefix)
+            .field("defaults", &self.inner.defaults)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: LockBackend> Locker<B> {
+    /// A locker with no prefix and default [`LockOptions`].
+    pub fn new(backend: B) -> Self {
+        Self::build(Arc::new(backend), String::new(), LockOptions::default())
+    }
+
+    /// A locker over a backend that is shared with other code.
+    pub fn from_arc(backend: Arc<B>) -> Self {
+        Self::build(backend, String::new(), LockOptions::default())
+    }
+
+    fn build(backend: Arc<B>, prefix: String, defaults: LockOptions) -> Self {
+        let dyn_backend: Arc<dyn LockBackend> = backend.clone();
+        Self {
+            inner: Arc::new(Inner {
+                releaser: Releaser::new(dyn_backend.clone()),
+                backend,
+                dyn_backend,
+                prefix,
+                defaults,
+                turns: Arc::default(),
+            }),
+        }
+    }
+
+    /// The same backend with names in the namespace `prefix` (at most
+    /// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) bytes, no NUL).
+    pub fn with_prefix(self, prefix: impl Into<String>) -> Result<Self, LockError> {
+        let prefix = prefix.into();
+        LockKey::validate_prefix(&prefix)?;
+        Ok(Self::build(
+            self.inner.backend.clone(),
+            prefix,
+            self.inner.defaults.clone(),
+        ))
+    }
+
+    /// The same backend and prefix with other default options (validated).
+    pub fn with_defaults(self, defaults: LockOptions) -> Result<Self, LockError> {
+        defaults.validate()?;
+        Ok(Self::build(
+            self.inner.backend.clone(),
+            self.inner.prefix.clone(),
+            defaults,
+        ))
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    /// The namespace prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The default options of every call without `_with`.
+    pub fn defaults(&self) -> &LockOptions {
+        &self.inner.defaults
+    }
+
+    /// The backend key for `name` in this locker's namespace.
+    pub fn key(&self, name: impl AsRef<[u8]>) -> Result<LockKey, LockError> {
+        LockKey::new(&self.inner.prefix, name)
+    }
+
+    /// One attempt with the default options: `Ok(Some(guard))` if the lock
+    /// was free, `Ok(None)` if somebody holds it (including this process).
+    pub async fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
+        self.try_lock_with(name, &self.inner.defaults).await
+    }
+
+    /// [`Locker::try_lock`] with other options.
+    pub async fn try_lock_with(
+        &self,
+        name: impl AsRef<[u8]>,
+        opts: &LockOptions,
+    ) -> Result<Option<LockGuard>, LockError> {
+        opts.validate()?;
+        let key = self.key(name)?;
+        match self.attempt(&key, opts).await? {
+            Ok(guard) => Ok(Some(guard)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits for the lock with the default options, up to their
+    /// `wait_timeout`, then gives up with [`LockError::TimedOut`].
+    ///
+    /// Waiting is event-driven where the backend notifies releases
+    /// ([`Capabilities::release_notify`](crate::Capabilities)); between
+    /// events, and on other backends, it retries with exponential backoff and
+    /// full jitter, never sleeping past the holder's remaining lease. Tasks
+    /// of one `Locker` waiting for the same name queue first-come
+    /// first-served, and only the first of them queries the backend.
+    ///
+    /// Cancel safe: dropping the future at any point leaves no lock held (an
+    /// acquisition that was in flight is released in the background) and no
+    /// waiter registered.
+    pub async fn lock(&self, name: impl AsRef<[u8]>) -> Result<LockGuard, LockError> {
+        self.lock_with(name, &self.inner.defaults).await
+    }
+
+    /// [`Locker::lock`] with other options.
+    pub async fn lock_with(
+        &self,
+        name: impl AsRef<[u8]>,
+        opts: &LockOptions,
+    ) -> Result<LockGuard, LockError> {
+        opts.validate()?;
+        let key = self.key(name)?;
+        let started = Instant::now();
+        let deadline = started + opts.wait_timeout;
+        let timed_out = || LockError::TimedOut {
+            name: key.name().to_owned(),
+            waited: started.elapsed(),
+        };
+
+        let turn = self.inner.turns.enter(key.encoded());
+        let _turn = tokio::time::timeout_at(deadline, turn)
+            .await
+            .map_err(|_| timed_out())?;
+        let mut watch = None;
+        let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
+        loop {
+            let remaining = match self.attempt(&key, opts).await? {
+                Ok(guard) => return Ok(guard),
+                Err(remaining) => remaining,
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(timed_out());
+            }
+            if watch.is_none() {
+                // Register before the next attempt so no release is missed;
+                // an immediate retry covers a release in between.
+                watch = self.inner.backend.watch(&key).await?;
+                if watch.is_some() {
+                    continue;
+                }
+            }
+            let mut delay = backoff.next_delay();
+            if let Some(remaining) = remaining {
+                delay = delay.min(remaining + Duration::from_millis(1));
+            }
+            let wake_at = deadline.min(now + delay);
+            match watch.as_mut() {
+                Some(w) => {
+                    tokio::select! {
+                        _ = w.released() => {}
+                        _ = tokio::time::sleep_until(wake_at) => {}
+                    }
+                }
+                None => tokio::time::sleep_until(wake_at).await,
+            }
+        }
+    }
+
+    /// Runs `f` while holding the lock (waiting as [`Locker::lock`] does),
+    /// then releases it, also when `f` panics (the guard is dropped while
+    /// unwinding and released in the background).
+    ///
+    /// `f` gets a [`Lease`] to check for loss and to read the fencing token.
+    /// If the lock turned out to be lost when `f` finished, the result is
+    /// [`LockError::NotHeld`]: `f` ran, but exclusion was not guaranteed
+    /// until its end.
+    pub async fn with_lock<F, Fut, T>(&self, name: impl AsRef<[u8]>, f: F) -> Result<T, LockError>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.with_lock_opts(name, &self.inner.defaults, f).await
+    }
+
+    /// [`Locker::with_lock`] with other options.
+    pub async fn with_lock_opts<F, Fut, T>(
+        &self,
+        name: impl AsRef<[u8]>,
+        opts: &LockOptions,
+        f: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.lock_with(name, opts).await?;
+        let value = f(guard.lease()).await;
+        let name = guard.name().to_owned();
+        match guard.release().await {
+            Ok(Release::Released) => Ok(value),
+            Ok(Release::NotHeld) => Err(LockError::NotHeld { name }),
+            Err(e) => {
+                // The release is retried in the background; the work is done.
+                tracing::warn!(lock = %name, error = %e, "release after with_lock failed");
+                Ok(value)
+            }
+        }
+    }
+
+    /// The backend's view of a lock, for debugging.
+    pub async fn inspect(&self, name: impl AsRef<[u8]>) -> Result<LockInfo, LockError> {
+        let key = self.key(name)?;
+        Ok(self.inner.backend.inspect(&key).await?)
+    }
+
+    /// One acquisition attempt: the guard, or the holder's remaining lease.
+    async fn attempt(
+        &self,
+        key: &LockKey,
+        opts: &LockOptions,
+    ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
+        let inner = &self.inner;
+        let token = LockToken::generate();
+        let sent_at = Instant::now();
+        // If this future is dropped mid-call, or the call fails after the
+        // server may have taken the lock, release in the background.
+        let pending = PendingRelease::arm(&inner.releaser, key, &token);
+        let outcome = inner
+            .backend
+            .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())
+            .await?;
+        pending.disarm();
+        Ok(match outcome {
+            Acquire::Acquired { fence } => Ok(LockGuard::new(
+                key.clone(),
+                token,
+                fence,
+                sent_at,
+                opts,
+                inner.dyn_backend.clone(),
+                inner.releaser.clone(),
+            )),
+            Acquire::Held { remaining } => Err(remaining),
+        })
+    }
+}

@@ -1,0 +1,79 @@
+//! Owner tokens: the secret that proves a lease is ours.
+
+use std::fmt;
+
+/// The random secret that identifies one acquisition of a lock.
+///
+/// A new token is drawn for every acquisition from a cryptographically secure
+/// generator (`rand`'s thread-local ChaCha generator, seeded from the operating
+/// system). It holds 128 bits, so another client cannot guess it, and a
+/// stale holder's token never equals a newer holder's.
+///
+/// `Debug` and `Display` show only the first four hex digits, so tokens do not
+/// leak into logs; backends use [`LockToken::as_hex`] to store it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LockToken {
+    hex: String,
+}
+
+impl LockToken {
+    /// Draws a new random token.
+    pub fn generate() -> Self {
+        Self::from_u128(rand::random::<u128>())
+    }
+
+    /// Builds a token from a known value. Meant for tests and backend authors
+    /// who need a second, different token; applications never need it.
+    pub fn from_u128(value: u128) -> Self {
+        Self {
+            hex: format!("{value:032x}"),
+        }
+    }
+
+    /// The full token as 32 lowercase hex digits, as backends store it.
+    ///
+    /// This is the secret itself: do not log it.
+    pub fn as_hex(&self) -> &str {
+        &self.hex
+    }
+
+    /// A short, non-secret prefix for logs and debugging.
+    pub fn short(&self) -> &str {
+        &self.hex[..4]
+    }
+}
+
+impl fmt::Debug for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LockToken({}…)", self.short())
+    }
+}
+
+impl fmt::Display for LockToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}…", self.short())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_128_bits_and_distinct() {
+        let a = LockToken::generate();
+        let b = LockToken::generate();
+        assert_eq!(a.as_hex().len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn debug_and_display_never_show_the_whole_token() {
+        let t = LockToken::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        for shown in [format!("{t:?}"), format!("{t}"), format!("{t:#?}")] {
+            assert!(!shown.contains(t.as_hex()), "{shown}");
+            assert!(!shown.contains("89abcdef"), "{shown}");
+            assert!(shown.contains("0123"), "{shown}");
+        }
+    }
+}
