@@ -1,1 +1,1 @@
-//! Examples.
+//! Runnable examples for distlock; see the binaries in `src/bin`.
