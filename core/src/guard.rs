@@ -1,11 +1,12 @@
 //! The guard that represents a held lock, and the lease view shared with
 //! code inside the critical section.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Extend, LockBackend, Release};
 use crate::error::LockError;
@@ -14,18 +15,40 @@ use crate::options::{validate_ttl, LockOptions, MIN_TTL};
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
 
+/// The lease is (as far as we know) ours.
+const HELD: u8 = 0;
+/// The lock was found taken away, or the deadline passed.
+const LOST: u8 = 1;
+/// The owner released or dropped the guard.
+const ENDED: u8 = 2;
+
 /// State shared by a guard, its [`Lease`] clones and its renewal task.
 struct LeaseState {
     key: LockKey,
     fence: u64,
     valid_until: Mutex<Instant>,
-    /// Cancelled when the lock was found taken away or the deadline passed.
-    lost: CancellationToken,
-    /// Cancelled when the guard was released or dropped by its owner.
-    ended: CancellationToken,
+    /// HELD, then LOST or ENDED; never changes after that.
+    status: AtomicU8,
+    /// Woken when `status` leaves HELD.
+    changed: Notify,
 }
 
 impl LeaseState {
+    fn status(&self) -> u8 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// Moves from HELD to `to`; later moves are ignored.
+    fn settle(&self, to: u8) {
+        if self
+            .status
+            .compare_exchange(HELD, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.changed.notify_waiters();
+        }
+    }
+
     fn valid_until(&self) -> Instant {
         *self
             .valid_until
@@ -41,9 +64,7 @@ impl LeaseState {
     }
 
     fn mark_lost(&self) {
-        if !self.ended.is_cancelled() {
-            self.lost.cancel();
-        }
+        self.settle(LOST);
     }
 }
 
@@ -89,17 +110,13 @@ impl Lease {
     /// True once the lease is known lost: renewal found the lock taken away,
     /// or the validity deadline passed. Always false after a normal release.
     pub fn is_lost(&self) -> bool {
-        if self.state.ended.is_cancelled() {
-            return false;
+        match self.state.status() {
+            HELD if Instant::now() >= self.valid_until() => {
+                self.state.mark_lost();
+                self.state.status() == LOST
+            }
+            status => status == LOST,
         }
-        if self.state.lost.is_cancelled() {
-            return true;
-        }
-        if Instant::now() >= self.valid_until() {
-            self.state.mark_lost();
-            return true;
-        }
-        false
     }
 
     /// Completes when the lease is lost (see [`Lease::is_lost`]), at the
@@ -107,18 +124,17 @@ impl Lease {
     /// completes if the guard is released or dropped first. Cancel safe.
     pub async fn lost(&self) {
         loop {
-            if self.state.ended.is_cancelled() {
-                return std::future::pending().await;
+            let changed = self.state.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.state.status() {
+                LOST => return,
+                ENDED => return std::future::pending().await,
+                _ => {}
             }
             let deadline = self.valid_until();
             tokio::select! {
-                _ = self.state.lost.cancelled() => {
-                    if self.state.ended.is_cancelled() {
-                        return std::future::pending().await;
-                    }
-                    return;
-                }
-                _ = self.state.ended.cancelled() => return std::future::pending().await,
+                _ = changed => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     if Instant::now() >= self.valid_until() {
                         self.state.mark_lost();
@@ -181,8 +197,8 @@ impl LockGuard {
             key,
             fence,
             valid_until: Mutex::new(deadline(sent_at, opts.ttl)),
-            lost: CancellationToken::new(),
-            ended: CancellationToken::new(),
+            status: AtomicU8::new(HELD),
+            changed: Notify::new(),
         });
         releaser.ensure_started();
         let renewal = opts.auto_renew.then(|| {
@@ -243,7 +259,7 @@ impl LockGuard {
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         validate_ttl(ttl)?;
         let state = &self.lease.state;
-        if state.lost.is_cancelled() {
+        if state.status() == LOST {
             return Err(self.not_held());
         }
         let sent_at = Instant::now();
@@ -287,7 +303,7 @@ impl LockGuard {
         if std::mem::replace(&mut self.finished, true) {
             return true;
         }
-        self.lease.state.ended.cancel();
+        self.lease.state.settle(ENDED);
         if let Some(task) = self.renewal.take() {
             task.abort();
         }

@@ -1,6 +1,7 @@
 //! The one background task per [`Locker`](crate::Locker) that releases
 //! dropped guards.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ struct Job {
 pub(crate) struct Releaser {
     tx: mpsc::UnboundedSender<Job>,
     rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<Job>>>>,
+    started: Arc<AtomicBool>,
     backend: Arc<dyn LockBackend>,
 }
 
@@ -35,6 +37,7 @@ impl Releaser {
         Self {
             tx,
             rx: Arc::new(Mutex::new(Some(rx))),
+            started: Arc::default(),
             backend,
         }
     }
@@ -42,6 +45,9 @@ impl Releaser {
     /// Starts the background task if it is not running yet. Called whenever a
     /// guard is created, which always happens inside a tokio runtime.
     pub(crate) fn ensure_started(&self) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
         let mut slot = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             return;
@@ -51,6 +57,7 @@ impl Releaser {
         };
         if let Some(rx) = slot.take() {
             handle.spawn(run(rx, self.backend.clone()));
+            self.started.store(true, Ordering::Release);
         }
     }
 
@@ -100,14 +107,14 @@ async fn release(backend: Arc<dyn LockBackend>, job: Job) {
 /// cancelling the caller's future never leaves a lock held.
 pub(crate) struct PendingRelease<'a> {
     releaser: &'a Releaser,
-    job: Option<(LockKey, LockToken)>,
+    job: Option<(&'a LockKey, &'a LockToken)>,
 }
 
 impl<'a> PendingRelease<'a> {
-    pub(crate) fn arm(releaser: &'a Releaser, key: &LockKey, token: &LockToken) -> Self {
+    pub(crate) fn arm(releaser: &'a Releaser, key: &'a LockKey, token: &'a LockToken) -> Self {
         Self {
             releaser,
-            job: Some((key.clone(), token.clone())),
+            job: Some((key, token)),
         }
     }
 
@@ -119,7 +126,7 @@ impl<'a> PendingRelease<'a> {
 impl Drop for PendingRelease<'_> {
     fn drop(&mut self) {
         if let Some((key, token)) = self.job.take() {
-            self.releaser.submit(key, token);
+            self.releaser.submit(key.clone(), token.clone());
         }
     }
 }

@@ -13,7 +13,8 @@ use std::fmt;
 /// leak into logs; backends use [`LockToken::as_hex`] to store it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LockToken {
-    hex: String,
+    /// 32 lowercase ASCII hex digits, kept inline: no allocation per lock.
+    hex: [u8; 32],
 }
 
 impl LockToken {
@@ -25,21 +26,25 @@ impl LockToken {
     /// Builds a token from a known value. Meant for tests and backend authors
     /// who need a second, different token; applications never need it.
     pub fn from_u128(value: u128) -> Self {
-        Self {
-            hex: format!("{value:032x}"),
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 32];
+        for (i, digit) in hex.iter_mut().enumerate() {
+            *digit = DIGITS[((value >> (124 - 4 * i)) & 0xf) as usize];
         }
+        Self { hex }
     }
 
     /// The full token as 32 lowercase hex digits, as backends store it.
     ///
     /// This is the secret itself: do not log it.
     pub fn as_hex(&self) -> &str {
-        &self.hex
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.hex).unwrap_or_default()
     }
 
     /// A short, non-secret prefix for logs and debugging.
     pub fn short(&self) -> &str {
-        &self.hex[..4]
+        &self.as_hex()[..4]
     }
 }
 
@@ -64,6 +69,10 @@ mod tests {
         let a = LockToken::generate();
         let b = LockToken::generate();
         assert_eq!(a.as_hex().len(), 32);
+        assert_eq!(
+            LockToken::from_u128(0xabc).as_hex(),
+            "00000000000000000000000000000abc"
+        );
         assert_ne!(a, b);
     }
 
