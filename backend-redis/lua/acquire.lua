@@ -1,0 +1,23 @@
+-- distlock acquire: one round trip.
+-- KEYS[1] lock key, KEYS[2] fence key, KEYS[3] owner key
+-- ARGV[1] token, ARGV[2] ttl in ms, ARGV[3] owner label (absent: no label)
+-- Returns {1, fence} when acquired, {0, pttl} when held (pttl < 0: no expiry).
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local t = redis.call('TYPE', KEYS[1])['ok']
+  if t ~= 'string' then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' holds a ' .. t .. ', not a lock')
+  end
+  return {0, redis.call('PTTL', KEYS[1])}
+end
+local fence = redis.pcall('INCR', KEYS[2])
+if type(fence) == 'table' and fence['err'] then
+  -- Undo: Redis does not roll a script back on error.
+  redis.call('DEL', KEYS[1])
+  return redis.error_reply('WRONGTYPE key ' .. KEYS[2] .. ' does not hold a fencing counter')
+end
+if ARGV[3] then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+else
+  redis.call('DEL', KEYS[3])
+end
+return {1, fence}

@@ -1,0 +1,245 @@
+//! Connection settings, loadable from configuration files.
+
+use std::fmt;
+use std::time::Duration;
+
+use distlock::BackendError;
+use serde::{Deserialize, Serialize};
+
+use crate::errors::config;
+use crate::keys::{KeyLayout, DEFAULT_KEY_PREFIX};
+
+/// Default [`RedisConfig::pool_size`].
+pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Default [`RedisConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default [`RedisConfig::command_timeout`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default [`RedisConfig::pool_wait_timeout`].
+pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How [`RedisBackend`](crate::RedisBackend) reaches Redis.
+///
+/// Only `url` is required; durations are human-readable and unknown fields
+/// are rejected:
+///
+/// ```
+/// use std::time::Duration;
+/// use distlock_redis::RedisConfig;
+///
+/// let config: RedisConfig = toml::from_str(r#"
+///     url = "redis://locker:s3cret@redis.internal:6380/2"
+///     key_prefix = "myapp:locks:"
+///     pool_size = 32
+///     command_timeout = "500ms"
+/// "#).unwrap();
+/// assert_eq!(config.command_timeout, Duration::from_millis(500));
+/// assert_eq!(config.connect_timeout, Duration::from_secs(2)); // the default
+/// config.validate().unwrap();
+///
+/// // The password never shows in logs.
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// assert!(!config.to_string().contains("s3cret"));
+///
+/// assert!(toml::from_str::<RedisConfig>("url = \"redis://h\"\npool_sise = 3").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://…` for
+    /// TLS. A user name selects a Redis ACL user; the password is never
+    /// shown by `Debug` or `Display`.
+    pub url: String,
+    /// Prepended to every key and to the release channel. Default
+    /// `"distlock:"`; must not contain `{` or `}`.
+    #[serde(default = "default_prefix")]
+    pub key_prefix: String,
+    /// The most connections the pool opens. Default 16.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long opening a connection (TCP, TLS, AUTH) may take. Default 2 s.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long one command (one lock operation) may wait for its answer.
+    /// Default 2 s.
+    #[serde(default = "default_command_timeout", with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How long a call waits for a free pooled connection when all are busy
+    /// before it fails with `PoolExhausted`. Default 1 s.
+    #[serde(default = "default_pool_wait_timeout", with = "humantime_serde")]
+    pub pool_wait_timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    DEFAULT_KEY_PREFIX.to_owned()
+}
+fn default_pool_size() -> usize {
+    DEFAULT_POOL_SIZE
+}
+fn default_connect_timeout() -> Duration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+fn default_command_timeout() -> Duration {
+    DEFAULT_COMMAND_TIMEOUT
+}
+fn default_pool_wait_timeout() -> Duration {
+    DEFAULT_POOL_WAIT_TIMEOUT
+}
+
+impl RedisConfig {
+    /// The defaults, with `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: default_prefix(),
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            pool_wait_timeout: DEFAULT_POOL_WAIT_TIMEOUT,
+        }
+    }
+
+    /// Sets [`key_prefix`](RedisConfig::key_prefix).
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`pool_size`](RedisConfig::pool_size).
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Sets [`connect_timeout`](RedisConfig::connect_timeout).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`command_timeout`](RedisConfig::command_timeout).
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Sets [`pool_wait_timeout`](RedisConfig::pool_wait_timeout).
+    pub fn with_pool_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_wait_timeout = timeout;
+        self
+    }
+
+    /// Checks every field (the URL is parsed, not connected to); errors are
+    /// of kind [`Config`](distlock::BackendErrorKind::Config).
+    pub fn validate(&self) -> Result<(), BackendError> {
+        self.connection_info()?;
+        KeyLayout::new(&self.key_prefix)?;
+        if self.pool_size == 0 {
+            return Err(config("pool_size must be at least 1"));
+        }
+        for (name, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+            ("pool_wait_timeout", self.pool_wait_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(config(format!("{name} must be more than zero")));
+            }
+            if value > Duration::from_secs(24 * 60 * 60) {
+                return Err(config(format!("{name} must be at most 24 hours")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Parses the URL.
+    pub(crate) fn connection_info(&self) -> Result<redis::ConnectionInfo, BackendError> {
+        use redis::IntoConnectionInfo;
+        self.url.as_str().into_connection_info().map_err(|e| {
+            config(format!(
+                "invalid Redis URL {}: {}",
+                self.redacted_url(),
+                e.detail().unwrap_or("cannot be parsed")
+            ))
+        })
+    }
+}
+
+/// `url` with any password replaced by `***`; unparseable URLs are not shown.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return "<url hidden>".to_owned();
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable url hidden>".to_owned(),
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &self.redacted_url())
+            .field("key_prefix", &self.key_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .finish()
+    }
+}
+
+/// Shows the redacted URL.
+impl fmt::Display for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted_url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use distlock::BackendErrorKind;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let c = RedisConfig::new("rediss://user:hunter2@example.com:6380/3");
+        for shown in [format!("{c:?}"), c.to_string(), format!("{c:#?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("user:***@example.com"), "{shown}");
+        }
+        assert!(!redact("redis://:p%40ss@[::1").contains("p%40ss"));
+    }
+
+    #[test]
+    fn bad_values_are_config_errors() {
+        let bad = [
+            RedisConfig::new("http://localhost"),
+            RedisConfig::new("not a url"),
+            RedisConfig::new("redis://localhost").with_pool_size(0),
+            RedisConfig::new("redis://localhost").with_key_prefix("a{b}"),
+            RedisConfig::new("redis://localhost").with_command_timeout(Duration::ZERO),
+        ];
+        for c in bad {
+            assert_eq!(c.validate().unwrap_err().kind(), BackendErrorKind::Config, "{c:?}");
+        }
+        RedisConfig::new("redis://u:p@localhost:1/2").validate().unwrap();
+        RedisConfig::new("rediss://localhost").validate().unwrap();
+    }
+
+    #[test]
+    fn loads_from_json_with_defaults() {
+        let c: RedisConfig =
+            serde_json::from_str(r#"{"url":"redis://h","pool_wait_timeout":"250ms"}"#).unwrap();
+        assert_eq!(c.pool_wait_timeout, Duration::from_millis(250));
+        assert_eq!(c.key_prefix, "distlock:");
+        assert!(serde_json::from_str::<RedisConfig>(r#"{"pool_size":3}"#).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! Turning Redis, pool and timeout failures into typed [`BackendError`]s.
+
+use std::time::Duration;
+
+use deadpool_redis::{PoolError, TimeoutType};
+use distlock::{BackendError, BackendErrorKind};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// The kind of a Redis client or server error.
+pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
+    match err.code() {
+        Some("WRONGPASS" | "NOAUTH") => return BackendErrorKind::Auth,
+        Some("NOPERM") => return BackendErrorKind::Permission,
+        Some("WRONGTYPE") => return BackendErrorKind::WrongType,
+        _ => {}
+    }
+    if err.is_timeout() {
+        return BackendErrorKind::Timeout;
+    }
+    if err.is_connection_refusal() || err.is_connection_dropped() || err.is_io_error() {
+        return BackendErrorKind::Unavailable;
+    }
+    match err.kind() {
+        ErrorKind::AuthenticationFailed => BackendErrorKind::Auth,
+        ErrorKind::InvalidClientConfig => BackendErrorKind::Config,
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
+        ErrorKind::Server(ServerErrorKind::NoPerm) => BackendErrorKind::Permission,
+        // A server that is starting, failing over or read-only for now.
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => BackendErrorKind::Unavailable,
+        ErrorKind::ClusterConnectionNotFound => BackendErrorKind::Unavailable,
+        _ => BackendErrorKind::Other,
+    }
+}
+
+/// A Redis error during `what` (e.g. "acquire distlock:a{b}").
+pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
+    let kind = redis_kind(&err);
+    let message = match kind {
+        BackendErrorKind::WrongType => format!(
+            "{what}: a key of this lock holds a value distlock did not write ({})",
+            err.detail().unwrap_or("WRONGTYPE")
+        ),
+        _ => format!("{what}: {err}"),
+    };
+    BackendError::new(kind, message).with_source(err)
+}
+
+/// A failure to get a pooled connection.
+pub(crate) fn from_pool(what: &str, err: PoolError, waited: Duration) -> BackendError {
+    match err {
+        PoolError::Timeout(TimeoutType::Wait) => BackendError::new(
+            BackendErrorKind::PoolExhausted,
+            format!("{what}: every pooled Redis connection stayed busy for {waited:?}"),
+        ),
+        PoolError::Timeout(TimeoutType::Create) => BackendError::new(
+            BackendErrorKind::Timeout,
+            format!("{what}: connecting to Redis took longer than the connect timeout"),
+        ),
+        PoolError::Timeout(TimeoutType::Recycle) => BackendError::new(
+            BackendErrorKind::Timeout,
+            format!("{what}: checking a pooled Redis connection timed out"),
+        ),
+        PoolError::Backend(e) => from_redis(what, e),
+        PoolError::Closed => BackendError::new(
+            BackendErrorKind::Config,
+            format!("{what}: the connection pool was closed"),
+        ),
+        PoolError::NoRuntimeSpecified => BackendError::new(
+            BackendErrorKind::Config,
+            format!("{what}: the connection pool has no runtime for its timeouts"),
+        ),
+        PoolError::PostCreateHook(e) => BackendError::new(
+            BackendErrorKind::Other,
+            format!("{what}: a pool hook failed: {e}"),
+        ),
+    }
+}
+
+/// The call `what` got no answer within `limit`.
+pub(crate) fn timed_out(what: &str, limit: Duration) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Timeout,
+        format!("{what}: Redis did not answer within {limit:?}"),
+    )
+}
+
+/// An unusable configuration.
+pub(crate) fn config(message: impl Into<String>) -> BackendError {
+    BackendError::new(BackendErrorKind::Config, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_codes_map_to_kinds() {
+        let cases = [
+            ("WRONGPASS", BackendErrorKind::Auth),
+            ("NOAUTH", BackendErrorKind::Auth),
+            ("NOPERM", BackendErrorKind::Permission),
+            ("WRONGTYPE", BackendErrorKind::WrongType),
+            ("SOMETHING", BackendErrorKind::Other),
+        ];
+        for (code, kind) in cases {
+            let err = redis::make_extension_error(code.into(), Some("detail".into()));
+            assert_eq!(redis_kind(&err), kind, "{code}");
+        }
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(redis_kind(&io), BackendErrorKind::Unavailable);
+        let t = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert_eq!(redis_kind(&t), BackendErrorKind::Timeout);
+    }
+}

@@ -1,0 +1,128 @@
+//! Where a lock lives in Redis.
+
+use distlock::{BackendError, BackendErrorKind, LockKey};
+
+/// The default backend prefix: every key and the release channel start with it.
+pub const DEFAULT_KEY_PREFIX: &str = "distlock:";
+
+/// Suffix of the key that holds a lock's last fencing token (never expires).
+pub const FENCE_SUFFIX: &str = ":fence";
+
+/// Suffix of the key that holds a lock's owner label (expires with the lock).
+pub const OWNER_SUFFIX: &str = ":owner";
+
+/// Suffix (after the prefix) of the pub/sub channel release notifications go to.
+pub const CHANNEL_SUFFIX: &str = "released";
+
+/// The longest backend prefix accepted, in bytes.
+pub const MAX_KEY_PREFIX_LEN: usize = 256;
+
+/// The Redis keys of one lock. They share the `{…}` hash tag of
+/// [`LockKey::encoded`], so they live in one Redis Cluster slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockKeys {
+    /// `PREFIX` + encoded key: holds the owner token, expires with the lease.
+    pub lock: String,
+    /// The lock key + `:fence`: the last fencing token, never expires.
+    pub fence: String,
+    /// The lock key + `:owner`: the owner label, expires with the lease.
+    pub owner: String,
+}
+
+/// Maps [`LockKey`]s to Redis keys under one backend prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+    channel: String,
+}
+
+impl KeyLayout {
+    /// A layout under `prefix`. The prefix must not contain `{` or `}` (the
+    /// lock name's braces must be the key's only hash tag), control
+    /// characters or spaces, and is at most [`MAX_KEY_PREFIX_LEN`] bytes.
+    pub fn new(prefix: &str) -> Result<Self, BackendError> {
+        let bad = |why: &str| {
+            Err(BackendError::new(
+                BackendErrorKind::Config,
+                format!("invalid key prefix {prefix:?}: {why}"),
+            ))
+        };
+        if prefix.len() > MAX_KEY_PREFIX_LEN {
+            return bad("longer than 256 bytes");
+        }
+        if prefix.contains(['{', '}']) {
+            return bad("it must not contain `{` or `}` (they delimit the hash tag)");
+        }
+        if prefix.chars().any(|c| c.is_control() || c == ' ') {
+            return bad("it must not contain spaces or control characters");
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            channel: format!("{prefix}{CHANNEL_SUFFIX}"),
+        })
+    }
+
+    /// The backend prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The pub/sub channel that release notifications are published on:
+    /// `PREFIX` + `released`. The message is the [`LockKey::encoded`] form of
+    /// the released lock (without the prefix).
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The keys of `key`.
+    pub fn keys(&self, key: &LockKey) -> LockKeys {
+        let lock = self.lock_key(key);
+        LockKeys {
+            fence: format!("{lock}{FENCE_SUFFIX}"),
+            owner: format!("{lock}{OWNER_SUFFIX}"),
+            lock,
+        }
+    }
+
+    /// The key that holds the owner token of `key`.
+    pub fn lock_key(&self, key: &LockKey) -> String {
+        let mut lock = String::with_capacity(self.prefix.len() + key.encoded().len());
+        lock.push_str(&self.prefix);
+        lock.push_str(key.encoded());
+        lock
+    }
+}
+
+impl Default for KeyLayout {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            channel: format!("{DEFAULT_KEY_PREFIX}{CHANNEL_SUFFIX}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_documentation() {
+        let layout = KeyLayout::default();
+        let keys = layout.keys(&LockKey::new("billing", "user:42").unwrap());
+        assert_eq!(keys.lock, "distlock:billing{user:42}");
+        assert_eq!(keys.fence, "distlock:billing{user:42}:fence");
+        assert_eq!(keys.owner, "distlock:billing{user:42}:owner");
+        assert_eq!(layout.channel(), "distlock:released");
+    }
+
+    #[test]
+    fn prefixes_with_braces_are_refused() {
+        for bad in ["a{", "}", "a b", "a\nb"] {
+            let err = KeyLayout::new(bad).unwrap_err();
+            assert_eq!(err.kind(), BackendErrorKind::Config, "{bad:?}");
+        }
+        assert_eq!(KeyLayout::new("").unwrap().channel(), "released");
+        assert!(KeyLayout::new(&"p".repeat(257)).is_err());
+    }
+}

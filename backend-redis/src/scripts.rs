@@ -1,0 +1,167 @@
+//! The Lua scripts (one per operation, one round trip each) and the parsing
+//! of their replies.
+//!
+//! Scripts run through [`redis::Script`]: `EVALSHA`, and on `NOSCRIPT` (after
+//! a restart or `SCRIPT FLUSH`) `SCRIPT LOAD` and `EVALSHA` again.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo};
+use redis::{Script, Value};
+
+/// The source of the acquire script.
+pub const ACQUIRE_LUA: &str = include_str!("../lua/acquire.lua");
+/// The source of the extend script.
+pub const EXTEND_LUA: &str = include_str!("../lua/extend.lua");
+/// The source of the release script.
+pub const RELEASE_LUA: &str = include_str!("../lua/release.lua");
+/// The source of the inspect script.
+pub const INSPECT_LUA: &str = include_str!("../lua/inspect.lua");
+
+pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
+pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
+pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(INSPECT_LUA));
+
+fn protocol(op: &str, reply: &Value) -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Protocol,
+        format!("unexpected reply to the {op} script: {reply:?}"),
+    )
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A PTTL reply as a remaining lease: `None` for "no expiry" or "no key".
+fn remaining(pttl: i64) -> Option<Duration> {
+    u64::try_from(pttl).ok().map(Duration::from_millis)
+}
+
+fn optional_fence(v: &Value) -> Option<Option<u64>> {
+    match v {
+        Value::Nil => Some(None),
+        other => int(other).and_then(|n| u64::try_from(n).ok()).map(Some),
+    }
+}
+
+/// Parses `{1, fence}` / `{0, pttl}`.
+pub(crate) fn parse_acquire(reply: &Value) -> Result<Acquire, BackendError> {
+    let bad = || protocol("acquire", reply);
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    match items.as_slice() {
+        [flag, n] => match (int(flag), int(n)) {
+            (Some(1), Some(fence)) => Ok(Acquire::Acquired {
+                fence: u64::try_from(fence).map_err(|_| bad())?,
+            }),
+            (Some(0), Some(pttl)) => Ok(Acquire::Held {
+                remaining: remaining(pttl),
+            }),
+            _ => Err(bad()),
+        },
+        _ => Err(bad()),
+    }
+}
+
+/// Parses the `1` / `0` of extend and release.
+pub(crate) fn parse_flag(op: &str, reply: &Value) -> Result<bool, BackendError> {
+    match int(reply) {
+        Some(1) => Ok(true),
+        Some(0) => Ok(false),
+        _ => Err(protocol(op, reply)),
+    }
+}
+
+/// Parses `{held, pttl, owner, fence}`.
+pub(crate) fn parse_inspect(reply: &Value) -> Result<LockInfo, BackendError> {
+    let bad = || protocol("inspect", reply);
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    let [held, pttl, owner, fence] = items.as_slice() else {
+        return Err(bad());
+    };
+    let last_fence = optional_fence(fence).ok_or_else(bad)?;
+    match int(held) {
+        Some(0) => Ok(LockInfo::free(last_fence)),
+        Some(1) => {
+            let owner = match owner {
+                Value::Nil => None,
+                Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => return Err(bad()),
+            };
+            let pttl = int(pttl).ok_or_else(bad)?;
+            Ok(LockInfo::held(owner, remaining(pttl), last_fence))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replies_parse() {
+        let acquired = Value::Array(vec![Value::Int(1), Value::Int(7)]);
+        assert_eq!(
+            parse_acquire(&acquired).unwrap(),
+            Acquire::Acquired { fence: 7 }
+        );
+        let held = Value::Array(vec![Value::Int(0), Value::Int(1500)]);
+        assert_eq!(
+            parse_acquire(&held).unwrap(),
+            Acquire::Held {
+                remaining: Some(Duration::from_millis(1500))
+            }
+        );
+        let forever = Value::Array(vec![Value::Int(0), Value::Int(-1)]);
+        assert_eq!(
+            parse_acquire(&forever).unwrap(),
+            Acquire::Held { remaining: None }
+        );
+        assert!(parse_flag("extend", &Value::Int(1)).unwrap());
+        assert!(!parse_flag("release", &Value::Int(0)).unwrap());
+
+        let info = Value::Array(vec![Value::Int(1), Value::Int(900), bulk("w1"), bulk("3")]);
+        let info = parse_inspect(&info).unwrap();
+        assert!(info.held);
+        assert_eq!(info.owner.as_deref(), Some("w1"));
+        assert_eq!(info.last_fence, Some(3));
+        let free = Value::Array(vec![Value::Int(0), Value::Int(-2), Value::Nil, Value::Nil]);
+        assert_eq!(parse_inspect(&free).unwrap(), LockInfo::free(None));
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_not_a_panic() {
+        for v in [
+            Value::Nil,
+            Value::Int(5),
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(1), Value::Int(-3)]),
+            Value::Array(vec![Value::Int(2), Value::Int(1)]),
+            Value::Array(vec![bulk("x"), Value::Nil]),
+        ] {
+            let e = parse_acquire(&v).unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Protocol);
+            assert_eq!(
+                parse_inspect(&v).unwrap_err().kind(),
+                BackendErrorKind::Protocol
+            );
+        }
+        assert!(parse_flag("extend", &Value::Int(2)).is_err());
+    }
+}
