@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
@@ -15,13 +16,18 @@ use redis::{AsyncConnectionConfig, Value};
 use crate::config::RedisConfig;
 use crate::errors::{config, from_pool, from_redis, redis_kind, timed_out};
 use crate::keys::{KeyLayout, LockKeys};
+use crate::pool::{CheckIdleManager, Conn, Pools};
 use crate::scripts;
 use crate::subscriber::Subscriber;
 
 /// A distlock backend on one Redis server (or a Redis-compatible one).
 ///
 /// Each operation is **one round trip**: a Lua script run with `EVALSHA`
-/// (reloaded transparently after `NOSCRIPT`). Clones are cheap and share the
+/// (reloaded transparently after `NOSCRIPT`). The pool checks a connection
+/// with `PING` only when it sat unused for 5 s, so busy lockers pay one
+/// round trip per operation. (A pool handed to
+/// [`from_pool`](RedisBackend::from_pool) keeps deadpool-redis's check, an
+/// `UNWATCH` + `PING` round trip on every checkout.) Clones are cheap and share the
 /// connection pool and the release subscriber.
 ///
 /// # Keys
@@ -64,7 +70,7 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    pool: Pool,
+    pool: Pools,
     layout: KeyLayout,
     /// Bound on getting a pooled connection (wait + connect).
     checkout_timeout: Duration,
@@ -91,7 +97,7 @@ impl RedisBackend {
             .set_response_timeout(Some(config.command_timeout));
         let manager = Manager::new_with_config(info.clone(), connection)
             .map_err(|e| from_redis("building the connection pool", e))?;
-        let pool = Pool::builder(manager)
+        let pool = ManagedPool::builder(CheckIdleManager::new(manager))
             .max_size(config.pool_size)
             .wait_timeout(Some(config.pool_wait_timeout))
             .create_timeout(Some(config.connect_timeout))
@@ -99,9 +105,9 @@ impl RedisBackend {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| crate::errors::config(format!("building the connection pool: {e}")))?;
-        let client = redis::Client::open(info)
-            .map_err(|e| from_redis("building the pub/sub client", e))?;
-        Self::assemble(pool, Some(client), config)
+        let client =
+            redis::Client::open(info).map_err(|e| from_redis("building the pub/sub client", e))?;
+        Self::assemble(Pools::Own(pool), Some(client), config)
     }
 
     /// A backend over an existing pool. The key prefix and the timeouts come
@@ -113,20 +119,17 @@ impl RedisBackend {
         install_crypto_provider();
         let client = redis::Client::open(config.connection_info()?)
             .map_err(|e| from_redis("building the pub/sub client", e))?;
-        Self::assemble(pool, Some(client), config)
+        Self::assemble(Pools::Given(pool), Some(client), config)
     }
 
     fn assemble(
-        pool: Pool,
+        pool: Pools,
         client: Option<redis::Client>,
         config: &RedisConfig,
     ) -> Result<Self, BackendError> {
         let layout = KeyLayout::new(&config.key_prefix)?;
-        let subscriber = Subscriber::new(
-            client,
-            layout.channel().to_owned(),
-            config.connect_timeout,
-        );
+        let subscriber =
+            Subscriber::new(client, layout.channel().to_owned(), config.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -139,9 +142,9 @@ impl RedisBackend {
         })
     }
 
-    /// The connection pool (shared by all clones).
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    /// The connection pool's state (shared by all clones).
+    pub fn pool_status(&self) -> Status {
+        self.inner.pool.status()
     }
 
     /// The key layout: prefix, key names and release channel.
@@ -172,7 +175,7 @@ impl RedisBackend {
     }
 
     /// Gets a pooled connection, within the checkout bound.
-    async fn connection(&self, what: &str) -> Result<deadpool_redis::Connection, BackendError> {
+    async fn connection(&self, what: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
@@ -189,26 +192,21 @@ impl RedisBackend {
     ) -> Result<Value, BackendError> {
         let mut conn = self.connection(what).await?;
         let limit = self.inner.command_timeout;
-        match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut conn)).await {
+        match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if redis_kind(&e).is_transient() || e.is_unrecoverable_error() {
-                    discard(conn);
+                    conn.discard();
                 }
                 Err(from_redis(what, e))
             }
             Err(_) => {
                 // The connection may hang forever: never hand it out again.
-                discard(conn);
+                conn.discard();
                 Err(timed_out(what, limit))
             }
         }
     }
-}
-
-/// Takes a broken connection out of the pool and closes it.
-fn discard(conn: deadpool_redis::Connection) {
-    drop(deadpool_redis::Connection::take(conn));
 }
 
 /// Makes `ring` the process's rustls provider unless one is installed, so
@@ -272,11 +270,13 @@ impl LockBackend for RedisBackend {
             .arg(token.as_hex())
             .arg(ttl_ms(ttl)?);
         let what = format!("extend {}", keys.lock);
-        Ok(if scripts::parse_flag("extend", &self.run(&what, &inv).await?)? {
-            Extend::Extended
-        } else {
-            Extend::NotHeld
-        })
+        Ok(
+            if scripts::parse_flag("extend", &self.run(&what, &inv).await?)? {
+                Extend::Extended
+            } else {
+                Extend::NotHeld
+            },
+        )
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
@@ -288,11 +288,13 @@ impl LockBackend for RedisBackend {
             .arg(self.release_channel())
             .arg(key.encoded());
         let what = format!("release {}", keys.lock);
-        Ok(if scripts::parse_flag("release", &self.run(&what, &inv).await?)? {
-            Release::Released
-        } else {
-            Release::NotHeld
-        })
+        Ok(
+            if scripts::parse_flag("release", &self.run(&what, &inv).await?)? {
+                Release::Released
+            } else {
+                Release::NotHeld
+            },
+        )
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {

@@ -228,9 +228,15 @@ mod tests {
             RedisConfig::new("redis://localhost").with_command_timeout(Duration::ZERO),
         ];
         for c in bad {
-            assert_eq!(c.validate().unwrap_err().kind(), BackendErrorKind::Config, "{c:?}");
+            assert_eq!(
+                c.validate().unwrap_err().kind(),
+                BackendErrorKind::Config,
+                "{c:?}"
+            );
         }
-        RedisConfig::new("redis://u:p@localhost:1/2").validate().unwrap();
+        RedisConfig::new("redis://u:p@localhost:1/2")
+            .validate()
+            .unwrap();
         RedisConfig::new("rediss://localhost").validate().unwrap();
     }
 

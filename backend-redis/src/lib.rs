@@ -49,6 +49,7 @@ mod backend;
 mod config;
 mod errors;
 mod keys;
+mod pool;
 mod scripts;
 mod subscriber;
 
@@ -64,6 +65,7 @@ pub use keys::{
     KeyLayout, LockKeys, CHANNEL_SUFFIX, DEFAULT_KEY_PREFIX, FENCE_SUFFIX, MAX_KEY_PREFIX_LEN,
     OWNER_SUFFIX,
 };
+pub use pool::CHECK_IDLE_AFTER;
 pub use scripts::{ACQUIRE_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};
 
 #[doc(no_inline)]

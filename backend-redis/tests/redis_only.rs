@@ -1,0 +1,487 @@
+//! Behaviour only a real Redis server shows: script cache loss, foreign key
+//! types, dead and hanging servers, round trips, pub/sub wake-ups.
+//!
+//! Runs against `distlock_redis::testkit::RedisServer` (never a mock).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
+use distlock_redis::testkit::RedisServer;
+use distlock_redis::{
+    Acquire, BackendErrorKind, Extend, LockBackend, LockError, LockKey, LockOptions, LockToken,
+    Locker, RedisBackend, RedisConfig, Release,
+};
+
+fn unique(case: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "redis-only:{case}:{}:{}:{nanos:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn key(case: &str) -> LockKey {
+    LockKey::new("tests", unique(case)).unwrap()
+}
+
+fn backend_at(url: &str) -> RedisBackend {
+    RedisBackend::from_url(url).unwrap()
+}
+
+async fn raw(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_flush_is_recovered_transparently() {
+    let url = RedisServer::shared().url();
+    let b = backend_at(url);
+    let mut admin = raw(url).await;
+    let flush = || redis::cmd("SCRIPT").arg("FLUSH").to_owned();
+    let k = key("flush");
+    let t = LockToken::generate();
+
+    let Acquire::Acquired { fence: first } = b.try_acquire(&k, &t, TTL, None).await.unwrap() else {
+        panic!("free lock not acquired")
+    };
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    assert_eq!(b.extend(&k, &t, TTL).await.unwrap(), Extend::Extended);
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    assert!(b.inspect(&k).await.unwrap().held);
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
+    let _: () = flush().query_async(&mut admin).await.unwrap();
+    let again = b.try_acquire(&k, &t, TTL, None).await.unwrap();
+    assert!(matches!(again, Acquire::Acquired { fence } if fence > first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_is_wrong_type_naming_the_key() {
+    let url = RedisServer::shared().url();
+    let b = backend_at(url);
+    let mut admin = raw(url).await;
+    let t = LockToken::generate();
+
+    // The lock key itself is a hash.
+    let k = key("wrongtype");
+    let lock_key = b.keys(&k).lock;
+    let _: () = admin.hset(&lock_key, "f", "v").await.unwrap();
+    let errors = [
+        b.try_acquire(&k, &t, TTL, None).await.unwrap_err(),
+        b.extend(&k, &t, TTL).await.unwrap_err(),
+        b.release(&k, &t).await.unwrap_err(),
+        b.inspect(&k).await.unwrap_err(),
+    ];
+    for e in errors {
+        assert_eq!(e.kind(), BackendErrorKind::WrongType, "{e}");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains(&lock_key), "{e}");
+        println!("{e}");
+    }
+    let locker = Locker::new(b.clone()).with_prefix("tests").unwrap();
+    let err = locker.try_lock(k.name()).await;
+    assert!(
+        matches!(&err, Err(LockError::Backend(e)) if e.kind() == BackendErrorKind::WrongType),
+        "{err:?}"
+    );
+
+    // The fence key is a list: the acquisition is refused and undone.
+    let k = key("wrongtype-fence");
+    let keys = b.keys(&k);
+    let _: () = admin.rpush(&keys.fence, "x").await.unwrap();
+    let e = b.try_acquire(&k, &t, TTL, None).await.unwrap_err();
+    assert_eq!(e.kind(), BackendErrorKind::WrongType, "{e}");
+    assert!(e.to_string().contains(&keys.fence), "{e}");
+    let exists: bool = admin.exists(&keys.lock).await.unwrap();
+    assert!(
+        !exists,
+        "a failed acquisition must not leave the lock taken"
+    );
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn short_timeouts(url: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_command_timeout(Duration::from_millis(300))
+        .with_pool_wait_timeout(Duration::from_millis(200))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_transient_error_not_held() {
+    let port = closed_port();
+    let bound = Duration::from_millis(300 + 300 + 200 + 500);
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("rediss://127.0.0.1:{port}"),
+    ] {
+        let b = RedisBackend::from_config(&short_timeouts(&url)).unwrap();
+        let k = key("unreachable");
+        let t = LockToken::generate();
+        let started = Instant::now();
+        let e = b.try_acquire(&k, &t, TTL, None).await.unwrap_err();
+        let took = started.elapsed();
+        println!("{url}: {e} after {took:?}");
+        assert!(e.is_transient(), "{e}");
+        assert_eq!(e.kind(), BackendErrorKind::Unavailable, "{e}");
+        assert!(took < bound, "{took:?}");
+
+        let locker = Locker::new(b.clone());
+        let err = locker.try_lock(k.name()).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+
+        // Waiting registers anyway (waiters poll), within the bound.
+        let started = Instant::now();
+        assert!(b.watch(&k).await.unwrap().is_some());
+        assert!(started.elapsed() < bound);
+        assert!(!b.release_subscriber_connected());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_server_times_out_within_the_bound() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let b =
+        RedisBackend::from_config(&short_timeouts(&format!("redis://127.0.0.1:{port}"))).unwrap();
+    let k = key("hang");
+    let t = LockToken::generate();
+    let bound = Duration::from_millis(300 + 300 + 200 + 500);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let e = b.try_acquire(&k, &t, TTL, None).await.unwrap_err();
+        let took = started.elapsed();
+        println!("hanging server: {e} after {took:?}");
+        assert_eq!(e.kind(), BackendErrorKind::Timeout, "{e}");
+        assert!(took < bound, "{took:?}");
+    }
+    let started = Instant::now();
+    let locker = Locker::new(b);
+    let err = locker.try_lock(k.name()).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(started.elapsed() < bound);
+}
+
+#[test]
+fn a_paused_server_times_out_and_a_killed_connection_does_not_poison_the_pool() {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config = RedisConfig::new(server.url())
+        .with_pool_size(2)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_command_timeout(Duration::from_millis(500))
+        .with_pool_wait_timeout(Duration::from_millis(300));
+    let b = RedisBackend::from_config(&config).unwrap();
+    let k = key("pause");
+    let t = LockToken::generate();
+    rt.block_on(async {
+        assert!(matches!(
+            b.try_acquire(&k, &t, TTL, None).await.unwrap(),
+            Acquire::Acquired { .. }
+        ));
+    });
+
+    // Established connections, frozen server: Timeout within the bound.
+    server.pause();
+    let started = Instant::now();
+    let e = rt.block_on(b.extend(&k, &t, TTL)).unwrap_err();
+    let took = started.elapsed();
+    println!("paused server: {e} after {took:?}");
+    assert_eq!(e.kind(), BackendErrorKind::Timeout, "{e}");
+    assert!(
+        took < Duration::from_millis(500 + 500 + 300 + 500),
+        "{took:?}"
+    );
+    server.unpause();
+    rt.block_on(async {
+        assert_eq!(b.extend(&k, &t, TTL).await.unwrap(), Extend::Extended);
+    });
+
+    // Kill every client connection: at most one call fails (transiently),
+    // then the pool has fresh connections.
+    rt.block_on(async {
+        let mut admin = raw(server.url()).await;
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(killed >= 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut failures = 0;
+        for _ in 0..5 {
+            match b.extend(&k, &t, TTL).await {
+                Ok(out) => assert_eq!(out, Extend::Extended),
+                Err(e) => {
+                    println!("after CLIENT KILL: {e}");
+                    assert!(e.is_transient(), "{e}");
+                    failures += 1;
+                }
+            }
+        }
+        assert!(
+            failures <= 2,
+            "{failures} failures: the pool kept broken connections"
+        );
+        assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
+    });
+
+    // A stopped server is Unavailable; after a restart on the same port the
+    // same backend works again.
+    server.stop();
+    let e = rt.block_on(b.inspect(&k)).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    server.restart();
+    rt.block_on(async {
+        let mut ok = false;
+        for _ in 0..20 {
+            if b.inspect(&k).await.is_ok() {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ok, "the backend did not recover after the restart");
+    });
+}
+
+/// `INFO commandstats` as command → calls.
+async fn command_calls(conn: &mut MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("cmdstat_")?;
+            let (name, stats) = rest.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[test]
+fn every_operation_is_one_evalsha() {
+    // A dedicated server, so that no other test's commands are counted.
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let b = backend_at(server.url());
+        let mut admin = raw(server.url()).await;
+        let k = key("round-trips");
+        // Warm up: load the scripts and open the pooled connection.
+        let t = LockToken::generate();
+        b.try_acquire(&k, &t, TTL, Some("warm-up")).await.unwrap();
+        b.extend(&k, &t, TTL).await.unwrap();
+        b.inspect(&k).await.unwrap();
+        b.release(&k, &t).await.unwrap();
+
+        const N: u64 = 200;
+        let mut per_op = Vec::new();
+        for (op, expected_evalsha) in [
+            ("acquire", N),
+            ("extend", N),
+            ("release", N),
+            ("inspect", N),
+        ] {
+            let tokens: Vec<LockToken> = (0..N).map(|_| LockToken::generate()).collect();
+            let keys: Vec<LockKey> = (0..N).map(|_| key("rt")).collect();
+            // Set up state outside the measured window.
+            if op == "extend" || op == "release" {
+                for (k, t) in keys.iter().zip(&tokens) {
+                    b.try_acquire(k, t, TTL, Some("me")).await.unwrap();
+                }
+            }
+            let before = command_calls(&mut admin).await;
+            let started = Instant::now();
+            for (k, t) in keys.iter().zip(&tokens) {
+                match op {
+                    "acquire" => {
+                        b.try_acquire(k, t, TTL, Some("me")).await.unwrap();
+                    }
+                    "extend" => {
+                        assert_eq!(b.extend(k, t, TTL).await.unwrap(), Extend::Extended);
+                    }
+                    "release" => {
+                        assert_eq!(b.release(k, t).await.unwrap(), Release::Released);
+                    }
+                    _ => {
+                        b.inspect(k).await.unwrap();
+                    }
+                }
+            }
+            let took = started.elapsed();
+            let after = command_calls(&mut admin).await;
+            let delta: BTreeMap<String, u64> = after
+                .iter()
+                .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
+                .filter(|(name, d)| *d > 0 && name != "info")
+                .collect();
+            println!(
+                "{op}: {N} calls in {took:?} ({:?} each); server commands: {delta:?}",
+                took / N as u32
+            );
+            assert_eq!(
+                delta.get("evalsha").copied(),
+                Some(expected_evalsha),
+                "{op}: {delta:?}"
+            );
+            for extra in ["eval", "ping", "unwatch", "script", "multi", "exec"] {
+                assert_eq!(delta.get(extra), None, "{op}: {delta:?}");
+            }
+            per_op.push((op, delta));
+        }
+        // The commands a client sends are the ones a script cannot call.
+        let _ = per_op;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_waiter_on_another_client() {
+    let url = RedisServer::shared().url();
+    let holder = backend_at(url);
+    let waiter = backend_at(url);
+    let k = key("pubsub");
+    let t = LockToken::generate();
+    assert!(matches!(
+        holder.try_acquire(&k, &t, TTL, None).await.unwrap(),
+        Acquire::Acquired { .. }
+    ));
+
+    // The watch is registered and the subscription live when watch returns.
+    let mut watch = waiter.watch(&k).await.unwrap().expect("release_notify");
+    assert!(waiter.release_subscriber_connected());
+    assert_eq!(waiter.registered_waiters(), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), watch.released())
+            .await
+            .is_err(),
+        "woken without a release"
+    );
+    let released_at = Instant::now();
+    assert_eq!(holder.release(&k, &t).await.unwrap(), Release::Released);
+    tokio::time::timeout(Duration::from_secs(2), watch.released())
+        .await
+        .expect("the release notification arrived");
+    println!("notified {:?} after the release", released_at.elapsed());
+    drop(watch);
+    assert_eq!(waiter.registered_waiters(), 0);
+
+    // Through the Locker: a waiter whose backoff is long is woken by the
+    // release, not by polling.
+    let name = unique("pubsub-locker");
+    let a = Locker::new(holder.clone());
+    let b = Locker::new(waiter.clone());
+    let guard = a.try_lock(&name).await.unwrap().expect("free");
+    let opts = LockOptions::default()
+        .with_wait_timeout(Duration::from_secs(20))
+        .with_retry(Duration::from_secs(10), Duration::from_secs(10));
+    let waiting = tokio::spawn(async move {
+        let guard = b.lock_with(&name, &opts).await.unwrap();
+        (Instant::now(), guard)
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while waiter.registered_waiters() == 0 {
+        assert!(Instant::now() < deadline, "the waiter never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the waiter's immediate retry after registering pass.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let released_at = Instant::now();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    let (acquired_at, guard) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter was woken")
+        .unwrap();
+    let latency = acquired_at - released_at;
+    println!("waiter acquired {latency:?} after the release");
+    assert!(latency < Duration::from_secs(2), "{latency:?}");
+    guard.release().await.unwrap();
+    assert_eq!(waiter.registered_waiters(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_labels_fences_and_key_layout_on_the_server() {
+    let url = RedisServer::shared().url();
+    let b = backend_at(url);
+    let mut admin = raw(url).await;
+    let k = key("layout");
+    let keys = b.keys(&k);
+    assert_eq!(keys.lock, format!("distlock:{}", k.encoded()));
+    let t = LockToken::generate();
+    let Acquire::Acquired { fence } = b
+        .try_acquire(&k, &t, Duration::from_secs(10), Some("worker-7"))
+        .await
+        .unwrap()
+    else {
+        panic!("not acquired")
+    };
+    let stored: String = admin.get(&keys.lock).await.unwrap();
+    assert_eq!(stored, t.as_hex());
+    let owner: String = admin.get(&keys.owner).await.unwrap();
+    assert_eq!(owner, "worker-7");
+    let fence_ttl: i64 = admin.pttl(&keys.fence).await.unwrap();
+    assert_eq!(fence_ttl, -1, "the fence key never expires");
+    let info = b.inspect(&k).await.unwrap();
+    assert_eq!(info.owner.as_deref(), Some("worker-7"));
+    assert_eq!(info.last_fence, Some(fence));
+    assert!(info.remaining.unwrap() <= Duration::from_secs(10));
+
+    assert_eq!(
+        b.extend(&k, &t, Duration::from_secs(60)).await.unwrap(),
+        Extend::Extended
+    );
+    let owner_ttl: i64 = admin.pttl(&keys.owner).await.unwrap();
+    assert!(
+        owner_ttl > 10_000,
+        "the owner key is extended with the lock"
+    );
+
+    let other = LockToken::generate();
+    assert_eq!(b.release(&k, &other).await.unwrap(), Release::NotHeld);
+    assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
+    let left: i64 = admin.exists(&[&keys.lock, &keys.owner]).await.unwrap();
+    assert_eq!(left, 0);
+    let info = b.inspect(&k).await.unwrap();
+    assert!(!info.held);
+    assert_eq!(info.last_fence, Some(fence));
+}
