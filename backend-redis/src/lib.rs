@@ -1,4 +1,4 @@
-//! A Redis backend for [distlock](distlock): distributed locks with fencing
+//! A Redis backend for [`distlock`]: distributed locks with fencing
 //! tokens, safe release and event-driven waiting on one Redis server.
 //!
 //! This crate is the only dependency an application needs: it re-exports
@@ -33,12 +33,12 @@
 //!
 //! See [`RedisBackend`] for the key layout and the release channel. Each
 //! operation (acquire, extend, release, inspect) is one `EVALSHA` of a Lua
-//! script ([`scripts`](crate::ACQUIRE_LUA)); the scripts are reloaded
+//! script ([`ACQUIRE_LUA`] and its siblings); the scripts are reloaded
 //! automatically when Redis answers `NOSCRIPT`.
 //!
 //! # Testing
 //!
-//! With the `testkit` feature, [`testkit::RedisServer`] gives tests a Redis
+//! With the `testkit` feature, `testkit::RedisServer` gives tests a Redis
 //! server: `DISTLOCK_REDIS_URL`, else a Docker container of
 //! `DISTLOCK_REDIS_IMAGE`, else `redis-server` from `PATH`.
 

@@ -79,7 +79,7 @@ pub struct RedisServer {
 
 enum Backing {
     External,
-    Container(ContainerServer),
+    Container(Box<ContainerServer>),
     Process(ProcessServer),
 }
 
@@ -131,7 +131,7 @@ impl RedisServer {
                     eprintln!("distlock testkit: Redis container of {image} at {url}");
                     return RedisServer {
                         url,
-                        backing: Backing::Container(server),
+                        backing: Backing::Container(Box::new(server)),
                     };
                 }
                 Err(e) if explicit_image.is_none() && redis_server_on_path() => {
