@@ -503,7 +503,7 @@ impl ProcessServer {
         }
         let script = r#"redis-server "$@" >/dev/null 2>&1 & pid=$!
 echo "$pid"
-trap 'kill -CONT $pid 2>/dev/null; kill $pid 2>/dev/null' EXIT
+trap 'kill -CONT $pid 2>/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
 while read -r _line; do :; done
 "#;
         let mut shell = Command::new("sh")
