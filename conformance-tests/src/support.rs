@@ -1,6 +1,10 @@
 //! Helpers shared by the scenarios.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use distlock::{LockBackend, LockOptions, Locker};
+use tokio::time::Instant;
 
 use crate::Harness;
 
@@ -31,4 +35,73 @@ pub fn unique_name(case: &str) -> String {
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+/// The short TTL most timing cases use: at least 500 ms and at least twice
+/// the harness's [`timing_slack`](Harness::timing_slack), so that "still
+/// held shortly before expiry" and "free shortly after" can both be checked.
+pub fn short_ttl<H: Harness>(h: &H) -> Duration {
+    Duration::from_millis(500).max(h.timing_slack() * 2)
+}
+
+/// The TTL of the renewal cases: at least 300 ms and at least the slack, so
+/// that a renewal every third of it survives a busy machine, while three
+/// TTLs still pass quickly in real time.
+pub fn renew_ttl<H: Harness>(h: &H) -> Duration {
+    Duration::from_millis(300).max(h.timing_slack())
+}
+
+/// How long a dropped guard may take to be released in the background: one
+/// second plus the slack (the documented bound is "one round trip later").
+pub fn drop_bound<H: Harness>(h: &H) -> Duration {
+    Duration::from_secs(1) + h.timing_slack()
+}
+
+/// A locker over a new client of the harness.
+pub(crate) async fn locker<H: Harness>(h: &H) -> Locker<H::Backend> {
+    Locker::new(h.client().await)
+}
+
+/// Options with the given TTL and otherwise defaults.
+pub(crate) fn ttl(ttl: Duration) -> LockOptions {
+    LockOptions::default().with_ttl(ttl)
+}
+
+/// Prints the skip line of a capability-gated case.
+pub(crate) fn skip(case: &str, capability: &str) {
+    println!("skipped: {case} needs {capability}");
+}
+
+/// Whether `name` is held, by the backend's own account.
+pub(crate) async fn is_held<B: LockBackend>(l: &Locker<B>, name: &str) -> bool {
+    l.inspect(name).await.expect("inspect").held
+}
+
+/// Polls `inspect` until `name` is free, for at most `limit` after `from`.
+/// Returns how long after `from` it was first seen free, or `None` if it
+/// stayed held.
+pub(crate) async fn free_within<B: LockBackend>(
+    l: &Locker<B>,
+    name: &str,
+    from: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    loop {
+        if !is_held(l, name).await {
+            return Some(from.elapsed());
+        }
+        if from.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asserts that a timing observation is no later than `bound`.
+#[track_caller]
+pub(crate) fn assert_within(what: &str, took: Duration, bound: Duration) {
+    assert!(
+        took <= bound,
+        "{what}: took {took:?}, more than the bound {bound:?}"
+    );
 }

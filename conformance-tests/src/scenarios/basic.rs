@@ -1,29 +1,60 @@
-//! Case 1: the basic contract.
+//! The basic contract: acquire, held is not an error, no reentrancy.
 
-use distlock::Locker;
+use std::time::Duration;
 
+use distlock::{LockError, LockOptions, Release};
+
+use crate::support::{is_held, locker};
 use crate::{unique_name, Harness};
 
 /// A free lock is acquired; a held lock gives `None` (not an error); another
 /// name is independent; a released lock can be taken again.
 pub async fn acquire_free_then_held_then_free<H: Harness>(h: &H) {
-    let a = Locker::new(h.client().await);
-    let b = Locker::new(h.client().await);
+    let a = locker(h).await;
+    let b = locker(h).await;
     let name = unique_name("basic");
     let other = unique_name("basic-other");
 
+    assert!(!is_held(&b, &name).await, "a new name starts free");
     let guard = a
         .try_lock(&name)
         .await
         .unwrap()
         .expect("a free lock is acquired");
+    assert!(is_held(&b, &name).await, "inspect sees the holder");
     assert!(
         b.try_lock(&name).await.unwrap().is_none(),
         "a held lock gives None"
     );
     let independent = b.try_lock(&other).await.unwrap();
     assert!(independent.is_some(), "another name is independent");
-    assert_eq!(guard.release().await.unwrap(), distlock::Release::Released);
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    assert!(!is_held(&b, &name).await, "a released lock is free");
     let again = b.try_lock(&name).await.unwrap();
     assert!(again.is_some(), "a released lock can be taken again");
+}
+
+/// Locks are not reentrant: the same `Locker` trying a name it holds gets
+/// `None`, and a zero-wait `lock` times out instead of deadlocking.
+pub async fn not_reentrant<H: Harness>(h: &H) {
+    let l = locker(h).await;
+    let name = unique_name("reentrant");
+    let guard = l.try_lock(&name).await.unwrap().expect("free");
+    assert!(
+        l.try_lock(&name).await.unwrap().is_none(),
+        "the same locker cannot take a lock it holds"
+    );
+    assert!(
+        l.clone().try_lock(&name).await.unwrap().is_none(),
+        "nor can a clone of it"
+    );
+    let once = LockOptions::default().with_wait_timeout(Duration::ZERO);
+    let second = tokio::time::timeout(Duration::from_secs(10), l.lock_with(&name, &once))
+        .await
+        .expect("a second lock() of a held name must not deadlock");
+    assert!(
+        matches!(second, Err(LockError::TimedOut { .. })),
+        "a second lock() of a held name times out: {second:?}"
+    );
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
 }

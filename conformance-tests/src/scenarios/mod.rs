@@ -2,10 +2,23 @@
 //! calls them all; they can also be called one by one.
 
 mod basic;
+mod exclusion;
+mod expiry;
+mod fencing;
+mod lifecycle;
+mod names;
+mod options;
+mod ownership;
+mod renewal;
+mod waiting;
 
 pub use basic::*;
-
-/// Marker the macro names, so a scenario module that is not wired in fails
-/// to compile rather than silently not running.
-#[doc(hidden)]
-pub const ALL_CASES_ARE_LISTED: () = ();
+pub use exclusion::*;
+pub use expiry::*;
+pub use fencing::*;
+pub use lifecycle::*;
+pub use names::*;
+pub use options::*;
+pub use ownership::*;
+pub use renewal::*;
+pub use waiting::*;

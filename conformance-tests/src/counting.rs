@@ -1,0 +1,81 @@
+//! A backend wrapper that counts calls, to check what reaches the backend.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use distlock::{
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
+    Release, ReleaseWatch,
+};
+
+/// Wraps a backend and counts the calls that could change lock state.
+#[derive(Clone)]
+pub(crate) struct Counting<B> {
+    inner: B,
+    acquires: Arc<AtomicUsize>,
+    changes: Arc<AtomicUsize>,
+}
+
+impl<B: LockBackend> Counting<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            inner,
+            acquires: Arc::default(),
+            changes: Arc::default(),
+        }
+    }
+
+    /// How many `try_acquire` calls were made.
+    pub(crate) fn acquires(&self) -> usize {
+        self.acquires.load(Ordering::SeqCst)
+    }
+
+    /// How many `try_acquire`, `extend` and `release` calls were made.
+    pub(crate) fn calls(&self) -> usize {
+        self.changes.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for Counting<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.try_acquire(key, token, ttl, owner).await
+    }
+
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.extend(key, token, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.inner.release(key, token).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.inner.watch(key).await
+    }
+}

@@ -1,0 +1,82 @@
+//! Fencing tokens (only for backends with `Capabilities::fencing`).
+
+use std::time::Duration;
+
+use distlock::{LockBackend, Release};
+
+use crate::support::{locker, short_ttl, skip, ttl};
+use crate::{unique_name, Harness};
+
+/// Fencing tokens strictly increase across release and re-acquisition and
+/// across expiry and takeover, and `inspect` shows the holder's token.
+pub async fn fences_strictly_increase<H: Harness>(h: &H) {
+    let a = locker(h).await;
+    if !a.backend().capabilities().fencing {
+        return skip("fences_strictly_increase", "fencing");
+    }
+    let b = locker(h).await;
+    let name = unique_name("fences");
+    let t = short_ttl(h);
+
+    let first = a.try_lock(&name).await.unwrap().expect("free");
+    let f1 = first.fence();
+    let info = b.inspect(&name).await.unwrap();
+    assert_eq!(info.last_fence, Some(f1), "inspect shows the holder's fence");
+    assert_eq!(first.release().await.unwrap(), Release::Released);
+
+    let second = b
+        .try_lock_with(&name, &ttl(t))
+        .await
+        .unwrap()
+        .expect("released");
+    let f2 = second.fence();
+    assert!(f2 > f1, "release then re-acquire: {f2} after {f1}");
+    assert_eq!(b.inspect(&name).await.unwrap().last_fence, Some(f2));
+
+    tokio::time::sleep(t + h.timing_slack()).await;
+    let third = a.try_lock(&name).await.unwrap().expect("expired");
+    let f3 = third.fence();
+    assert!(f3 > f2, "expiry then takeover: {f3} after {f2}");
+    assert_eq!(a.inspect(&name).await.unwrap().last_fence, Some(f3));
+    assert_eq!(second.release().await.unwrap(), Release::NotHeld);
+    assert_eq!(
+        a.inspect(&name).await.unwrap().last_fence,
+        Some(f3),
+        "a stale release does not change the fence"
+    );
+
+    // A release never resets the sequence.
+    assert_eq!(third.release().await.unwrap(), Release::Released);
+    let fourth = b.try_lock(&name).await.unwrap().expect("released");
+    assert!(fourth.fence() > f3, "{} after {f3}", fourth.fence());
+}
+
+/// Each name's fencing tokens increase on their own: interleaved
+/// acquisitions of several names keep every name's sequence increasing.
+pub async fn fences_increase_per_name<H: Harness>(h: &H) {
+    let a = locker(h).await;
+    if !a.backend().capabilities().fencing {
+        return skip("fences_increase_per_name", "fencing");
+    }
+    let b = locker(h).await;
+    let names: Vec<String> = (0..3).map(|i| unique_name(&format!("fence-{i}"))).collect();
+    let mut last = vec![None::<u64>; names.len()];
+    let lease = ttl(Duration::from_secs(10));
+    for round in 0..4 {
+        for (i, name) in names.iter().enumerate() {
+            let l = if (round + i) % 2 == 0 { &a } else { &b };
+            let guard = l
+                .try_lock_with(name, &lease)
+                .await
+                .unwrap()
+                .expect("free");
+            let fence = guard.fence();
+            if let Some(prev) = last[i] {
+                assert!(fence > prev, "{name}: fence {fence} after {prev}");
+            }
+            assert_eq!(l.inspect(name).await.unwrap().last_fence, Some(fence));
+            last[i] = Some(fence);
+            assert_eq!(guard.release().await.unwrap(), Release::Released);
+        }
+    }
+}

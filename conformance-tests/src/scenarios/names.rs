@@ -1,0 +1,147 @@
+//! Lock names and prefixes.
+
+use distlock::{LockError, Locker, Release, MAX_NAME_LEN};
+
+use crate::counting::Counting;
+use crate::support::{is_held, locker};
+use crate::{unique_name, Harness};
+
+/// A unique name padded with `x` to exactly `len` bytes.
+fn name_of_len(case: &str, len: usize) -> String {
+    let mut name = unique_name(case);
+    assert!(name.len() <= len);
+    name.extend(std::iter::repeat_n('x', len - name.len()));
+    name
+}
+
+/// Asserts that `result` is an `InvalidName` error.
+fn assert_invalid_name<T: std::fmt::Debug>(what: &str, result: Result<T, LockError>) {
+    assert!(
+        matches!(result, Err(LockError::InvalidName { .. })),
+        "{what}: expected InvalidName, got {result:?}"
+    );
+}
+
+/// Empty, over-long, NUL-containing and non-UTF-8 names are refused with
+/// `InvalidName` by every entry point, and never reach the backend.
+pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
+    let counting = Counting::new(h.client().await);
+    let l = Locker::new(counting.clone());
+    let too_long = name_of_len("too-long", MAX_NAME_LEN + 1);
+    let bad: [&[u8]; 4] = [b"", too_long.as_bytes(), b"a\0b", b"\xff\xfe"];
+    for name in bad {
+        let shown = String::from_utf8_lossy(&name[..name.len().min(20)]).into_owned();
+        assert_invalid_name(&format!("try_lock({shown:?})"), l.try_lock(name).await);
+        assert_invalid_name(&format!("lock({shown:?})"), l.lock(name).await);
+        assert_invalid_name(
+            &format!("with_lock({shown:?})"),
+            l.with_lock(name, |_| async {}).await,
+        );
+        assert_invalid_name(&format!("inspect({shown:?})"), l.inspect(name).await);
+        assert_invalid_name(&format!("key({shown:?})"), l.key(name));
+    }
+    assert_eq!(counting.calls(), 0, "an invalid name reached the backend");
+}
+
+/// Long names (1 KiB and `MAX_NAME_LEN`), Unicode and characters that
+/// mean something to key-value stores all work as lock names.
+pub async fn unusual_names_work<H: Harness>(h: &H) {
+    let a = locker(h).await;
+    let b = locker(h).await;
+    let base = unique_name("odd");
+    let mut names = vec![
+        name_of_len("1k", 1024),
+        name_of_len("max", MAX_NAME_LEN),
+    ];
+    for suffix in [
+        "ключ-鍵-🔒-é",
+        "{",
+        "}",
+        "a{b}c",
+        "}{",
+        ":",
+        "a:b:c",
+        "*",
+        "[a-z]?",
+        " ",
+        "with  spaces ",
+        "%7D",
+        "%",
+        "tab\tnewline\n",
+        "\"quoted'\\",
+    ] {
+        names.push(format!("{base}{suffix}"));
+    }
+    let mut guards = Vec::new();
+    for name in &names {
+        let guard = a
+            .try_lock(name)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name:?} is free"));
+        assert_eq!(guard.name(), name);
+        assert!(is_held(&b, name).await, "{name:?} shows as held");
+        assert!(b.try_lock(name).await.unwrap().is_none(), "{name:?} is held");
+        guards.push(guard);
+    }
+    // All of them were held at once: no two share a key.
+    for guard in guards {
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+    }
+    for name in &names {
+        assert!(!is_held(&b, name).await, "{name:?} is free after release");
+        let again = b.try_lock(name).await.unwrap();
+        assert!(again.is_some(), "{name:?} can be taken again");
+    }
+}
+
+/// Names differing only in case are different locks.
+pub async fn names_are_case_sensitive<H: Harness>(h: &H) {
+    let a = locker(h).await;
+    let b = locker(h).await;
+    let base = unique_name("case");
+    let lower = format!("{base}lock");
+    let upper = format!("{base}LOCK");
+    let mixed = format!("{base}Lock");
+    let g1 = a.try_lock(&lower).await.unwrap().expect("free");
+    let g2 = b.try_lock(&upper).await.unwrap().expect("another lock");
+    let g3 = b.try_lock(&mixed).await.unwrap().expect("another lock");
+    for guard in [g1, g2, g3] {
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+    }
+}
+
+/// Lockers with different prefixes never share a lock, however prefix and
+/// name are split; lockers with the same prefix do share.
+pub async fn prefixes_never_collide<H: Harness>(h: &H) {
+    let u = unique_name("prefix");
+    let pairs = [
+        ((format!("{u}-one"), "job".to_owned()), (format!("{u}-two"), "job".to_owned())),
+        ((format!("{u}a"), "b:c".to_owned()), (format!("{u}a:b"), "c".to_owned())),
+        ((format!("{u}a"), "b".to_owned()), (format!("{u}"), "a}{b".to_owned())),
+        ((format!("{u}a{{"), "b".to_owned()), (format!("{u}a"), "{b".to_owned())),
+        ((format!("{u}a}}"), "b".to_owned()), (format!("{u}a"), "}b".to_owned())),
+        ((format!("{u}a"), "b".to_owned()), (String::new(), format!("{u}a{{b}}"))),
+        ((String::new(), format!("{u}x:y")), (format!("{u}x"), "y".to_owned())),
+    ];
+    for ((p1, n1), (p2, n2)) in pairs {
+        let first = locker(h).await.with_prefix(p1.clone()).unwrap();
+        let second = locker(h).await.with_prefix(p2.clone()).unwrap();
+        let g1 = first.try_lock(&n1).await.unwrap().expect("free");
+        let g2 = second.try_lock(&n2).await.unwrap().unwrap_or_else(|| {
+            panic!("prefix {p2:?} + name {n2:?} collides with prefix {p1:?} + name {n1:?}")
+        });
+        assert!(is_held(&first, &n1).await && is_held(&second, &n2).await);
+        assert_eq!(g1.release().await.unwrap(), Release::Released);
+        assert!(is_held(&second, &n2).await, "releasing one freed the other");
+        assert_eq!(g2.release().await.unwrap(), Release::Released);
+    }
+
+    // The same prefix is the same namespace, across clients.
+    let shared = format!("{u}-shared");
+    let first = locker(h).await.with_prefix(shared.clone()).unwrap();
+    let second = locker(h).await.with_prefix(shared).unwrap();
+    let guard = first.try_lock("job").await.unwrap().expect("free");
+    assert!(second.try_lock("job").await.unwrap().is_none(), "same prefix, same lock");
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+}

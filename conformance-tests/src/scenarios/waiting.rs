@@ -1,0 +1,212 @@
+//! Waiting in `lock()`: timeouts, hand-over, cancellation, abandonment.
+
+use std::time::Duration;
+
+use distlock::{LockBackend, LockError, LockOptions, Locker, Release};
+use tokio::time::Instant;
+
+use crate::counting::Counting;
+use crate::support::{assert_within, drop_bound, free_within, is_held, locker, short_ttl, skip};
+use crate::{unique_name, Harness};
+
+/// Options for a waiter: a lease of 10 s and quick polling.
+fn waiting(wait: Duration) -> LockOptions {
+    LockOptions::default()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait_timeout(wait)
+        .with_retry(Duration::from_millis(5), Duration::from_millis(50))
+}
+
+/// `lock()` on a held name gives up with `TimedOut` after the wait timeout:
+/// not much before it, and at most the slack after it.
+pub async fn lock_times_out_while_held<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let waiter = locker(h).await;
+    let name = unique_name("timeout");
+    let guard = holder.try_lock(&name).await.unwrap().expect("free");
+    let wait = Duration::from_millis(300);
+
+    let start = Instant::now();
+    let result = waiter.lock_with(&name, &waiting(wait)).await;
+    let took = start.elapsed();
+    match result {
+        Err(LockError::TimedOut { waited, .. }) => {
+            assert!(waited <= took, "reported {waited:?}, measured {took:?}");
+        }
+        other => panic!("lock() of a held name must time out: {other:?}"),
+    }
+    assert!(took >= wait, "gave up after {took:?}, before {wait:?}");
+    assert_within("TimedOut after the wait timeout", took, wait + h.timing_slack());
+    assert!(is_held(&waiter, &name).await, "the holder is unaffected");
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+}
+
+/// A zero wait timeout makes exactly one attempt: it times out at once on
+/// a held name and acquires a free one.
+pub async fn zero_wait_timeout_is_one_attempt<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let counting = Counting::new(h.client().await);
+    let l = Locker::new(counting.clone());
+    let held = unique_name("zero-wait-held");
+    let free = unique_name("zero-wait-free");
+    let guard = holder.try_lock(&held).await.unwrap().expect("free");
+    let once = waiting(Duration::ZERO);
+
+    let start = Instant::now();
+    let result = l.lock_with(&held, &once).await;
+    assert!(
+        matches!(result, Err(LockError::TimedOut { .. })),
+        "zero wait on a held name: {result:?}"
+    );
+    assert_within("a single attempt", start.elapsed(), h.timing_slack());
+    assert_eq!(counting.acquires(), 1, "exactly one attempt");
+
+    let got = l.lock_with(&free, &once).await.expect("zero wait, free name");
+    assert_eq!(counting.acquires(), 2, "exactly one attempt");
+    assert_eq!(got.release().await.unwrap(), Release::Released);
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+}
+
+/// A waiting `lock()` acquires soon after the holder releases.
+pub async fn lock_succeeds_after_release<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let waiter = locker(h).await;
+    let name = unique_name("hand-over");
+    let guard = holder.try_lock(&name).await.unwrap().expect("free");
+
+    let task = {
+        let (waiter, name) = (waiter.clone(), name.clone());
+        tokio::spawn(async move {
+            let guard = waiter.lock_with(&name, &waiting(Duration::from_secs(10))).await;
+            (guard, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!task.is_finished(), "the waiter must wait while the lock is held");
+    let released_at = Instant::now();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    let (got, acquired_at) = task.await.unwrap();
+    let got = got.expect("the waiter acquires after the release");
+    assert_within(
+        "hand-over after release",
+        acquired_at.saturating_duration_since(released_at),
+        h.timing_slack(),
+    );
+    assert_eq!(got.release().await.unwrap(), Release::Released);
+}
+
+/// Dropping a pending `lock()` leaves nothing behind: no lock held, no
+/// waiter registered, and the name can be taken at once afterwards. Also
+/// cancels `lock()` of a free name at many points in flight.
+pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let client = h.client().await;
+    let waiter = Locker::new(client.clone());
+    let other = locker(h).await;
+    let name = unique_name("cancel");
+    let guard = holder.try_lock(&name).await.unwrap().expect("free");
+
+    let long_wait = waiting(Duration::from_secs(10));
+    let pending = waiter.lock_with(&name, &long_wait);
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), pending).await;
+    assert!(cancelled.is_err(), "the lock is held, lock() must still wait");
+    if let Some(n) = h.registered_waiters(&client) {
+        assert_eq!(n, 0, "a cancelled lock() left {n} waiters registered");
+    }
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    assert!(!is_held(&other, &name).await, "nothing held after cancelling");
+    let taken = other.try_lock(&name).await.unwrap();
+    assert!(taken.is_some(), "another client takes it right away");
+    drop(taken);
+    let again = waiter
+        .lock_with(&name, &waiting(drop_bound(h)))
+        .await
+        .expect("the cancelled waiter's locker is not stuck");
+    assert_eq!(again.release().await.unwrap(), Release::Released);
+
+    // Cancel at many points of an acquisition of a free name.
+    let free = unique_name("cancel-in-flight");
+    for step in 0..12u64 {
+        let attempt = waiter.lock_with(&free, &long_wait);
+        let limit = Duration::from_micros(step * 150);
+        if let Ok(got) = tokio::time::timeout(limit, attempt).await {
+            let got = got.expect("a free name");
+            assert_eq!(got.release().await.unwrap(), Release::Released);
+        }
+    }
+    let from = Instant::now();
+    let freed = free_within(&other, &free, from, drop_bound(h)).await;
+    assert!(freed.is_some(), "a cancelled acquisition left the lock held");
+    if let Some(n) = h.registered_waiters(&client) {
+        assert_eq!(n, 0, "cancelled lock() calls left {n} waiters registered");
+    }
+}
+
+/// With release notifications, a blocked `lock()` returns within the slack
+/// of the release (at once on a paused clock), although its retry delay is
+/// five seconds.
+pub async fn waiter_woken_by_release_notification<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    if !holder.backend().capabilities().release_notify {
+        return skip("waiter_woken_by_release_notification", "release_notify");
+    }
+    let waiter = locker(h).await;
+    let name = unique_name("notify");
+    let guard = holder.try_lock(&name).await.unwrap().expect("free");
+    let slow_polls = waiting(Duration::from_secs(20))
+        .with_retry(Duration::from_secs(5), Duration::from_secs(5));
+
+    let task = {
+        let (waiter, name) = (waiter.clone(), name.clone());
+        tokio::spawn(async move {
+            let guard = waiter.lock_with(&name, &slow_polls).await;
+            (guard, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the waiter must wait while the lock is held");
+    let released_at = Instant::now();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    let (got, acquired_at) = task.await.unwrap();
+    let got = got.expect("the waiter acquires after the release");
+    let bound = if h.paused_clock() {
+        Duration::from_millis(1)
+    } else {
+        h.timing_slack()
+    };
+    assert_within(
+        "notified hand-over",
+        acquired_at.saturating_duration_since(released_at),
+        bound,
+    );
+    assert_eq!(got.release().await.unwrap(), Release::Released);
+}
+
+/// A waiter acquires a lock whose holder vanished without releasing once
+/// the TTL runs out, and not before.
+pub async fn waiter_takes_over_abandoned_lock<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let waiter = locker(h).await;
+    let name = unique_name("abandoned");
+    let (t, slack) = (short_ttl(h), h.timing_slack());
+    let before = Instant::now();
+    let guard = holder
+        .try_lock_with(&name, &crate::support::ttl(t))
+        .await
+        .unwrap()
+        .expect("free");
+    // The holder crashes: no release, no drop.
+    std::mem::forget(guard);
+
+    let got = waiter
+        .lock_with(&name, &waiting(Duration::from_secs(10)))
+        .await
+        .expect("the waiter gets the abandoned lock");
+    let took = before.elapsed();
+    assert!(
+        took + slack / 2 >= t,
+        "acquired {took:?} after the holder, before its TTL {t:?}"
+    );
+    assert_within("take-over after the TTL", took, t + slack);
+    assert_eq!(got.release().await.unwrap(), Release::Released);
+}
