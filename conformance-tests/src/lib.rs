@@ -206,8 +206,18 @@ mod self_check {
         assert_eq!(unique.len(), listed.len(), "a case is listed twice");
         let missing: Vec<_> = defined.difference(&unique).collect();
         let unknown: Vec<_> = unique.difference(&defined).collect();
-        assert!(missing.is_empty(), "scenarios missing from suite!: {missing:?}");
-        assert!(unknown.is_empty(), "suite! lists unknown cases: {unknown:?}");
-        assert!(defined.len() >= 30, "only {} scenarios found", defined.len());
+        assert!(
+            missing.is_empty(),
+            "scenarios missing from suite!: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "suite! lists unknown cases: {unknown:?}"
+        );
+        assert!(
+            defined.len() >= 30,
+            "only {} scenarios found",
+            defined.len()
+        );
     }
 }

@@ -73,7 +73,10 @@ pub async fn extend_really_extends<H: Harness>(h: &H) {
         "still held after the original TTL {t:?}"
     );
     assert!(b.try_lock(&name).await.unwrap().is_none());
-    assert!(guard.is_valid(), "the guard's deadline moved with the extend");
+    assert!(
+        guard.is_valid(),
+        "the guard's deadline moved with the extend"
+    );
     assert_eq!(guard.release().await.unwrap(), Release::Released);
 }
 

@@ -21,7 +21,11 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     let first = a.try_lock(&name).await.unwrap().expect("free");
     let f1 = first.fence();
     let info = b.inspect(&name).await.unwrap();
-    assert_eq!(info.last_fence, Some(f1), "inspect shows the holder's fence");
+    assert_eq!(
+        info.last_fence,
+        Some(f1),
+        "inspect shows the holder's fence"
+    );
     assert_eq!(first.release().await.unwrap(), Release::Released);
 
     let second = b
@@ -65,11 +69,7 @@ pub async fn fences_increase_per_name<H: Harness>(h: &H) {
     for round in 0..4 {
         for (i, name) in names.iter().enumerate() {
             let l = if (round + i) % 2 == 0 { &a } else { &b };
-            let guard = l
-                .try_lock_with(name, &lease)
-                .await
-                .unwrap()
-                .expect("free");
+            let guard = l.try_lock_with(name, &lease).await.unwrap().expect("free");
             let fence = guard.fence();
             if let Some(prev) = last[i] {
                 assert!(fence > prev, "{name}: fence {fence} after {prev}");

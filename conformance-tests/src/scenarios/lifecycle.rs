@@ -26,7 +26,10 @@ pub async fn dropped_guard_released_promptly<H: Harness>(h: &H) {
     let freed = free_within(&b, &name, dropped_at, drop_bound(h)).await;
     let freed = freed.expect("a dropped guard's lock is released in the background");
     assert_within("background release", freed, drop_bound(h));
-    assert!(!lease.is_lost(), "a dropped guard's lease is ended, not lost");
+    assert!(
+        !lease.is_lost(),
+        "a dropped guard's lease is ended, not lost"
+    );
     let again = b.try_lock(&name).await.unwrap();
     assert!(again.is_some(), "the dropped lock can be taken");
 }
@@ -40,18 +43,22 @@ pub async fn with_lock_runs_under_lock_and_releases<H: Harness>(h: &H) {
     let fencing = a.backend().capabilities().fencing;
     let (b_ref, name_ref) = (&b, name.as_str());
     let value = a
-        .with_lock_opts(&name, &ttl(Duration::from_secs(30)), move |lease| async move {
-            assert_eq!(lease.name(), name_ref);
-            assert!(!lease.is_lost(), "the lease is valid inside");
-            assert!(is_held(b_ref, name_ref).await, "held inside the closure");
-            let other = b_ref.try_lock(name_ref).await.unwrap();
-            assert!(other.is_none(), "nobody else can take it inside");
-            if fencing {
-                let info = b_ref.inspect(name_ref).await.unwrap();
-                assert_eq!(info.last_fence, Some(lease.fence()));
-            }
-            42
-        })
+        .with_lock_opts(
+            &name,
+            &ttl(Duration::from_secs(30)),
+            move |lease| async move {
+                assert_eq!(lease.name(), name_ref);
+                assert!(!lease.is_lost(), "the lease is valid inside");
+                assert!(is_held(b_ref, name_ref).await, "held inside the closure");
+                let other = b_ref.try_lock(name_ref).await.unwrap();
+                assert!(other.is_none(), "nobody else can take it inside");
+                if fencing {
+                    let info = b_ref.inspect(name_ref).await.unwrap();
+                    assert_eq!(info.last_fence, Some(lease.fence()));
+                }
+                42
+            },
+        )
         .await
         .expect("with_lock");
     assert_eq!(value, 42, "with_lock returns the closure's value");
@@ -83,6 +90,9 @@ pub async fn with_lock_releases_on_panic<H: Harness>(h: &H) {
         "the closure's panic reaches the caller"
     );
     let freed = free_within(&b, &name, panicked_at, drop_bound(h)).await;
-    assert!(freed.is_some(), "a panic inside with_lock left the lock held");
+    assert!(
+        freed.is_some(),
+        "a panic inside with_lock left the lock held"
+    );
     assert!(b.try_lock(&name).await.unwrap().is_some());
 }

@@ -49,10 +49,7 @@ pub async fn unusual_names_work<H: Harness>(h: &H) {
     let a = locker(h).await;
     let b = locker(h).await;
     let base = unique_name("odd");
-    let mut names = vec![
-        name_of_len("1k", 1024),
-        name_of_len("max", MAX_NAME_LEN),
-    ];
+    let mut names = vec![name_of_len("1k", 1024), name_of_len("max", MAX_NAME_LEN)];
     for suffix in [
         "ключ-鍵-🔒-é",
         "{",
@@ -81,7 +78,10 @@ pub async fn unusual_names_work<H: Harness>(h: &H) {
             .unwrap_or_else(|| panic!("{name:?} is free"));
         assert_eq!(guard.name(), name);
         assert!(is_held(&b, name).await, "{name:?} shows as held");
-        assert!(b.try_lock(name).await.unwrap().is_none(), "{name:?} is held");
+        assert!(
+            b.try_lock(name).await.unwrap().is_none(),
+            "{name:?} is held"
+        );
         guards.push(guard);
     }
     // All of them were held at once: no two share a key.
@@ -116,13 +116,34 @@ pub async fn names_are_case_sensitive<H: Harness>(h: &H) {
 pub async fn prefixes_never_collide<H: Harness>(h: &H) {
     let u = unique_name("prefix");
     let pairs = [
-        ((format!("{u}-one"), "job".to_owned()), (format!("{u}-two"), "job".to_owned())),
-        ((format!("{u}a"), "b:c".to_owned()), (format!("{u}a:b"), "c".to_owned())),
-        ((format!("{u}a"), "b".to_owned()), (format!("{u}"), "a}{b".to_owned())),
-        ((format!("{u}a{{"), "b".to_owned()), (format!("{u}a"), "{b".to_owned())),
-        ((format!("{u}a}}"), "b".to_owned()), (format!("{u}a"), "}b".to_owned())),
-        ((format!("{u}a"), "b".to_owned()), (String::new(), format!("{u}a{{b}}"))),
-        ((String::new(), format!("{u}x:y")), (format!("{u}x"), "y".to_owned())),
+        (
+            (format!("{u}-one"), "job".to_owned()),
+            (format!("{u}-two"), "job".to_owned()),
+        ),
+        (
+            (format!("{u}a"), "b:c".to_owned()),
+            (format!("{u}a:b"), "c".to_owned()),
+        ),
+        (
+            (format!("{u}a"), "b".to_owned()),
+            (u.clone(), "a}{b".to_owned()),
+        ),
+        (
+            (format!("{u}a{{"), "b".to_owned()),
+            (format!("{u}a"), "{b".to_owned()),
+        ),
+        (
+            (format!("{u}a}}"), "b".to_owned()),
+            (format!("{u}a"), "}b".to_owned()),
+        ),
+        (
+            (format!("{u}a"), "b".to_owned()),
+            (String::new(), format!("{u}a{{b}}")),
+        ),
+        (
+            (String::new(), format!("{u}x:y")),
+            (format!("{u}x"), "y".to_owned()),
+        ),
     ];
     for ((p1, n1), (p2, n2)) in pairs {
         let first = locker(h).await.with_prefix(p1.clone()).unwrap();
@@ -142,6 +163,9 @@ pub async fn prefixes_never_collide<H: Harness>(h: &H) {
     let first = locker(h).await.with_prefix(shared.clone()).unwrap();
     let second = locker(h).await.with_prefix(shared).unwrap();
     let guard = first.try_lock("job").await.unwrap().expect("free");
-    assert!(second.try_lock("job").await.unwrap().is_none(), "same prefix, same lock");
+    assert!(
+        second.try_lock("job").await.unwrap().is_none(),
+        "same prefix, same lock"
+    );
     assert_eq!(guard.release().await.unwrap(), Release::Released);
 }

@@ -21,13 +21,25 @@ async fn refused_everywhere<B: distlock::LockBackend>(
 ) {
     let what = format!("{opts:?}");
     let tried = l.try_lock_with(name, opts).await;
-    assert!(tried.as_ref().is_err_and(expected), "try_lock_with {what}: {tried:?}");
+    assert!(
+        tried.as_ref().is_err_and(expected),
+        "try_lock_with {what}: {tried:?}"
+    );
     let locked = l.lock_with(name, opts).await;
-    assert!(locked.as_ref().is_err_and(expected), "lock_with {what}: {locked:?}");
+    assert!(
+        locked.as_ref().is_err_and(expected),
+        "lock_with {what}: {locked:?}"
+    );
     let ran = l.with_lock_opts(name, opts, |_| async {}).await;
-    assert!(ran.as_ref().is_err_and(expected), "with_lock_opts {what}: {ran:?}");
+    assert!(
+        ran.as_ref().is_err_and(expected),
+        "with_lock_opts {what}: {ran:?}"
+    );
     let rebuilt = l.clone().with_defaults(opts.clone());
-    assert!(rebuilt.as_ref().is_err_and(expected), "with_defaults {what}");
+    assert!(
+        rebuilt.as_ref().is_err_and(expected),
+        "with_defaults {what}"
+    );
 }
 
 /// Whether `e` is `InvalidTtl`.
@@ -68,7 +80,10 @@ pub async fn invalid_ttl_rejected_before_backend<H: Harness>(h: &H) {
         );
     }
     assert_eq!(counting.calls(), calls, "a bad TTL reached the backend");
-    assert!(!is_held(&observer, &name).await, "a bad TTL locked something");
+    assert!(
+        !is_held(&observer, &name).await,
+        "a bad TTL locked something"
+    );
     assert!(guard.is_valid(), "a refused extend does not lose the lock");
     assert_eq!(guard.release().await.unwrap(), Release::Released);
 
@@ -103,15 +118,25 @@ pub async fn invalid_options_rejected_before_backend<H: Harness>(h: &H) {
         refused_everywhere(&l, &name, opts, is_invalid_options).await;
     }
     let prefix = l.clone().with_prefix("p".repeat(MAX_PREFIX_LEN + 1));
-    assert!(prefix.as_ref().is_err_and(is_invalid_options), "long prefix");
+    assert!(
+        prefix.as_ref().is_err_and(is_invalid_options),
+        "long prefix"
+    );
     let prefix = l.clone().with_prefix("a\0b");
     assert!(prefix.as_ref().is_err_and(is_invalid_options), "NUL prefix");
     assert_eq!(counting.calls(), 0, "bad options reached the backend");
-    assert!(!is_held(&observer, &name).await, "bad options locked something");
+    assert!(
+        !is_held(&observer, &name).await,
+        "bad options locked something"
+    );
 
     let limits = d()
         .with_wait_timeout(MAX_WAIT_TIMEOUT)
         .with_owner("o".repeat(MAX_OWNER_LEN));
-    let got = l.try_lock_with(&name, &limits).await.unwrap().expect("free");
+    let got = l
+        .try_lock_with(&name, &limits)
+        .await
+        .unwrap()
+        .expect("free");
     assert_eq!(got.release().await.unwrap(), Release::Released);
 }

@@ -66,7 +66,10 @@ pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
     let dropped_at = Instant::now();
     drop(guard);
     let freed = free_within(&b, &name, dropped_at, drop_bound(h)).await;
-    assert!(freed.is_some(), "a dropped renewing guard's lock stays held");
+    assert!(
+        freed.is_some(),
+        "a dropped renewing guard's lock stays held"
+    );
     tokio::time::sleep(h.timing_slack()).await;
     let calls = counting.calls();
     tokio::time::sleep(t * 2).await;
@@ -104,7 +107,10 @@ pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
         Instant::now() < deadline,
         "the signal came from the lease deadline, not from renewal noticing"
     );
-    assert!(lease.is_lost() && !guard.is_valid(), "is_lost after the signal");
+    assert!(
+        lease.is_lost() && !guard.is_valid(),
+        "is_lost after the signal"
+    );
     assert!(
         lease.lost().now_or_never().is_some(),
         "a lost() awaited after the loss completes at once"
@@ -143,7 +149,10 @@ pub async fn lost_does_not_fire_on_release<H: Harness>(h: &H) {
     );
     assert!(fired1.is_err(), "lost() fired after a normal release");
     assert!(fired2.is_err(), "lost() fired after a drop");
-    assert!(!lease1.is_lost() && !lease2.is_lost(), "is_lost after release");
+    assert!(
+        !lease1.is_lost() && !lease2.is_lost(),
+        "is_lost after release"
+    );
 }
 
 /// Without renewal, the lost signal fires at the guard's validity deadline
@@ -154,7 +163,11 @@ pub async fn lost_fires_at_deadline_without_renewal<H: Harness>(h: &H) {
     let name = unique_name("deadline");
     let extended_name = unique_name("deadline-extended");
     let (t, slack) = (short_ttl(h), h.timing_slack());
-    let guard = a.try_lock_with(&name, &ttl(t)).await.unwrap().expect("free");
+    let guard = a
+        .try_lock_with(&name, &ttl(t))
+        .await
+        .unwrap()
+        .expect("free");
     let mut extended = a
         .try_lock_with(&extended_name, &ttl(t))
         .await
@@ -172,7 +185,10 @@ pub async fn lost_fires_at_deadline_without_renewal<H: Harness>(h: &H) {
     tokio::time::timeout_at(valid_until + slack, lease.lost())
         .await
         .expect("the lost signal fires by the validity deadline");
-    assert!(Instant::now() >= valid_until, "lost() fired before the deadline");
+    assert!(
+        Instant::now() >= valid_until,
+        "lost() fired before the deadline"
+    );
     assert!(lease.is_lost() && !guard.is_valid());
     assert!(
         extended.is_valid() && !extended.lease().is_lost(),
@@ -200,7 +216,10 @@ pub async fn max_hold_stops_renewal<H: Harness>(h: &H) {
 
     let limit = max_hold + t + slack;
     let freed = free_within(&b, &name, start, limit).await;
-    assert!(freed.is_some(), "still held {limit:?} after a max_hold of {max_hold:?}");
+    assert!(
+        freed.is_some(),
+        "still held {limit:?} after a max_hold of {max_hold:?}"
+    );
     tokio::time::timeout_at(start + limit, guard.lost())
         .await
         .expect("the lost signal fires once renewal stopped");

@@ -36,7 +36,11 @@ pub async fn lock_times_out_while_held<H: Harness>(h: &H) {
         other => panic!("lock() of a held name must time out: {other:?}"),
     }
     assert!(took >= wait, "gave up after {took:?}, before {wait:?}");
-    assert_within("TimedOut after the wait timeout", took, wait + h.timing_slack());
+    assert_within(
+        "TimedOut after the wait timeout",
+        took,
+        wait + h.timing_slack(),
+    );
     assert!(is_held(&waiter, &name).await, "the holder is unaffected");
     assert_eq!(guard.release().await.unwrap(), Release::Released);
 }
@@ -61,7 +65,10 @@ pub async fn zero_wait_timeout_is_one_attempt<H: Harness>(h: &H) {
     assert_within("a single attempt", start.elapsed(), h.timing_slack());
     assert_eq!(counting.acquires(), 1, "exactly one attempt");
 
-    let got = l.lock_with(&free, &once).await.expect("zero wait, free name");
+    let got = l
+        .lock_with(&free, &once)
+        .await
+        .expect("zero wait, free name");
     assert_eq!(counting.acquires(), 2, "exactly one attempt");
     assert_eq!(got.release().await.unwrap(), Release::Released);
     assert_eq!(guard.release().await.unwrap(), Release::Released);
@@ -77,12 +84,17 @@ pub async fn lock_succeeds_after_release<H: Harness>(h: &H) {
     let task = {
         let (waiter, name) = (waiter.clone(), name.clone());
         tokio::spawn(async move {
-            let guard = waiter.lock_with(&name, &waiting(Duration::from_secs(10))).await;
+            let guard = waiter
+                .lock_with(&name, &waiting(Duration::from_secs(10)))
+                .await;
             (guard, Instant::now())
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!task.is_finished(), "the waiter must wait while the lock is held");
+    assert!(
+        !task.is_finished(),
+        "the waiter must wait while the lock is held"
+    );
     let released_at = Instant::now();
     assert_eq!(guard.release().await.unwrap(), Release::Released);
     let (got, acquired_at) = task.await.unwrap();
@@ -109,12 +121,18 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
     let long_wait = waiting(Duration::from_secs(10));
     let pending = waiter.lock_with(&name, &long_wait);
     let cancelled = tokio::time::timeout(Duration::from_millis(300), pending).await;
-    assert!(cancelled.is_err(), "the lock is held, lock() must still wait");
+    assert!(
+        cancelled.is_err(),
+        "the lock is held, lock() must still wait"
+    );
     if let Some(n) = h.registered_waiters(&client) {
         assert_eq!(n, 0, "a cancelled lock() left {n} waiters registered");
     }
     assert_eq!(guard.release().await.unwrap(), Release::Released);
-    assert!(!is_held(&other, &name).await, "nothing held after cancelling");
+    assert!(
+        !is_held(&other, &name).await,
+        "nothing held after cancelling"
+    );
     let taken = other.try_lock(&name).await.unwrap();
     assert!(taken.is_some(), "another client takes it right away");
     drop(taken);
@@ -136,7 +154,10 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
     }
     let from = Instant::now();
     let freed = free_within(&other, &free, from, drop_bound(h)).await;
-    assert!(freed.is_some(), "a cancelled acquisition left the lock held");
+    assert!(
+        freed.is_some(),
+        "a cancelled acquisition left the lock held"
+    );
     if let Some(n) = h.registered_waiters(&client) {
         assert_eq!(n, 0, "cancelled lock() calls left {n} waiters registered");
     }
@@ -153,8 +174,8 @@ pub async fn waiter_woken_by_release_notification<H: Harness>(h: &H) {
     let waiter = locker(h).await;
     let name = unique_name("notify");
     let guard = holder.try_lock(&name).await.unwrap().expect("free");
-    let slow_polls = waiting(Duration::from_secs(20))
-        .with_retry(Duration::from_secs(5), Duration::from_secs(5));
+    let slow_polls =
+        waiting(Duration::from_secs(20)).with_retry(Duration::from_secs(5), Duration::from_secs(5));
 
     let task = {
         let (waiter, name) = (waiter.clone(), name.clone());
@@ -164,7 +185,10 @@ pub async fn waiter_woken_by_release_notification<H: Harness>(h: &H) {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!task.is_finished(), "the waiter must wait while the lock is held");
+    assert!(
+        !task.is_finished(),
+        "the waiter must wait while the lock is held"
+    );
     let released_at = Instant::now();
     assert_eq!(guard.release().await.unwrap(), Release::Released);
     let (got, acquired_at) = task.await.unwrap();
