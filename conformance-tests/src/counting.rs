@@ -11,11 +11,14 @@ use distlock::{
 };
 
 /// Wraps a backend and counts the calls that could change lock state.
+/// Optionally makes calls slow, so that a caller's cancellation lands in
+/// the middle of them on every backend.
 #[derive(Clone)]
 pub(crate) struct Counting<B> {
     inner: B,
     acquires: Arc<AtomicUsize>,
     changes: Arc<AtomicUsize>,
+    delay: Duration,
 }
 
 impl<B: LockBackend> Counting<B> {
@@ -24,6 +27,21 @@ impl<B: LockBackend> Counting<B> {
             inner,
             acquires: Arc::default(),
             changes: Arc::default(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Makes every `try_acquire` reply `delay` late (after the backend
+    /// acted, like a slow network) and every `release` request `delay` late
+    /// (before the backend acts).
+    pub(crate) fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    async fn pause(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
         }
     }
 
@@ -53,7 +71,9 @@ impl<B: LockBackend> LockBackend for Counting<B> {
     ) -> Result<Acquire, BackendError> {
         self.acquires.fetch_add(1, Ordering::SeqCst);
         self.changes.fetch_add(1, Ordering::SeqCst);
-        self.inner.try_acquire(key, token, ttl, owner).await
+        let outcome = self.inner.try_acquire(key, token, ttl, owner).await;
+        self.pause().await;
+        outcome
     }
 
     async fn extend(
@@ -68,6 +88,7 @@ impl<B: LockBackend> LockBackend for Counting<B> {
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         self.changes.fetch_add(1, Ordering::SeqCst);
+        self.pause().await;
         self.inner.release(key, token).await
     }
 

@@ -85,6 +85,7 @@ macro_rules! suite {
             // basic
             acquire_free_then_held_then_free,
             not_reentrant,
+            inspect_reports_owner_and_remaining,
             // ownership
             wrong_token_changes_nothing,
             stale_guard_cannot_touch_new_holder,
@@ -119,6 +120,8 @@ macro_rules! suite {
             dropped_guard_released_promptly,
             with_lock_runs_under_lock_and_releases,
             with_lock_releases_on_panic,
+            with_lock_reports_lost_lease,
+            cancelled_release_still_releases,
             // renewal
             auto_renew_keeps_lock_across_ttls,
             renewal_stops_when_guard_dropped,

@@ -58,3 +58,37 @@ pub async fn not_reentrant<H: Harness>(h: &H) {
     );
     assert_eq!(guard.release().await.unwrap(), Release::Released);
 }
+
+/// `inspect` reports the holder's owner label and a remaining lease no
+/// longer than the TTL, and nothing for a free lock.
+pub async fn inspect_reports_owner_and_remaining<H: Harness>(h: &H) {
+    let a = locker(h).await;
+    let b = locker(h).await;
+    let name = unique_name("inspect");
+    let anonymous = unique_name("inspect-anonymous");
+    let t = Duration::from_secs(20);
+    let opts = LockOptions::default()
+        .with_ttl(t)
+        .with_owner("worker-7 (pid 42)");
+    let guard = a.try_lock_with(&name, &opts).await.unwrap().expect("free");
+    let info = b.inspect(&name).await.unwrap();
+    assert!(info.held);
+    assert_eq!(info.owner.as_deref(), Some("worker-7 (pid 42)"));
+    let remaining = info
+        .remaining
+        .expect("a held lock reports its remaining lease");
+    assert!(
+        remaining <= t && remaining + h.timing_slack() >= t,
+        "remaining {remaining:?} of a {t:?} lease"
+    );
+    let plain = a
+        .try_lock_with(&anonymous, &LockOptions::default().with_ttl(t))
+        .await
+        .unwrap()
+        .expect("free");
+    assert_eq!(b.inspect(&anonymous).await.unwrap().owner, None);
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    assert_eq!(plain.release().await.unwrap(), Release::Released);
+    let info = b.inspect(&name).await.unwrap();
+    assert!(!info.held && info.owner.is_none() && info.remaining.is_none());
+}

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use distlock::{LockBackend, Release};
+use distlock::{LockBackend, LockError, Locker, Release};
 use tokio::time::Instant;
 
+use crate::counting::Counting;
 use crate::support::{assert_within, drop_bound, free_within, is_held, locker, ttl};
 use crate::{unique_name, Harness};
 
@@ -95,4 +96,46 @@ pub async fn with_lock_releases_on_panic<H: Harness>(h: &H) {
         "a panic inside with_lock left the lock held"
     );
     assert!(b.try_lock(&name).await.unwrap().is_some());
+}
+
+/// A `release()` whose future is dropped before it finishes (the caller
+/// was cancelled) still releases the lock, in the background.
+pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
+    // A slow release request, so the cancellation lands before it is done.
+    let a = Locker::new(Counting::new(h.client().await).with_delay(Duration::from_millis(20)));
+    let b = locker(h).await;
+    let name = unique_name("cancelled-release");
+    let guard = a
+        .try_lock_with(&name, &ttl(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("free");
+    let cancelled_at = Instant::now();
+    let _ = tokio::time::timeout(Duration::ZERO, guard.release()).await;
+    let freed = free_within(&b, &name, cancelled_at, drop_bound(h)).await;
+    assert!(freed.is_some(), "a cancelled release left the lock held");
+}
+
+/// `with_lock` reports `NotHeld` when the lease was taken away while the
+/// closure ran (the work ran, but exclusion was not guaranteed), and the
+/// new holder keeps the lock.
+pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
+    let client = h.client().await;
+    let a = Locker::new(client.clone());
+    let b = locker(h).await;
+    let name = unique_name("with-lock-lost");
+    let key = a.key(&name).unwrap();
+    let (b_ref, name_ref, client_ref) = (&b, name.as_str(), &client);
+    let result = a
+        .with_lock_opts(&name, &ttl(Duration::from_secs(30)), |_| async move {
+            h.expire_now(client_ref, &key).await;
+            let thief = b_ref.try_lock(name_ref).await.unwrap();
+            thief.expect("the lock was taken away")
+        })
+        .await;
+    match result {
+        Err(LockError::NotHeld { name: reported }) => assert_eq!(reported, name),
+        other => panic!("with_lock after losing the lock: {other:?}"),
+    }
+    assert!(is_held(&b, &name).await, "the new holder keeps the lock");
 }

@@ -70,7 +70,7 @@ pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
         freed.is_some(),
         "a dropped renewing guard's lock stays held"
     );
-    tokio::time::sleep(h.timing_slack()).await;
+    // The background release was counted before the lock showed as free.
     let calls = counting.calls();
     tokio::time::sleep(t * 2).await;
     assert_eq!(counting.calls(), calls, "renewal went on after drop");

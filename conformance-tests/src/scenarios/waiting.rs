@@ -142,16 +142,12 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
         .expect("the cancelled waiter's locker is not stuck");
     assert_eq!(again.release().await.unwrap(), Release::Released);
 
-    // Cancel at many points of an acquisition of a free name.
+    // Cancel at many points of an acquisition of a free name, also after
+    // the backend took the lock but before its (slow) reply arrived.
     let free = unique_name("cancel-in-flight");
-    for step in 0..12u64 {
-        let attempt = waiter.lock_with(&free, &long_wait);
-        let limit = Duration::from_micros(step * 150);
-        if let Ok(got) = tokio::time::timeout(limit, attempt).await {
-            let got = got.expect("a free name");
-            assert_eq!(got.release().await.unwrap(), Release::Released);
-        }
-    }
+    let slow = Locker::new(Counting::new(client.clone()).with_delay(Duration::from_millis(1)));
+    cancel_at_many_points(&waiter, &free, &long_wait).await;
+    cancel_at_many_points(&slow, &free, &long_wait).await;
     let from = Instant::now();
     let freed = free_within(&other, &free, from, drop_bound(h)).await;
     assert!(
@@ -160,6 +156,19 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
     );
     if let Some(n) = h.registered_waiters(&client) {
         assert_eq!(n, 0, "cancelled lock() calls left {n} waiters registered");
+    }
+}
+
+/// Runs `lock()` of `name` a dozen times, cancelling it after 0, 150,
+/// 300, … µs, and releases what was acquired in time.
+async fn cancel_at_many_points<B: LockBackend>(l: &Locker<B>, name: &str, opts: &LockOptions) {
+    for step in 0..12u64 {
+        let attempt = l.lock_with(name, opts);
+        let limit = Duration::from_micros(step * 150);
+        if let Ok(got) = tokio::time::timeout(limit, attempt).await {
+            let got = got.expect("a free name");
+            assert_eq!(got.release().await.unwrap(), Release::Released);
+        }
     }
 }
 
