@@ -125,12 +125,13 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
     let b = locker(h).await;
     let name = unique_name("with-lock-lost");
     let key = a.key(&name).unwrap();
-    let (b_ref, name_ref, client_ref) = (&b, name.as_str(), &client);
+    let thief = std::sync::Mutex::new(None);
+    let (b_ref, name_ref, client_ref, thief_ref) = (&b, name.as_str(), &client, &thief);
     let result = a
         .with_lock_opts(&name, &ttl(Duration::from_secs(30)), |_| async move {
             h.expire_now(client_ref, &key).await;
-            let thief = b_ref.try_lock(name_ref).await.unwrap();
-            thief.expect("the lock was taken away")
+            let taken = b_ref.try_lock(name_ref).await.unwrap();
+            *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
         })
         .await;
     match result {
@@ -138,4 +139,6 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
         other => panic!("with_lock after losing the lock: {other:?}"),
     }
     assert!(is_held(&b, &name).await, "the new holder keeps the lock");
+    let thief = thief.into_inner().unwrap().expect("taken");
+    assert_eq!(thief.release().await.unwrap(), Release::Released);
 }
