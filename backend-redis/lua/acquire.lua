@@ -13,7 +13,12 @@ local fence = redis.pcall('INCR', KEYS[2])
 if type(fence) == 'table' and fence['err'] then
   -- Undo: Redis does not roll a script back on error.
   redis.call('DEL', KEYS[1])
-  return redis.error_reply('WRONGTYPE key ' .. KEYS[2] .. ' does not hold a fencing counter')
+  local e = fence['err']
+  if string.find(e, 'WRONGTYPE', 1, true) or string.find(e, 'not an integer', 1, true) then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[2] .. ' does not hold a fencing counter')
+  end
+  -- Anything else (an ACL denial of INCR, ...) is reported as it is.
+  return fence
 end
 if ARGV[3] then
   redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])

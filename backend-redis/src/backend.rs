@@ -91,7 +91,8 @@ impl RedisBackend {
     pub fn from_config(config: &RedisConfig) -> Result<Self, BackendError> {
         config.validate()?;
         install_crypto_provider();
-        let info = config.connection_info()?;
+        // With TLS files (CA, client certificate) read into the settings.
+        let info = config.client_connection_info()?;
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
@@ -117,7 +118,7 @@ impl RedisBackend {
     pub fn from_pool(pool: Pool, config: &RedisConfig) -> Result<Self, BackendError> {
         config.validate()?;
         install_crypto_provider();
-        let client = redis::Client::open(config.connection_info()?)
+        let client = redis::Client::open(config.client_connection_info()?)
             .map_err(|e| from_redis("building the pub/sub client", e))?;
         Self::assemble(Pools::Given(pool), Some(client), config)
     }

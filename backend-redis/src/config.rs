@@ -1,6 +1,7 @@
 //! Connection settings, loadable from configuration files.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use distlock::BackendError;
@@ -43,6 +44,29 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// assert!(toml::from_str::<RedisConfig>("url = \"redis://h\"\npool_sise = 3").is_err());
 /// ```
+///
+/// # TLS with a private CA
+///
+/// `rediss://` URLs trust the Mozilla root certificates by default. A server
+/// whose certificate comes from a private CA needs `tls_ca_cert`; a server
+/// started with `tls-auth-clients yes` also needs a client certificate and
+/// key (mutual TLS). All are PEM files, read when the backend is built:
+///
+/// ```
+/// use distlock_redis::RedisConfig;
+///
+/// let config: RedisConfig = toml::from_str(r#"
+///     url = "rediss://locker:s3cret@redis.internal:6380"
+///     tls_ca_cert = "/etc/distlock/redis-ca.pem"
+///     tls_client_cert = "/etc/distlock/client.pem"
+///     tls_client_key = "/etc/distlock/client.key"
+/// "#).unwrap();
+/// config.validate().unwrap(); // checks the combination, not the files
+///
+/// // TLS files only make sense with rediss://.
+/// let plain = RedisConfig::new("redis://h").with_tls_ca_cert("/etc/ca.pem");
+/// assert!(plain.validate().is_err());
+/// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
@@ -68,6 +92,20 @@ pub struct RedisConfig {
     /// before it fails with `PoolExhausted`. Default 1 s.
     #[serde(default = "default_pool_wait_timeout", with = "humantime_serde")]
     pub pool_wait_timeout: Duration,
+    /// A PEM file with the CA certificate(s) that signed the server's
+    /// certificate (`rediss://` only). When set, only these CAs are trusted,
+    /// instead of the built-in Mozilla roots. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_cert: Option<PathBuf>,
+    /// A PEM file with the client certificate for mutual TLS (`rediss://`
+    /// only; needs [`tls_client_key`](RedisConfig::tls_client_key) too).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// A PEM file with the private key of
+    /// [`tls_client_cert`](RedisConfig::tls_client_cert). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key: Option<PathBuf>,
 }
 
 fn default_prefix() -> String {
@@ -96,7 +134,30 @@ impl RedisConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             pool_wait_timeout: DEFAULT_POOL_WAIT_TIMEOUT,
+            tls_ca_cert: None,
+            tls_client_cert: None,
+            tls_client_key: None,
         }
+    }
+
+    /// Sets [`tls_ca_cert`](RedisConfig::tls_ca_cert): trust only the CA
+    /// certificate(s) in this PEM file.
+    pub fn with_tls_ca_cert(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_cert = Some(path.into());
+        self
+    }
+
+    /// Sets the client certificate and key for mutual TLS
+    /// ([`tls_client_cert`](RedisConfig::tls_client_cert),
+    /// [`tls_client_key`](RedisConfig::tls_client_key)).
+    pub fn with_tls_client_cert(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.tls_client_cert = Some(cert.into());
+        self.tls_client_key = Some(key.into());
+        self
     }
 
     /// Sets [`key_prefix`](RedisConfig::key_prefix).
@@ -132,7 +193,20 @@ impl RedisConfig {
     /// Checks every field (the URL is parsed, not connected to); errors are
     /// of kind [`Config`](distlock::BackendErrorKind::Config).
     pub fn validate(&self) -> Result<(), BackendError> {
-        self.connection_info()?;
+        let info = self.connection_info()?;
+        let tls_files = self.tls_ca_cert.is_some()
+            || self.tls_client_cert.is_some()
+            || self.tls_client_key.is_some();
+        if tls_files && !matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            return Err(config(
+                "tls_ca_cert, tls_client_cert and tls_client_key need a rediss:// URL",
+            ));
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Err(config(
+                "mutual TLS needs both tls_client_cert and tls_client_key",
+            ));
+        }
         KeyLayout::new(&self.key_prefix)?;
         if self.pool_size == 0 {
             return Err(config("pool_size must be at least 1"));
@@ -157,6 +231,35 @@ impl RedisConfig {
         redact(&self.url)
     }
 
+    /// Parses the URL and, for `rediss://` with TLS files, reads them: the
+    /// connection settings pools and clients are built from.
+    pub(crate) fn client_connection_info(&self) -> Result<redis::ConnectionInfo, BackendError> {
+        let info = self.connection_info()?;
+        if self.tls_ca_cert.is_none() && self.tls_client_cert.is_none() {
+            return Ok(info);
+        }
+        let root_cert = self.tls_ca_cert.as_deref().map(read_pem).transpose()?;
+        let client_tls = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert)?,
+                client_key: read_pem(key)?,
+            }),
+            _ => None,
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        let client = redis::Client::build_with_tls(info, certificates).map_err(|e| {
+            config(format!(
+                "cannot use the TLS certificates for {}: {}",
+                self.redacted_url(),
+                e.detail().unwrap_or("unusable certificate or key")
+            ))
+        })?;
+        Ok(client.get_connection_info().clone())
+    }
+
     /// Parses the URL.
     pub(crate) fn connection_info(&self) -> Result<redis::ConnectionInfo, BackendError> {
         use redis::IntoConnectionInfo;
@@ -168,6 +271,11 @@ impl RedisConfig {
             ))
         })
     }
+}
+
+/// Reads a PEM file named in the configuration.
+fn read_pem(path: &Path) -> Result<Vec<u8>, BackendError> {
+    std::fs::read(path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))
 }
 
 /// `url` with any password replaced by `***`; unparseable URLs are not shown.
@@ -192,6 +300,9 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("pool_wait_timeout", &self.pool_wait_timeout)
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("tls_client_key", &self.tls_client_key)
             .finish()
     }
 }

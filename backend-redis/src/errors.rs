@@ -14,6 +14,14 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
         Some("WRONGTYPE") => return BackendErrorKind::WrongType,
         _ => {}
     }
+    if script_acl_denial(err) {
+        return BackendErrorKind::Permission;
+    }
+    if tls_certificate_error(err).is_some() {
+        // Retrying cannot help: the client does not trust the server's
+        // certificate (or the server refused ours).
+        return BackendErrorKind::Config;
+    }
     if err.is_timeout() {
         return BackendErrorKind::Timeout;
     }
@@ -38,7 +46,41 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
     }
 }
 
-/// A Redis error during `what` (e.g. "acquire distlock:a{b}").
+/// Whether a script failed because the ACL user may not run a command or
+/// touch a key inside it (Redis answers `ERR The user executing the script
+/// can't …` there, not `NOPERM`).
+fn script_acl_denial(err: &RedisError) -> bool {
+    let text = err.detail().unwrap_or_default();
+    text.contains("user executing the script can't") || text.contains("No permissions to")
+}
+
+/// The TLS error behind a failed connection, if it is about certificates:
+/// an untrusted or invalid server certificate, or a client certificate the
+/// server refused or wanted. (The rustls error reaches us inside an
+/// `io::Error` behind an `Arc`, where it cannot be downcast, so its text is
+/// matched: rustls's own `Display` strings.)
+fn tls_certificate_error(err: &RedisError) -> Option<String> {
+    if !err.is_io_error() {
+        return None;
+    }
+    const CERTIFICATE_FAILURES: [&str; 6] = [
+        "invalid peer certificate",
+        "peer sent no certificates",
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: CertificateUnknown",
+    ];
+    let text = err.to_string();
+    CERTIFICATE_FAILURES
+        .iter()
+        .any(|needle| text.contains(needle))
+        .then_some(text)
+}
+
+/// A Redis error during `what` (e.g. "acquire distlock:a{b}"). The message
+/// says what to check; it never contains a password (Redis and the client
+/// do not echo credentials back).
 pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
     let kind = redis_kind(&err);
     let message = match kind {
@@ -46,6 +88,23 @@ pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
             "{what}: a key of this lock holds a value distlock did not write ({})",
             err.detail().unwrap_or("WRONGTYPE")
         ),
+        BackendErrorKind::Auth => format!(
+            "{what}: Redis refused the credentials (wrong password, unknown or disabled \
+             ACL user, or a password is required and the URL has none): {err}"
+        ),
+        BackendErrorKind::Permission => format!(
+            "{what}: the Redis ACL user lacks a permission: it needs the keys and the \
+             release channel under the backend's key prefix and the commands distlock \
+             uses (see the RedisBackend docs): {err}"
+        ),
+        BackendErrorKind::Config => match tls_certificate_error(&err) {
+            Some(tls) => format!(
+                "{what}: the TLS handshake with Redis failed: {tls} (a server certificate \
+                 from a private CA needs `tls_ca_cert`; a server that requires client \
+                 certificates needs `tls_client_cert` and `tls_client_key`)"
+            ),
+            None => format!("{what}: {err}"),
+        },
         _ => format!("{what}: {err}"),
     };
     BackendError::new(kind, message).with_source(err)

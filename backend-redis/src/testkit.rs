@@ -22,6 +22,14 @@
 //! Without any of them, the call panics and says how to get Redis; Redis
 //! tests never skip silently.
 //!
+//! [`RedisServer::start_process`] starts a dedicated `redis-server` from
+//! `PATH` (never a container) with extra arguments, for tests that need a
+//! password, ACL users or TLS: the arguments may name local files
+//! (certificates) that the process reads as they are, which a container
+//! could not without mounts. [`TestCertificates`] makes a throwaway CA,
+//! server and client certificate with the `openssl` command-line tool for
+//! such a TLS server.
+//!
 //! ```no_run
 //! use distlock_redis::{testkit::RedisServer, RedisBackend};
 //!
@@ -35,6 +43,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -116,6 +125,48 @@ impl RedisServer {
     /// When neither Docker nor `redis-server` is available.
     pub fn start() -> RedisServer {
         on_own_thread(|| Self::launch(true))
+    }
+
+    /// A dedicated `redis-server` process from `PATH`, started with the
+    /// testkit's usual arguments plus `options` (a password, ACL users, TLS
+    /// files…). Owned by the caller like [`start`](Self::start), and
+    /// restarted with the same arguments by [`restart`](Self::restart).
+    /// Ignores `DISTLOCK_REDIS_URL` and Docker.
+    ///
+    /// The [`url`](Self::url) carries no credentials:
+    /// `redis://127.0.0.1:PORT`, or `rediss://127.0.0.1:PORT` with
+    /// [`ProcessOptions::tls_only`].
+    ///
+    /// ```no_run
+    /// use distlock_redis::testkit::{ProcessOptions, RedisServer};
+    ///
+    /// let server = RedisServer::start_process(
+    ///     ProcessOptions::new().args(["--requirepass", "s3cret"]),
+    /// );
+    /// let url = server.url().replace("redis://", "redis://:s3cret@");
+    /// # let _ = url;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// When `redis-server` is not on `PATH` or does not answer within 15 s
+    /// (for example because an argument is wrong: run the same command by
+    /// hand to see its log).
+    pub fn start_process(options: ProcessOptions) -> RedisServer {
+        if !redis_server_on_path() {
+            panic!("redis-server is not on PATH; {HOW_TO_GET_REDIS}");
+        }
+        match ProcessServer::start_with(options) {
+            Ok(server) => {
+                let url = server.url();
+                eprintln!("distlock testkit: dedicated redis-server process at {url}");
+                RedisServer {
+                    url,
+                    backing: Backing::Process(server),
+                }
+            }
+            Err(e) => panic!("cannot start redis-server: {e}"),
+        }
     }
 
     fn launch(fixed_port: bool) -> RedisServer {
@@ -241,6 +292,160 @@ impl std::fmt::Debug for RedisServer {
     }
 }
 
+/// Extra settings for [`RedisServer::start_process`].
+#[derive(Clone, Debug, Default)]
+pub struct ProcessOptions {
+    /// Appended to the testkit's own arguments (`--port`, `--bind
+    /// 127.0.0.1`, `--save ""`, …), e.g. `["--requirepass", "pw"]`.
+    pub args: Vec<String>,
+    /// Serve TLS only: the port is given as `--tls-port` (with `--port 0`)
+    /// and the URL is `rediss://`. The certificate arguments go in
+    /// [`args`](Self::args) (see [`TestCertificates::server_args`]).
+    pub tls_only: bool,
+}
+
+impl ProcessOptions {
+    /// No extra arguments, plain TCP.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Serves TLS only (see [`tls_only`](Self::tls_only)).
+    pub fn tls_only(mut self) -> Self {
+        self.tls_only = true;
+        self
+    }
+}
+
+/// A throwaway certificate authority with a server certificate (for
+/// `127.0.0.1` and `localhost`) and a client certificate, made with the
+/// `openssl` command-line tool. All files are PEM; keys are unencrypted.
+#[derive(Clone, Debug)]
+pub struct TestCertificates {
+    /// The CA certificate: what clients pass as `tls_ca_cert`.
+    pub ca_cert: PathBuf,
+    /// The server certificate, signed by the CA.
+    pub server_cert: PathBuf,
+    /// The server's private key.
+    pub server_key: PathBuf,
+    /// A client certificate signed by the CA, for mutual TLS.
+    pub client_cert: PathBuf,
+    /// The client's private key.
+    pub client_key: PathBuf,
+}
+
+impl TestCertificates {
+    /// Generates a new CA and certificates into `dir` (created if needed;
+    /// existing files are overwritten). Takes well under a second.
+    pub fn generate(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let file = |name: &str| dir.join(name);
+        let certs = Self {
+            ca_cert: file("ca.pem"),
+            server_cert: file("server.pem"),
+            server_key: file("server.key"),
+            client_cert: file("client.pem"),
+            client_key: file("client.key"),
+        };
+        let ca_key = file("ca.key");
+        let p = |path: &Path| path.display().to_string();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=distlock test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&certs.ca_cert),
+        ])?;
+        for (name, cert, key, ext) in [
+            (
+                "server",
+                &certs.server_cert,
+                &certs.server_key,
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+            (
+                "client",
+                &certs.client_cert,
+                &certs.client_key,
+                "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+            ),
+        ] {
+            let csr = file(&format!("{name}.csr"));
+            let ext_file = file(&format!("{name}.ext"));
+            std::fs::write(&ext_file, ext)
+                .map_err(|e| format!("writing {}: {e}", ext_file.display()))?;
+            openssl(&[
+                "req", "-new", "-newkey", "rsa:2048", "-nodes",
+                "-subj", &format!("/CN=distlock test {name}"),
+                "-keyout", &p(key), "-out", &p(&csr),
+            ])?;
+            openssl(&[
+                "x509", "-req", "-in", &p(&csr), "-CA", &p(&certs.ca_cert),
+                "-CAkey", &p(&ca_key), "-CAcreateserial", "-days", "2",
+                "-extfile", &p(&ext_file), "-out", &p(cert),
+            ])?;
+        }
+        Ok(certs)
+    }
+
+    /// The `redis-server` arguments that serve TLS with these files;
+    /// `require_client_cert` sets `--tls-auth-clients yes` (mutual TLS),
+    /// otherwise `no`.
+    pub fn server_args(&self, require_client_cert: bool) -> Vec<String> {
+        let p = |path: &Path| path.display().to_string();
+        vec![
+            "--tls-cert-file".into(),
+            p(&self.server_cert),
+            "--tls-key-file".into(),
+            p(&self.server_key),
+            "--tls-ca-cert-file".into(),
+            p(&self.ca_cert),
+            "--tls-auth-clients".into(),
+            if require_client_cert { "yes" } else { "no" }.into(),
+        ]
+    }
+}
+
+/// Runs `openssl ARGS`, with its error output in the error.
+fn openssl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run openssl ({e}); install it (`apt-get install openssl`)"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "openssl {} failed: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Runs `f` on a fresh thread: starting runtimes or blocking is then fine
 /// even when the caller is inside a tokio runtime.
 fn on_own_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
@@ -345,7 +550,8 @@ fn wait_for_ping(addr: SocketAddr, within: Duration) -> Result<(), String> {
                 s.write_all(b"PING\r\n").ok()?;
                 let mut line = String::new();
                 BufReader::new(s).read_line(&mut line).ok()?;
-                Some(line.starts_with("+PONG"))
+                // A server with a password answers, but refuses.
+                Some(line.starts_with("+PONG") || line.starts_with("-NOAUTH"))
             });
         if pong == Some(true) {
             return Ok(());
@@ -357,6 +563,19 @@ fn wait_for_ping(addr: SocketAddr, within: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Waits until something accepts TCP connections at `addr` (a TLS-only
+/// server cannot be pinged in plain text).
+fn wait_for_listen(addr: SocketAddr, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() >= deadline {
+            return Err(format!("nothing listens at {addr} after {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(())
 }
 
 /// A container, with the runtime its async handle lives on.
@@ -472,6 +691,7 @@ impl Drop for ContainerServer {
 /// test process exits for any reason.
 struct ProcessServer {
     port: u16,
+    options: ProcessOptions,
     running: Mutex<Option<RunningProcess>>,
 }
 
@@ -483,9 +703,14 @@ struct RunningProcess {
 
 impl ProcessServer {
     fn start() -> Result<Self, String> {
+        Self::start_with(ProcessOptions::default())
+    }
+
+    fn start_with(options: ProcessOptions) -> Result<Self, String> {
         let port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
         let server = Self {
             port,
+            options,
             running: Mutex::new(None),
         };
         server.restart()?;
@@ -493,7 +718,12 @@ impl ProcessServer {
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls_only {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn restart(&self) -> Result<(), String> {
@@ -501,6 +731,12 @@ impl ProcessServer {
         if running.is_some() {
             return Ok(());
         }
+        let port = self.port.to_string();
+        let port_args: Vec<&str> = if self.options.tls_only {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let script = r#"redis-server "$@" >/dev/null 2>&1 & pid=$!
 echo "$pid"
 trap 'kill -CONT $pid 2>/dev/null; kill $pid 2>/dev/null; wait $pid 2>/dev/null' EXIT
@@ -510,9 +746,10 @@ while read -r _line; do :; done
             .arg("-c")
             .arg(script)
             .arg("redis-server-wrapper")
-            .args(["--port", &self.port.to_string()])
+            .args(port_args)
             .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.options.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -527,7 +764,12 @@ while read -r _line; do :; done
         *running = Some(RunningProcess { shell, stdin, pid });
         drop(running);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        wait_for_ping(addr, Duration::from_secs(15)).inspect_err(|_| self.stop())
+        let ready = if self.options.tls_only {
+            wait_for_listen(addr, Duration::from_secs(15))
+        } else {
+            wait_for_ping(addr, Duration::from_secs(15))
+        };
+        ready.inspect_err(|_| self.stop())
     }
 
     fn stop(&self) {
