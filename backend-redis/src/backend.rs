@@ -224,6 +224,14 @@ fn ttl_ms(ttl: Duration) -> Result<u64, BackendError> {
     if ms == 0 {
         return Err(config(format!("TTL {ttl:?} is under one millisecond")));
     }
+    // Far beyond what PX accepts (and what Locker allows): refuse before
+    // Redis answers with an opaque "out of range".
+    if ttl > distlock::MAX_TTL {
+        return Err(config(format!(
+            "TTL {ttl:?} is above the maximum {:?}",
+            distlock::MAX_TTL
+        )));
+    }
     Ok(ms)
 }
 
