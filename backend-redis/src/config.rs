@@ -45,6 +45,29 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// assert!(toml::from_str::<RedisConfig>("url = \"redis://h\"\npool_sise = 3").is_err());
 /// ```
 ///
+/// # A Redis ACL user
+///
+/// `redis://USER:PASSWORD@host` logs in as an ACL user. The smallest ACL
+/// that distlock needs, for the default `key_prefix` `distlock:` (use your
+/// prefix in both patterns otherwise):
+///
+/// ```text
+/// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
+///     +evalsha +script|load +get +set +del +incr +pttl +pexpire +type
+///     +publish +subscribe +unsubscribe +ping +unwatch
+/// ```
+///
+/// `~distlock:*` covers the lock, fence and owner keys, `&distlock:*` the
+/// release channel. `evalsha` and `script|load` run the scripts (`EVAL` is
+/// never sent); `get`, `set`, `del`, `incr`, `pttl`, `pexpire`, `type` and
+/// `publish` are what the scripts call (Redis checks them against the
+/// user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,
+/// `ping` checks idle connections, and `unwatch` is only needed for a pool
+/// given to [`RedisBackend::from_pool`](crate::RedisBackend::from_pool).
+/// Add `+select` for a database other than 0. Wrong credentials are
+/// [`Auth`](distlock::BackendErrorKind::Auth) errors; a key or command the
+/// user may not use is [`Permission`](distlock::BackendErrorKind::Permission).
+///
 /// # TLS with a private CA
 ///
 /// `rediss://` URLs trust the Mozilla root certificates by default. A server

@@ -95,7 +95,7 @@ pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
         BackendErrorKind::Permission => format!(
             "{what}: the Redis ACL user lacks a permission: it needs the keys and the \
              release channel under the backend's key prefix and the commands distlock \
-             uses (see the RedisBackend docs): {err}"
+             uses (see the RedisConfig docs): {err}"
         ),
         BackendErrorKind::Config => match tls_certificate_error(&err) {
             Some(tls) => format!(
@@ -175,5 +175,27 @@ mod tests {
         assert_eq!(redis_kind(&io), BackendErrorKind::Unavailable);
         let t = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert_eq!(redis_kind(&t), BackendErrorKind::Timeout);
+    }
+
+    #[test]
+    fn script_acl_denials_and_certificate_failures_have_their_kinds() {
+        let denied = redis::make_extension_error(
+            "ERR".into(),
+            Some("The user executing the script can't run this command or subcommand".into()),
+        );
+        assert_eq!(redis_kind(&denied), BackendErrorKind::Permission);
+        let io = |text: &str| {
+            RedisError::from(std::io::Error::new(std::io::ErrorKind::InvalidData, text))
+        };
+        let untrusted = io("invalid peer certificate: UnknownIssuer");
+        assert_eq!(redis_kind(&untrusted), BackendErrorKind::Config);
+        let message = from_redis("acquire k", untrusted).to_string();
+        assert!(message.contains("tls_ca_cert"), "{message}");
+        let required = io("received fatal alert: CertificateRequired");
+        assert_eq!(redis_kind(&required), BackendErrorKind::Config);
+        assert_eq!(
+            redis_kind(&io("broken pipe")),
+            BackendErrorKind::Unavailable
+        );
     }
 }

@@ -329,7 +329,8 @@ impl ProcessOptions {
 
 /// A throwaway certificate authority with a server certificate (for
 /// `127.0.0.1` and `localhost`) and a client certificate, made with the
-/// `openssl` command-line tool. All files are PEM; keys are unencrypted.
+/// `openssl` command-line tool. All files are PEM; keys are unencrypted
+/// ECDSA P-256, valid for two days.
 #[derive(Clone, Debug)]
 pub struct TestCertificates {
     /// The CA certificate: what clients pass as `tls_ca_cert`.
@@ -363,7 +364,9 @@ impl TestCertificates {
             "req",
             "-x509",
             "-newkey",
-            "rsa:2048",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
             "-nodes",
             "-days",
             "2",
@@ -397,7 +400,7 @@ impl TestCertificates {
             std::fs::write(&ext_file, ext)
                 .map_err(|e| format!("writing {}: {e}", ext_file.display()))?;
             openssl(&[
-                "req", "-new", "-newkey", "rsa:2048", "-nodes",
+                "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                 "-subj", &format!("/CN=distlock test {name}"),
                 "-keyout", &p(key), "-out", &p(&csr),
             ])?;

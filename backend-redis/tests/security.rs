@@ -26,7 +26,8 @@ use distlock_redis::{
 use proptest::prelude::*;
 
 /// The smallest ACL that distlock-redis needs, for a user `locker` with
-/// password `PASSWORD` and the default key prefix `distlock:`:
+/// password `PASSWORD` and the default key prefix `distlock:` (documented on
+/// `RedisConfig`; this test proves it is enough):
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
