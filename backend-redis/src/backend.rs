@@ -128,8 +128,7 @@ impl RedisBackend {
         config: &RedisConfig,
     ) -> Result<Self, BackendError> {
         let layout = KeyLayout::new(&config.key_prefix)?;
-        let subscriber =
-            Subscriber::new(client, layout.channel().to_owned(), config.connect_timeout);
+        let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -157,9 +156,17 @@ impl RedisBackend {
         self.inner.layout.keys(key)
     }
 
-    /// The pub/sub channel releases are published on.
-    pub fn release_channel(&self) -> &str {
-        self.inner.layout.channel()
+    /// The pub/sub channel releases of `key` are published on (the lock key
+    /// + `:released`).
+    pub fn release_channel(&self, key: &LockKey) -> String {
+        self.inner.layout.channel(key)
+    }
+
+    /// The release channels the subscriber connection listens to right now:
+    /// one per lock name this backend has waiters for (dropped about a
+    /// second after the last waiter of a name leaves).
+    pub fn subscribed_channels(&self) -> usize {
+        self.inner.subscriber.subscribed_count()
     }
 
     /// How many waiters of this backend are registered for release
@@ -281,11 +288,12 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         let keys = self.keys(key);
+        let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
         let mut inv = scripts::RELEASE.prepare_invoke();
         inv.key(&keys.lock)
             .key(&keys.owner)
             .arg(token.as_hex())
-            .arg(self.release_channel())
+            .arg(&channel)
             .arg(key.encoded());
         let what = format!("release {}", keys.lock);
         Ok(
