@@ -9,7 +9,7 @@
 //! again to every watched name and wakes one waiter of each (a release may
 //! have been missed while it was down).
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -293,12 +293,12 @@ impl Task {
                 },
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ended::Closed };
-                    if !channels.contains_key(&request.encoded_key) {
-                        let channel = self.layout.channel_of_encoded(&request.encoded_key);
+                    if let Entry::Vacant(slot) = channels.entry(request.encoded_key) {
+                        let channel = self.layout.channel_of_encoded(slot.key());
                         if !self.call(sink.subscribe(&channel)).await {
                             return Ended::Lost;
                         }
-                        channels.insert(request.encoded_key, channel);
+                        slot.insert(channel);
                         self.count.send_replace(channels.len());
                     }
                     let _ = request.done.send(());
