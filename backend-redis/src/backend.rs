@@ -48,11 +48,14 @@ use crate::subscriber::Subscriber;
 /// # Release notifications
 ///
 /// A release publishes the encoded key (`billing{user:42}`, without the
-/// prefix) on the channel `P` + `released` (default `distlock:released`).
-/// Each backend keeps **one** subscriber connection, started by the first
-/// waiter, resubscribing with backoff after a disconnect, and wakes its
-/// waiters through a [`distlock::ReleaseHub`]. Waiters also poll with
-/// backoff, so a lost message only delays them.
+/// prefix) on the lock's own channel, the lock key + `:released`
+/// (`distlock:billing{user:42}:released`). Each backend keeps **one**
+/// subscriber connection, started by the first waiter; it subscribes to a
+/// lock's channel while this backend has waiters for that lock (so a process
+/// only hears about locks it waits for), re-subscribes with backoff after a
+/// disconnect, and wakes one waiter per release through a
+/// [`distlock::ReleaseHub`]. Waiters also poll with backoff, so a lost
+/// message only delays them, never past the holder's lease.
 ///
 /// # Errors and timeouts
 ///
