@@ -66,7 +66,9 @@
 
 mod counting;
 mod harness;
+pub mod history;
 pub mod scenarios;
+mod stress;
 mod support;
 
 pub use async_trait::async_trait;
