@@ -282,6 +282,7 @@ pub enum Violation {
     },
     /// `later` was acquired after `earlier` (see the [module docs](self)
     /// for when the order is certain) but its fencing token is not greater.
+    /// Each hold is reported as `later` at most once.
     FenceOrder {
         /// The lock name.
         name: String,
@@ -469,14 +470,10 @@ fn check_fences(
     protected: &[(Stamp, Stamp, &Hold)],
     out: &mut Vec<Violation>,
 ) {
-    // Pairs already reported, by address, so one pair is reported once.
-    let mut seen: BTreeSet<(usize, usize)> = BTreeSet::new();
+    // Holds already reported as `later` (by address): one violation each.
+    let mut seen: BTreeSet<usize> = BTreeSet::new();
     let mut report = |earlier: &Hold, later: &Hold, out: &mut Vec<Violation>| {
-        let pair = (
-            std::ptr::from_ref(earlier) as usize,
-            std::ptr::from_ref(later) as usize,
-        );
-        if seen.insert(pair) {
+        if seen.insert(std::ptr::from_ref(later) as usize) {
             out.push(Violation::FenceOrder {
                 name: name.to_owned(),
                 earlier: earlier.clone(),
