@@ -138,7 +138,12 @@ impl Stamp {
 
 impl fmt::Display for Stamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:09}s", self.0 / 1_000_000_000, self.0 % 1_000_000_000)
+        write!(
+            f,
+            "{}.{:09}s",
+            self.0 / 1_000_000_000,
+            self.0 % 1_000_000_000
+        )
     }
 }
 
@@ -397,7 +402,10 @@ impl fmt::Display for Report {
         )?;
         for (name, count) in &self.holds_per_name {
             let empty = self.empty_per_name.get(name).copied().unwrap_or(0);
-            writeln!(f, "  {name:?}: {count} holds ({empty} with an empty protected interval)")?;
+            writeln!(
+                f,
+                "  {name:?}: {count} holds ({empty} with an empty protected interval)"
+            )?;
         }
         for v in self.violations.iter().take(20) {
             writeln!(f, "  {v}")?;

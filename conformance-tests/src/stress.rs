@@ -137,11 +137,11 @@ impl StressConfig {
     }
 
     fn renews(&self, task: u32) -> bool {
-        self.renew_every > 0 && task % self.renew_every == 0
+        self.renew_every > 0 && task.is_multiple_of(self.renew_every)
     }
 
     fn overruns(&self, hold: u32) -> bool {
-        self.overrun_every > 0 && (hold + 1) % self.overrun_every == 0
+        self.overrun_every > 0 && (hold + 1).is_multiple_of(self.overrun_every)
     }
 }
 
@@ -280,13 +280,17 @@ where
         .with_ttl(config.ttl)
         .with_wait_timeout(config.wait_timeout)
         .with_retry(config.retry.0, config.retry.1);
-    let renewing = plain.clone().with_ttl(config.renew_ttl).with_auto_renew(true);
-    plain.validate().map_err(|e| StressError::Config(e.to_string()))?;
+    let renewing = plain
+        .clone()
+        .with_ttl(config.renew_ttl)
+        .with_auto_renew(true);
+    plain
+        .validate()
+        .map_err(|e| StressError::Config(e.to_string()))?;
     renewing
         .validate()
         .map_err(|e| StressError::Config(e.to_string()))?;
-    distlock::validate_ttl(config.overrun_ttl)
-        .map_err(|e| StressError::Config(e.to_string()))?;
+    distlock::validate_ttl(config.overrun_ttl).map_err(|e| StressError::Config(e.to_string()))?;
 
     let counter = Arc::new(counter);
     let sink = Arc::new(sink);
@@ -332,7 +336,11 @@ async fn run_task<B: LockBackend>(
     let renews = config.renews(holder.task);
     let mut run = StressRun::default();
     for h in 0..config.holds_per_task {
-        if h > 0 && config.max_duration.is_some_and(|max| start.elapsed() >= max) {
+        if h > 0
+            && config
+                .max_duration
+                .is_some_and(|max| start.elapsed() >= max)
+        {
             break;
         }
         let name = &config.names[(holder.task + h) as usize % config.names.len()];

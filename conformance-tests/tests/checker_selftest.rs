@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Locker, Release,
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken, Locker,
+    Release,
 };
 use distlock_conformance::history::{check, MemoryCounter, Report, StressConfig, StressRun};
 use distlock_memory::MemoryBackend;
