@@ -58,10 +58,12 @@ fn config(process: u32) -> StressConfig {
     config.wait_timeout = Duration::from_secs(60);
     config.retry = (Duration::from_millis(2), Duration::from_millis(50));
     config.work = Duration::from_millis(1);
-    // One renewing task per process (600 ms leases, held 900 ms at times);
-    // every tenth hold of the others runs its lease out (30 ms) on purpose.
+    // One renewing task per process (1 s leases renewed every third of it,
+    // held 1.5 s at times); every tenth hold of the others runs its lease
+    // out (30 ms) on purpose. Counters are written early in each hold,
+    // while the lease has most of its TTL left.
     config.renew_every = 16;
-    config.renew_ttl = Duration::from_millis(600);
+    config.renew_ttl = Duration::from_secs(1);
     config.overrun_every = 10;
     config.overrun_ttl = Duration::from_millis(30);
     config
@@ -196,6 +198,41 @@ fn run_id() -> String {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     )
+}
+
+/// Prints how long a waiter took to get a lock after the previous hold's
+/// protected end, for holders that were already waiting then (figures
+/// only, nothing asserted).
+fn print_handoffs(holds: &[Hold]) {
+    let mut by_name: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+    for h in holds {
+        by_name.entry(h.name.as_str()).or_default().push(h);
+    }
+    let mut gaps: Vec<Duration> = Vec::new();
+    for list in by_name.values_mut() {
+        list.sort_by_key(|h| h.acquired);
+        for pair in list.windows(2) {
+            if let Some((_, end)) = pair[0].protected() {
+                // Only where the next holder was already waiting.
+                if pair[1].acquire_sent < end {
+                    gaps.push(pair[1].acquired.saturating_duration_since(end));
+                }
+            }
+        }
+    }
+    gaps.sort();
+    if gaps.is_empty() {
+        return;
+    }
+    let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+    println!(
+        "hand-over to a waiting task ({} cases, protected end to next acquired): median {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        gaps.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        at(1.0)
+    );
 }
 
 /// A running child and the threads that drain its output.
@@ -390,6 +427,7 @@ fn stress_across_processes_checked_from_history() {
             list.iter().max().unwrap_or(&0)
         );
     }
+    print_handoffs(&holds);
     assert!(
         not_held >= planned,
         "{planned} leases were run out but only {not_held} releases said NotHeld"

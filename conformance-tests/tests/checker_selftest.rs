@@ -105,7 +105,6 @@ fn config() -> StressConfig {
     config.holds_per_task = 20;
     config.work = Duration::from_millis(2);
     config.retry = (Duration::from_millis(1), Duration::from_millis(5));
-    config.renew_ttl = Duration::from_millis(300);
     config
 }
 
