@@ -38,10 +38,10 @@
 //!
 //! - two holds whose acquire windows (`acquire_sent ..= acquired`) do not
 //!   intersect were acquired in the order of those windows;
-//! - two holds with non-empty protected intervals that do not overlap were
-//!   acquired in the order of their intervals (the lease of the earlier one
-//!   was still valid when the later one's could have been granted at the
-//!   earliest, so a lock that excludes correctly granted them in that order);
+//! - if hold A's non-empty protected interval ends no later than hold B's
+//!   begins, a lock that excludes correctly granted A first: had it granted
+//!   B first, B's lease would have ended before A's was granted, so before
+//!   A's acquire returned, and B's protected interval would be empty;
 //! - no two acquisitions of one name share a fencing token.
 //!
 //! ```
