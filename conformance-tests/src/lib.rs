@@ -65,6 +65,7 @@
 #![warn(missing_docs)]
 
 mod counting;
+pub mod fenced;
 mod harness;
 pub mod scenarios;
 mod support;
