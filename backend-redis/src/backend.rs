@@ -217,7 +217,7 @@ impl RedisBackend {
                 if kind.is_transient() || e.is_unrecoverable_error() {
                     conn.discard();
                 }
-                if kind == BackendErrorKind::Unavailable {
+                if e.is_connection_dropped() || e.is_io_error() {
                     // What broke this connection (a restart, `CLIENT KILL`,
                     // a failover) most likely broke the idle ones too: open
                     // fresh ones instead of failing once per idle connection.

@@ -155,6 +155,20 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         let plain_name = unique("restart-plain");
         let mut plain = locker.lock_with(&plain_name, &opts(ttl)).await.unwrap();
         let lease = renewing.lease();
+        // Another client of the same server with eight idle connections.
+        let idle = RedisBackend::from_config(&fault_config(server.url())).unwrap();
+        let probe = locker.key(&name).unwrap();
+        let warm: Vec<_> = (0..8)
+            .map(|_| {
+                let (idle, probe) = (idle.clone(), probe.clone());
+                tokio::spawn(async move { idle.inspect(&probe).await.map(|_| ()) })
+            })
+            .collect();
+        for w in warm {
+            w.await.unwrap().unwrap();
+        }
+        let idle_connections = idle.pool_status().size;
+        assert!(idle_connections >= 2, "{idle_connections}");
 
         let stopped_at = Instant::now();
         control(|| {
@@ -190,6 +204,22 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         assert!(plain.lease().is_lost());
         assert_eq!(renewing.release().await.unwrap(), Release::NotHeld);
         assert_eq!(plain.release().await.unwrap(), Release::NotHeld);
+
+        // The other client: only the first call finds a dead connection; the
+        // backend then drops the other idle ones instead of failing on each.
+        wait_until_ready(server.url()).await;
+        let mut failures = Vec::new();
+        for _ in 0..idle_connections {
+            if let Err(e) = no_hang("inspect", idle.inspect(&probe)).await {
+                assert_eq!(e.kind(), BackendErrorKind::Unavailable, "{e}");
+                failures.push(e.to_string());
+            }
+        }
+        println!(
+            "client with {idle_connections} idle connections: {} of {idle_connections} calls failed after the restart: {failures:?}",
+            failures.len()
+        );
+        assert!(failures.len() <= 1, "{failures:?}");
 
         // The same client acquires again. The fence counter did not survive.
         let again = no_hang("acquire", locker.try_lock_with(&name, &opts(TTL)))
