@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
+    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+    LockToken, Release, ReleaseWatch,
 };
 use redis::{AsyncConnectionConfig, Value};
 
@@ -66,7 +66,9 @@ use crate::subscriber::Subscriber;
 /// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted) (all
 /// transient); `WRONGPASS`/`NOAUTH` are `Auth`, `NOPERM` is `Permission`,
 /// a lock key of another type is `WrongType`. A connection that failed or
-/// timed out is dropped from the pool, not reused.
+/// timed out is dropped from the pool, not reused; after a broken
+/// connection the idle pooled ones are dropped as well (a Redis restart or
+/// `CLIENT KILL` breaks them all), so only calls already in flight fail.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -187,10 +189,26 @@ impl RedisBackend {
     /// Gets a pooled connection, within the checkout bound.
     async fn connection(&self, what: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(what, e, inner.checkout_timeout)),
-            Err(_) => Err(timed_out(what, inner.checkout_timeout)),
+            Ok(Err(e)) => Err(from_pool(what, e, started.elapsed())),
+            Err(_) => {
+                // A pool without its own wait timeout (from_pool) ends here
+                // when every connection stays checked out.
+                let status = inner.pool.status();
+                if status.available == 0 && status.size >= status.max_size {
+                    Err(BackendError::new(
+                        BackendErrorKind::PoolExhausted,
+                        format!(
+                            "{what}: every pooled Redis connection stayed busy for {:?}",
+                            started.elapsed()
+                        ),
+                    ))
+                } else {
+                    Err(timed_out(what, inner.checkout_timeout))
+                }
+            }
         }
     }
 
@@ -205,8 +223,15 @@ impl RedisBackend {
         match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if redis_kind(&e).is_transient() || e.is_unrecoverable_error() {
+                let kind = redis_kind(&e);
+                if kind.is_transient() || e.is_unrecoverable_error() {
                     conn.discard();
+                }
+                if e.is_connection_dropped() || e.is_io_error() {
+                    // What broke this connection (a restart, `CLIENT KILL`,
+                    // a failover) most likely broke the idle ones too: open
+                    // fresh ones instead of failing once per idle connection.
+                    self.inner.pool.drop_idle();
                 }
                 Err(from_redis(what, e))
             }

@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 mod counting;
+pub mod fenced;
 mod harness;
 pub mod history;
 pub mod scenarios;
