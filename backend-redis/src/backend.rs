@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
+    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+    LockToken, Release, ReleaseWatch,
 };
 use redis::{AsyncConnectionConfig, Value};
 
@@ -48,11 +48,14 @@ use crate::subscriber::Subscriber;
 /// # Release notifications
 ///
 /// A release publishes the encoded key (`billing{user:42}`, without the
-/// prefix) on the channel `P` + `released` (default `distlock:released`).
-/// Each backend keeps **one** subscriber connection, started by the first
-/// waiter, resubscribing with backoff after a disconnect, and wakes its
-/// waiters through a [`distlock::ReleaseHub`]. Waiters also poll with
-/// backoff, so a lost message only delays them.
+/// prefix) on the lock's own channel, the lock key + `:released`
+/// (`distlock:billing{user:42}:released`). Each backend keeps **one**
+/// subscriber connection, started by the first waiter; it subscribes to a
+/// lock's channel while this backend has waiters for that lock (so a process
+/// only hears about locks it waits for), re-subscribes with backoff after a
+/// disconnect, and wakes one waiter per release through a
+/// [`distlock::ReleaseHub`]. Waiters also poll with backoff, so a lost
+/// message only delays them, never past the holder's lease.
 ///
 /// # Errors and timeouts
 ///
@@ -63,7 +66,9 @@ use crate::subscriber::Subscriber;
 /// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted) (all
 /// transient); `WRONGPASS`/`NOAUTH` are `Auth`, `NOPERM` is `Permission`,
 /// a lock key of another type is `WrongType`. A connection that failed or
-/// timed out is dropped from the pool, not reused.
+/// timed out is dropped from the pool, not reused; after a broken
+/// connection the idle pooled ones are dropped as well (a Redis restart or
+/// `CLIENT KILL` breaks them all), so only calls already in flight fail.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
@@ -129,8 +134,7 @@ impl RedisBackend {
         config: &RedisConfig,
     ) -> Result<Self, BackendError> {
         let layout = KeyLayout::new(&config.key_prefix)?;
-        let subscriber =
-            Subscriber::new(client, layout.channel().to_owned(), config.connect_timeout);
+        let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
@@ -158,9 +162,17 @@ impl RedisBackend {
         self.inner.layout.keys(key)
     }
 
-    /// The pub/sub channel releases are published on.
-    pub fn release_channel(&self) -> &str {
-        self.inner.layout.channel()
+    /// The pub/sub channel releases of `key` are published on (the lock key
+    /// + `:released`).
+    pub fn release_channel(&self, key: &LockKey) -> String {
+        self.inner.layout.channel(key)
+    }
+
+    /// The release channels the subscriber connection listens to right now:
+    /// one per lock name this backend has waiters for (dropped about a
+    /// second after the last waiter of a name leaves).
+    pub fn subscribed_channels(&self) -> usize {
+        self.inner.subscriber.subscribed_count()
     }
 
     /// How many waiters of this backend are registered for release
@@ -178,10 +190,26 @@ impl RedisBackend {
     /// Gets a pooled connection, within the checkout bound.
     async fn connection(&self, what: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(what, e, inner.checkout_timeout)),
-            Err(_) => Err(timed_out(what, inner.checkout_timeout)),
+            Ok(Err(e)) => Err(from_pool(what, e, started.elapsed())),
+            Err(_) => {
+                // A pool without its own wait timeout (from_pool) ends here
+                // when every connection stays checked out.
+                let status = inner.pool.status();
+                if status.available == 0 && status.size >= status.max_size {
+                    Err(BackendError::new(
+                        BackendErrorKind::PoolExhausted,
+                        format!(
+                            "{what}: every pooled Redis connection stayed busy for {:?}",
+                            started.elapsed()
+                        ),
+                    ))
+                } else {
+                    Err(timed_out(what, inner.checkout_timeout))
+                }
+            }
         }
     }
 
@@ -196,8 +224,15 @@ impl RedisBackend {
         match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
-                if redis_kind(&e).is_transient() || e.is_unrecoverable_error() {
+                let kind = redis_kind(&e);
+                if kind.is_transient() || e.is_unrecoverable_error() {
                     conn.discard();
+                }
+                if e.is_connection_dropped() || e.is_io_error() {
+                    // What broke this connection (a restart, `CLIENT KILL`,
+                    // a failover) most likely broke the idle ones too: open
+                    // fresh ones instead of failing once per idle connection.
+                    self.inner.pool.drop_idle();
                 }
                 Err(from_redis(what, e))
             }
@@ -290,11 +325,12 @@ impl LockBackend for RedisBackend {
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         let keys = self.keys(key);
+        let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
         let mut inv = scripts::RELEASE.prepare_invoke();
         inv.key(&keys.lock)
             .key(&keys.owner)
             .arg(token.as_hex())
-            .arg(self.release_channel())
+            .arg(&channel)
             .arg(key.encoded());
         let what = format!("release {}", keys.lock);
         Ok(

@@ -11,8 +11,9 @@ pub const FENCE_SUFFIX: &str = ":fence";
 /// Suffix of the key that holds a lock's owner label (expires with the lock).
 pub const OWNER_SUFFIX: &str = ":owner";
 
-/// Suffix (after the prefix) of the pub/sub channel release notifications go to.
-pub const CHANNEL_SUFFIX: &str = "released";
+/// Suffix of a lock's pub/sub channel: the release script publishes on the
+/// lock key + `:released`, and only processes waiting for that lock listen.
+pub const CHANNEL_SUFFIX: &str = ":released";
 
 /// The longest backend prefix accepted, in bytes.
 pub const MAX_KEY_PREFIX_LEN: usize = 256;
@@ -33,7 +34,6 @@ pub struct LockKeys {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
-    channel: String,
 }
 
 impl KeyLayout {
@@ -58,7 +58,6 @@ impl KeyLayout {
         }
         Ok(Self {
             prefix: prefix.to_owned(),
-            channel: format!("{prefix}{CHANNEL_SUFFIX}"),
         })
     }
 
@@ -67,11 +66,21 @@ impl KeyLayout {
         &self.prefix
     }
 
-    /// The pub/sub channel that release notifications are published on:
-    /// `PREFIX` + `released`. The message is the [`LockKey::encoded`] form of
-    /// the released lock (without the prefix).
-    pub fn channel(&self) -> &str {
-        &self.channel
+    /// The pub/sub channel that releases of `key` are published on: the lock
+    /// key + `:released` (same hash tag). The message is the
+    /// [`LockKey::encoded`] form of the released lock.
+    pub fn channel(&self, key: &LockKey) -> String {
+        self.channel_of_encoded(key.encoded())
+    }
+
+    /// [`channel`](Self::channel) from a [`LockKey::encoded`] form.
+    pub fn channel_of_encoded(&self, encoded_key: &str) -> String {
+        let mut channel =
+            String::with_capacity(self.prefix.len() + encoded_key.len() + CHANNEL_SUFFIX.len());
+        channel.push_str(&self.prefix);
+        channel.push_str(encoded_key);
+        channel.push_str(CHANNEL_SUFFIX);
+        channel
     }
 
     /// The keys of `key`.
@@ -97,7 +106,6 @@ impl Default for KeyLayout {
     fn default() -> Self {
         Self {
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            channel: format!("{DEFAULT_KEY_PREFIX}{CHANNEL_SUFFIX}"),
         }
     }
 }
@@ -109,11 +117,12 @@ mod tests {
     #[test]
     fn layout_matches_the_documentation() {
         let layout = KeyLayout::default();
-        let keys = layout.keys(&LockKey::new("billing", "user:42").unwrap());
+        let key = LockKey::new("billing", "user:42").unwrap();
+        let keys = layout.keys(&key);
         assert_eq!(keys.lock, "distlock:billing{user:42}");
         assert_eq!(keys.fence, "distlock:billing{user:42}:fence");
         assert_eq!(keys.owner, "distlock:billing{user:42}:owner");
-        assert_eq!(layout.channel(), "distlock:released");
+        assert_eq!(layout.channel(&key), "distlock:billing{user:42}:released");
     }
 
     #[test]
@@ -122,7 +131,8 @@ mod tests {
             let err = KeyLayout::new(bad).unwrap_err();
             assert_eq!(err.kind(), BackendErrorKind::Config, "{bad:?}");
         }
-        assert_eq!(KeyLayout::new("").unwrap().channel(), "released");
+        let key = LockKey::new("", "n").unwrap();
+        assert_eq!(KeyLayout::new("").unwrap().channel(&key), "{n}:released");
         assert!(KeyLayout::new(&"p".repeat(257)).is_err());
     }
 }

@@ -64,6 +64,14 @@ impl Pools {
         })
     }
 
+    /// Closes every idle connection; new ones are opened on demand.
+    pub(crate) fn drop_idle(&self) {
+        match self {
+            Pools::Own(pool) => drop(pool.retain(|_, _| false)),
+            Pools::Given(pool) => drop(pool.retain(|_, _| false)),
+        }
+    }
+
     pub(crate) fn status(&self) -> Status {
         match self {
             Pools::Own(pool) => pool.status(),

@@ -1,17 +1,30 @@
 //! The one pub/sub connection per backend that turns release messages into
 //! [`ReleaseHub`] events.
+//!
+//! Every lock name has its own channel (the lock key + `:released`). The
+//! connection subscribes to a name's channel when the first local waiter of
+//! that name starts watching, before the waiter's next attempt, and
+//! unsubscribes about a second after the last one leaves, so a process only
+//! receives releases of locks it waits for. After a reconnect it subscribes
+//! again to every watched name and wakes one waiter of each (a release may
+//! have been missed while it was down).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use distlock::{LockKey, ReleaseHub, ReleaseWatch};
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+
+use crate::keys::KeyLayout;
 
 /// How often an idle subscription is checked with `PING`, so a connection
 /// that died silently is noticed and replaced.
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// How often channels nobody waits on any more are unsubscribed.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 /// First delay before reconnecting after a failure; doubles up to the max.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -21,36 +34,47 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 enum Status {
     /// Connecting or reconnecting.
     Connecting,
-    /// Subscribed: releases published from now on are seen.
+    /// Connected: subscriptions requested from now on are served.
     Subscribed,
     /// The last attempt failed; retrying with backoff.
     Down,
 }
 
+/// A request to the subscriber task.
+struct Subscribe {
+    /// The [`LockKey::encoded`] form of the watched key.
+    encoded_key: String,
+    /// Answered once the channel is subscribed (or cannot be right now).
+    done: oneshot::Sender<()>,
+}
+
 struct Running {
     task: JoinHandle<()>,
     status: watch::Receiver<Status>,
+    requests: mpsc::UnboundedSender<Subscribe>,
+    subscribed: watch::Receiver<usize>,
 }
 
 /// Owns the hub and, once the first waiter watches, the subscriber task.
 pub(crate) struct Subscriber {
     client: Option<redis::Client>,
-    channel: String,
+    layout: KeyLayout,
     hub: ReleaseHub,
     connect_timeout: Duration,
     running: Mutex<Option<Running>>,
 }
 
 impl Subscriber {
-    /// A subscriber of `channel` through `client` (`None`: no notifications).
+    /// A subscriber of the release channels of `layout` through `client`
+    /// (`None`: no notifications).
     pub(crate) fn new(
         client: Option<redis::Client>,
-        channel: String,
+        layout: KeyLayout,
         connect_timeout: Duration,
     ) -> Self {
         Self {
             client,
-            channel,
+            layout,
             hub: ReleaseHub::new(),
             connect_timeout,
             running: Mutex::new(None),
@@ -67,7 +91,7 @@ impl Subscriber {
         &self.hub
     }
 
-    /// Whether the subscription is established right now.
+    /// Whether the subscriber connection is established right now.
     pub(crate) fn is_subscribed(&self) -> bool {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         running
@@ -75,44 +99,76 @@ impl Subscriber {
             .is_some_and(|r| !r.task.is_finished() && *r.status.borrow() == Status::Subscribed)
     }
 
-    /// Registers a watcher of `key`, starting the subscriber if needed and
-    /// waiting (at most the connect timeout) until it is subscribed. When
-    /// Redis is down the watch is returned anyway: waiters also poll.
+    /// How many release channels the connection listens to.
+    pub(crate) fn subscribed_count(&self) -> usize {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running
+            .as_ref()
+            .filter(|r| !r.task.is_finished())
+            .map_or(0, |r| *r.subscribed.borrow())
+    }
+
+    /// Registers a watcher of `key`, starting the subscriber if needed, and
+    /// waits (at most the connect timeout) until the key's channel is
+    /// subscribed. When Redis is down the watch is returned at once: waiters
+    /// also poll.
     pub(crate) async fn watch(&self, key: &LockKey) -> Option<ReleaseWatch> {
         let client = self.client.as_ref()?;
         let watch = self.hub.watch(key);
-        let Some(mut status) = self.ensure_running(client) else {
+        let Some((status, requests)) = self.ensure_running(client) else {
             // Not inside a tokio runtime: no subscriber, waiters poll.
             return Some(watch);
         };
-        let settled = status.wait_for(|s| *s != Status::Connecting);
-        let _ = tokio::time::timeout(self.connect_timeout, settled).await;
+        if *status.borrow() == Status::Down {
+            // The task subscribes every watched key once it reconnects.
+            return Some(watch);
+        }
+        let (done, subscribed) = oneshot::channel();
+        let request = Subscribe {
+            encoded_key: key.encoded().to_owned(),
+            done,
+        };
+        if requests.send(request).is_ok() {
+            let _ = tokio::time::timeout(self.connect_timeout, subscribed).await;
+        }
         Some(watch)
     }
 
     /// Starts the task unless it runs (a task whose runtime shut down is
     /// restarted on the current one).
-    fn ensure_running(&self, client: &redis::Client) -> Option<watch::Receiver<Status>> {
+    fn ensure_running(
+        &self,
+        client: &redis::Client,
+    ) -> Option<(watch::Receiver<Status>, mpsc::UnboundedSender<Subscribe>)> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = running.as_ref() {
             if !r.task.is_finished() {
-                return Some(r.status.clone());
+                return Some((r.status.clone(), r.requests.clone()));
             }
         }
         let handle = tokio::runtime::Handle::try_current().ok()?;
-        let (tx, rx) = watch::channel(Status::Connecting);
-        let task = handle.spawn(run(
-            client.clone(),
-            self.channel.clone(),
-            self.hub.clone(),
-            self.connect_timeout,
-            tx,
-        ));
+        let (status_tx, status) = watch::channel(Status::Connecting);
+        let (count_tx, subscribed) = watch::channel(0);
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        let task = handle.spawn(
+            Task {
+                client: client.clone(),
+                layout: self.layout.clone(),
+                hub: self.hub.clone(),
+                timeout: self.connect_timeout,
+                status: status_tx,
+                count: count_tx,
+                requests: requests_rx,
+            }
+            .run(),
+        );
         *running = Some(Running {
             task,
-            status: rx.clone(),
+            status: status.clone(),
+            requests: requests.clone(),
+            subscribed,
         });
-        Some(rx)
+        Some((status, requests))
     }
 }
 
@@ -128,65 +184,163 @@ impl Drop for Subscriber {
     }
 }
 
-/// The subscriber loop: connect, subscribe, forward messages; on any failure
-/// reconnect with exponential backoff. Ends only when aborted.
-async fn run(
+/// The subscriber task's state.
+struct Task {
     client: redis::Client,
-    channel: String,
+    layout: KeyLayout,
     hub: ReleaseHub,
-    connect_timeout: Duration,
+    timeout: Duration,
     status: watch::Sender<Status>,
-) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(connect_timeout, connect).await {
-            Ok(Ok(pubsub)) => {
-                backoff = BACKOFF_MIN;
-                status.send_replace(Status::Subscribed);
-                tracing::debug!(%channel, "release subscriber subscribed");
-                forward(pubsub, &hub, connect_timeout).await;
-                status.send_replace(Status::Connecting);
-                tracing::debug!(%channel, "release subscriber lost its connection; reconnecting");
-                continue;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%channel, error = %e, "release subscriber cannot connect");
-            }
-            Err(_) => {
-                tracing::debug!(%channel, "release subscriber timed out connecting");
-            }
-        }
-        status.send_replace(Status::Down);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
+    count: watch::Sender<usize>,
+    requests: mpsc::UnboundedReceiver<Subscribe>,
 }
 
-/// Forwards release messages to the hub until the connection fails.
-async fn forward(pubsub: redis::aio::PubSub, hub: &ReleaseHub, ping_timeout: Duration) {
-    let (mut sink, mut stream) = pubsub.split();
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => match msg.get_payload::<String>() {
-                    Ok(encoded_key) => hub.notify(&encoded_key),
-                    Err(e) => tracing::debug!(error = %e, "ignoring a malformed release message"),
-                },
-                None => return,
-            },
-            _ = ping.tick() => {
-                let pong = tokio::time::timeout(ping_timeout, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return;
+/// Why a connection's loop ended.
+enum Ended {
+    /// The connection failed: reconnect.
+    Lost,
+    /// The backend is gone: stop.
+    Closed,
+}
+
+impl Task {
+    /// Connect, subscribe to every watched key, forward messages; on any
+    /// failure reconnect with exponential backoff. Ends when the backend is
+    /// dropped (or the task aborted).
+    async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut reconnecting = false;
+        loop {
+            let connect = async {
+                let pubsub = self.client.get_async_pubsub().await?;
+                Ok::<_, redis::RedisError>(pubsub.split())
+            };
+            match tokio::time::timeout(self.timeout, connect).await {
+                Ok(Ok((sink, stream))) => {
+                    backoff = BACKOFF_MIN;
+                    match self.serve(sink, stream, reconnecting).await {
+                        Ended::Closed => return,
+                        Ended::Lost => {
+                            self.count.send_replace(0);
+                            self.status.send_replace(Status::Connecting);
+                            tracing::debug!("release subscriber lost its connection; reconnecting");
+                            reconnecting = true;
+                            continue;
+                        }
+                    }
                 }
+                Ok(Err(e)) => tracing::debug!(error = %e, "release subscriber cannot connect"),
+                Err(_) => tracing::debug!("release subscriber timed out connecting"),
+            }
+            reconnecting = true;
+            self.status.send_replace(Status::Down);
+            // Wait out the backoff, answering requests at once meanwhile
+            // (their keys are subscribed after the reconnect).
+            let sleep = tokio::time::sleep(backoff);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    request = self.requests.recv() => match request {
+                        Some(request) => {
+                            let _ = request.done.send(());
+                        }
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Serves one connection until it fails or the backend is dropped.
+    async fn serve(
+        &mut self,
+        mut sink: redis::aio::PubSubSink,
+        mut stream: redis::aio::PubSubStream,
+        reconnected: bool,
+    ) -> Ended {
+        // encoded key -> its channel, for every subscribed channel.
+        let mut channels: HashMap<String, String> = HashMap::new();
+        for encoded_key in self.hub.watched_keys() {
+            let channel = self.layout.channel_of_encoded(&encoded_key);
+            if !self.call(sink.subscribe(&channel)).await {
+                return Ended::Lost;
+            }
+            channels.insert(encoded_key, channel);
+        }
+        self.count.send_replace(channels.len());
+        self.status.send_replace(Status::Subscribed);
+        tracing::debug!(channels = channels.len(), "release subscriber connected");
+        if reconnected {
+            // Releases published while we were away were missed.
+            self.hub.notify_all();
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        prune.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => match msg.get_payload::<String>() {
+                        Ok(encoded_key) => self.hub.notify(&encoded_key),
+                        Err(e) => tracing::debug!(error = %e, "ignoring a malformed release message"),
+                    },
+                    None => return Ended::Lost,
+                },
+                request = self.requests.recv() => {
+                    let Some(request) = request else { return Ended::Closed };
+                    if let Entry::Vacant(slot) = channels.entry(request.encoded_key) {
+                        let channel = self.layout.channel_of_encoded(slot.key());
+                        if !self.call(sink.subscribe(&channel)).await {
+                            return Ended::Lost;
+                        }
+                        slot.insert(channel);
+                        self.count.send_replace(channels.len());
+                    }
+                    let _ = request.done.send(());
+                },
+                _ = prune.tick() => {
+                    let idle: Vec<String> = channels
+                        .keys()
+                        .filter(|k| !self.hub.is_watched(k))
+                        .cloned()
+                        .collect();
+                    for encoded_key in idle {
+                        if let Some(channel) = channels.remove(&encoded_key) {
+                            if !self.call(sink.unsubscribe(&channel)).await {
+                                return Ended::Lost;
+                            }
+                        }
+                    }
+                    self.count.send_replace(channels.len());
+                },
+                _ = ping.tick() => {
+                    if !self.call(sink.ping::<redis::Value>()).await {
+                        return Ended::Lost;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one command on the subscriber connection within the timeout.
+    async fn call<T>(
+        &self,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> bool {
+        match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "release subscriber command failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("release subscriber command timed out");
+                false
             }
         }
     }

@@ -56,6 +56,11 @@
 //! }
 //! ```
 //!
+//! Beyond the per-case scenarios, [`history`] records every hold of a
+//! stress run (in one process or across many) and checks the history for
+//! overlapping holds and fence order; its [`history::stress`] driver runs
+//! against any backend.
+//!
 //! Timing: every case runs against the in-memory backend on a paused clock
 //! and against network backends in real time, so TTLs are short (a few
 //! hundred milliseconds, see [`short_ttl`] and [`renew_ttl`]) and every
@@ -65,8 +70,11 @@
 #![warn(missing_docs)]
 
 mod counting;
+pub mod fenced;
 mod harness;
+pub mod history;
 pub mod scenarios;
+mod stress;
 mod support;
 
 pub use async_trait::async_trait;

@@ -331,7 +331,7 @@ impl std::fmt::Debug for LockGuard {
     }
 }
 
-fn deadline(sent_at: Instant, ttl: Duration) -> Instant {
+pub(crate) fn deadline(sent_at: Instant, ttl: Duration) -> Instant {
     sent_at + ttl.saturating_sub(LockOptions::drift(ttl))
 }
 

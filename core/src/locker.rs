@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::{Acquire, LockBackend, LockInfo, Release};
-use crate::error::LockError;
+use crate::error::{BackendError, BackendErrorKind, LockError};
 use crate::guard::{Lease, LockGuard};
 use crate::key::LockKey;
 use crate::options::LockOptions;
@@ -170,6 +170,12 @@ impl<B: LockBackend> Locker<B> {
     /// Cancel safe: dropping the future at any point leaves no lock held (an
     /// acquisition that was in flight is released in the background) and no
     /// waiter registered.
+    ///
+    /// An acquisition whose answer arrives after its lease could already
+    /// have run out (the backend took longer than the TTL minus the drift
+    /// allowance) is given back at once and reported as a
+    /// [`BackendErrorKind::Timeout`] error, never as a guard that is invalid
+    /// from birth. The same holds for [`Locker::try_lock`].
     pub async fn lock(&self, name: impl AsRef<[u8]>) -> Result<LockGuard, LockError> {
         self.lock_with(name, &self.inner.defaults).await
     }
@@ -292,6 +298,23 @@ impl<B: LockBackend> Locker<B> {
             .backend
             .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())
             .await?;
+        if matches!(outcome, Acquire::Acquired { .. })
+            && crate::guard::deadline(sent_at, opts.ttl) <= Instant::now()
+        {
+            // The answer came after the lease could already have run out:
+            // a guard would be invalid from birth. Give the lock back (the
+            // armed `pending` releases it) and report the slow backend.
+            return Err(LockError::Backend(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!(
+                    "acquiring {:?} took {:?}, longer than its TTL allows ({:?}); \
+                     the lock was given back",
+                    key.name(),
+                    sent_at.elapsed(),
+                    opts.ttl
+                ),
+            )));
+        }
         pending.disarm();
         Ok(match outcome {
             Acquire::Acquired { fence } => Ok(LockGuard::new(

@@ -63,6 +63,30 @@ impl ReleaseHub {
         }
     }
 
+    /// Wakes one watcher of every watched key: for a backend that may have
+    /// missed release events (its notification connection was down), so
+    /// each waiting process retries once instead of waiting for its backoff.
+    pub fn notify_all(&self) {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in keys.values() {
+            entry.notify.notify_one();
+        }
+    }
+
+    /// Whether anyone watches the key whose [`LockKey::encoded`] form is
+    /// `encoded_key`.
+    pub fn is_watched(&self, encoded_key: &str) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.contains_key(encoded_key)
+    }
+
+    /// The [`LockKey::encoded`] forms of every key watched right now (for a
+    /// backend that subscribes per key, to re-subscribe after a reconnect).
+    pub fn watched_keys(&self) -> Vec<String> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.keys().cloned().collect()
+    }
+
     /// How many watchers are registered, over all keys. Used by tests to
     /// check that cancelled waiters leave nothing behind.
     pub fn watcher_count(&self) -> usize {

@@ -5,20 +5,35 @@
 //! cargo run -p distlock-examples --bin quickstart
 //! ```
 //!
-//! Runs in memory with nothing installed.
+//! Runs in memory with nothing installed. With `REDIS_URL` set (for example
+//! `REDIS_URL=redis://127.0.0.1:6379/0`) the same code runs against Redis:
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379/0 cargo run -p distlock-examples --bin quickstart
+//! ```
 
 use std::time::Duration;
 
 use distlock::{LockBackend, LockOptions, Locker};
 use distlock_memory::MemoryBackend;
+use distlock_redis::RedisBackend;
 
 const WORKERS: usize = 4;
 const ROUNDS: usize = 3;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("backend: in-memory");
-    run(Locker::new(MemoryBackend::new())).await
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => {
+            // The URL may hold a password: print only the backend kind.
+            println!("backend: Redis (REDIS_URL)");
+            run(Locker::new(RedisBackend::from_url(&url)?)).await
+        }
+        _ => {
+            println!("backend: in-memory (set REDIS_URL to use Redis)");
+            run(Locker::new(MemoryBackend::new())).await
+        }
+    }
 }
 
 async fn run<B: LockBackend>(locker: Locker<B>) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,157 @@
+//! Release notifications over real Redis: one channel per lock name,
+//! subscribed only while this process waits for that name, re-subscribed
+//! after the subscriber connection is killed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use distlock_redis::redis::{self, aio::MultiplexedConnection};
+use distlock_redis::testkit::RedisServer;
+use distlock_redis::{Acquire, LockBackend, LockKey, LockToken, RedisBackend, Release};
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn key(case: &str) -> LockKey {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "notifications:{case}:{}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    LockKey::new("tests", name).unwrap()
+}
+
+async fn raw(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connect in time")
+    .unwrap()
+}
+
+/// `PUBSUB NUMSUB channel`: how many connections listen to `channel`.
+async fn listeners(conn: &mut MultiplexedConnection, channel: &str) -> u64 {
+    let reply: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply.1
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_lock_has_its_own_channel_subscribed_only_while_waited_for() {
+    let url = RedisServer::shared().url();
+    let waiter = RedisBackend::from_url(url).unwrap();
+    let mut conn = raw(url).await;
+    let (a, b) = (key("a"), key("b"));
+    let (chan_a, chan_b) = (waiter.release_channel(&a), waiter.release_channel(&b));
+    assert_eq!(chan_a, format!("{}:released", waiter.keys(&a).lock));
+    assert_ne!(chan_a, chan_b);
+
+    // Nobody waits: nothing is subscribed.
+    assert_eq!(listeners(&mut conn, &chan_a).await, 0);
+    let watch_a = waiter.watch(&a).await.unwrap().expect("release_notify");
+    // Subscribed before watch returns, and only to a's channel.
+    assert_eq!(listeners(&mut conn, &chan_a).await, 1);
+    assert_eq!(listeners(&mut conn, &chan_b).await, 0);
+    assert_eq!(waiter.subscribed_channels(), 1);
+
+    // A second watcher of the same name shares the subscription.
+    let watch_a2 = waiter.watch(&a).await.unwrap().expect("release_notify");
+    assert_eq!(listeners(&mut conn, &chan_a).await, 1);
+    drop(watch_a);
+    drop(watch_a2);
+
+    // The last waiter left: the channel is dropped (within about a second).
+    eventually("a's channel is unsubscribed", async || {
+        waiter.subscribed_channels() == 0 && listeners(&mut conn, &chan_a).await == 0
+    })
+    .await;
+    assert_eq!(waiter.registered_waiters(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_of_other_locks_do_not_wake_a_waiter() {
+    let url = RedisServer::shared().url();
+    let holder = RedisBackend::from_url(url).unwrap();
+    let waiter = RedisBackend::from_url(url).unwrap();
+    let (a, b) = (key("wanted"), key("other"));
+    let (ta, tb) = (LockToken::generate(), LockToken::generate());
+    for (k, t) in [(&a, &ta), (&b, &tb)] {
+        assert!(matches!(
+            holder.try_acquire(k, t, TTL, None).await.unwrap(),
+            Acquire::Acquired { .. }
+        ));
+    }
+    let mut watch = waiter.watch(&a).await.unwrap().expect("release_notify");
+    assert_eq!(holder.release(&b, &tb).await.unwrap(), Release::Released);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watch.released())
+            .await
+            .is_err(),
+        "woken by the release of another lock"
+    );
+    assert_eq!(holder.release(&a, &ta).await.unwrap(), Release::Released);
+    tokio::time::timeout(Duration::from_secs(2), watch.released())
+        .await
+        .expect("woken by the release of the lock it waits for");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_connection_resubscribes_and_wakes_waiters() {
+    let url = RedisServer::shared().url();
+    let holder = RedisBackend::from_url(url).unwrap();
+    let waiter = RedisBackend::from_url(url).unwrap();
+    let mut conn = raw(url).await;
+    let k = key("killed");
+    let channel = waiter.release_channel(&k);
+    let t = LockToken::generate();
+    assert!(matches!(
+        holder.try_acquire(&k, &t, TTL, None).await.unwrap(),
+        Acquire::Acquired { .. }
+    ));
+    let mut watch = waiter.watch(&k).await.unwrap().expect("release_notify");
+    assert_eq!(listeners(&mut conn, &channel).await, 1);
+
+    // Drop every pub/sub connection on the server (this test's is among them).
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "killed {killed} pub/sub connections");
+
+    // After the reconnect the waiter gets one wake-up (a release may have
+    // been missed meanwhile), and the channel is subscribed again.
+    tokio::time::timeout(Duration::from_secs(5), watch.released())
+        .await
+        .expect("woken after the reconnect");
+    eventually("the channel is subscribed again", async || {
+        listeners(&mut conn, &channel).await == 1
+    })
+    .await;
+    assert!(waiter.release_subscriber_connected());
+
+    // And real releases are delivered on the new connection.
+    let released_at = Instant::now();
+    assert_eq!(holder.release(&k, &t).await.unwrap(), Release::Released);
+    tokio::time::timeout(Duration::from_secs(2), watch.released())
+        .await
+        .expect("release delivered after the reconnect");
+    println!("notified {:?} after the release", released_at.elapsed());
+}

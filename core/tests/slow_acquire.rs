@@ -1,0 +1,92 @@
+//! An acquisition answered only after its lease could have run out is not
+//! handed to the caller as a guard: the lock is given back and the caller
+//! gets a typed timeout error.
+
+use std::time::Duration;
+
+use distlock::{
+    async_trait, Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend,
+    LockError, LockInfo, LockKey, LockOptions, LockToken, Locker, Release,
+};
+use distlock_memory::MemoryBackend;
+
+/// Memory backend whose acquire answers `delay` after doing its work.
+struct SlowAnswer {
+    inner: MemoryBackend,
+    delay: Duration,
+}
+
+#[async_trait]
+impl LockBackend for SlowAnswer {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        let outcome = self.inner.try_acquire(key, token, ttl, owner).await;
+        tokio::time::sleep(self.delay).await;
+        outcome
+    }
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        self.inner.extend(key, token, ttl).await
+    }
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.inner.release(key, token).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        self.inner.inspect(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
+    let store = MemoryBackend::new();
+    let ttl = Duration::from_secs(1);
+    let opts = LockOptions::default().with_ttl(ttl);
+    // The answer arrives after the TTL minus the drift allowance.
+    let slow = Locker::new(SlowAnswer {
+        inner: store.clone(),
+        delay: Duration::from_millis(995),
+    });
+    let observer = Locker::new(store.clone());
+
+    let err = slow.try_lock_with("report", &opts).await.unwrap_err();
+    match &err {
+        LockError::Backend(e) => {
+            assert_eq!(e.kind(), BackendErrorKind::Timeout, "{err}");
+            assert!(e.is_transient());
+            assert!(err.to_string().contains("given back"), "{err}");
+        }
+        other => panic!("expected a backend timeout, got {other:?}"),
+    }
+    // Given back at once (the lease itself still had ~5 ms to run).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let info = observer.inspect("report").await.unwrap();
+    assert!(
+        !info.held,
+        "the late acquisition was not released: {info:?}"
+    );
+
+    // A slow answer that still leaves some lease is a normal guard.
+    let quick_enough = Locker::new(SlowAnswer {
+        inner: store.clone(),
+        delay: Duration::from_millis(900),
+    });
+    let guard = quick_enough
+        .try_lock_with("report", &opts)
+        .await
+        .unwrap()
+        .expect("free");
+    assert!(guard.is_valid());
+    guard.release().await.unwrap();
+}
