@@ -58,7 +58,7 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// ```
 ///
 /// `~distlock:*` covers the lock, fence and owner keys, `&distlock:*` the
-/// release channel. `evalsha` and `script|load` run the scripts (`EVAL` is
+/// release channels (each lock key + `:released`). `evalsha` and `script|load` run the scripts (`EVAL` is
 /// never sent); `get`, `set`, `del`, `incr`, `pttl`, `pexpire`, `type` and
 /// `publish` are what the scripts call (Redis checks them against the
 /// user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,

@@ -94,7 +94,7 @@ pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
         ),
         BackendErrorKind::Permission => format!(
             "{what}: the Redis ACL user lacks a permission: it needs the keys and the \
-             release channel under the backend's key prefix and the commands distlock \
+             release channels under the backend's key prefix and the commands distlock \
              uses (see the RedisConfig docs): {err}"
         ),
         BackendErrorKind::Config => match tls_certificate_error(&err) {
