@@ -39,16 +39,16 @@ use crate::subscriber::Subscriber;
 /// | --- | --- | --- |
 /// | `P` `billing{user:42}` | the holder's random token | with the lease |
 /// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | never |
-///
-/// A missing fence key (a name's first use, or data lost by a restart
-/// without persistence or a failover) starts from the server's `TIME` in
-/// microseconds, so fencing tokens keep increasing across such losses as
-/// long as the server clock does not step backwards.
 /// | `P` `billing{user:42}:owner` | the owner label, if any | with the lease |
 ///
 /// All keys of a lock share the `{…}` hash tag, so they are in one Redis
 /// Cluster slot. Fence keys never expire (one small string per lock name
 /// ever used): that is what keeps fencing tokens increasing across expiry.
+///
+/// A missing fence key (a name's first use, or data lost by a restart
+/// without persistence or a failover) starts from the server's `TIME` in
+/// microseconds, so fencing tokens keep increasing across such losses as
+/// long as the server clock does not step backwards.
 ///
 /// # Release notifications
 ///
