@@ -1,4 +1,7 @@
 -- distlock acquire: one round trip.
+-- Needs effects replication for TIME before a write (the default since
+-- Redis 5; the only mode since 7).
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 -- KEYS[1] lock key, KEYS[2] fence key, KEYS[3] owner key
 -- ARGV[1] token, ARGV[2] ttl in ms, ARGV[3] owner label (absent: no label)
 -- Returns {1, fence} when acquired, {0, pttl} when held (pttl < 0: no expiry).
@@ -8,6 +11,15 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' holds a ' .. t .. ', not a lock')
   end
   return {0, redis.call('PTTL', KEYS[1])}
+end
+-- A missing counter (first use, or lost with the data on a restart without
+-- persistence or a failover) starts from the server clock in microseconds:
+-- no name is acquired more than once per microsecond, so the new fences
+-- are above every fence handed out before the loss (unless the server's
+-- clock went backwards).
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
 end
 local fence = redis.pcall('INCR', KEYS[2])
 if type(fence) == 'table' and fence['err'] then

@@ -45,6 +45,11 @@ use crate::subscriber::Subscriber;
 /// Cluster slot. Fence keys never expire (one small string per lock name
 /// ever used): that is what keeps fencing tokens increasing across expiry.
 ///
+/// A missing fence key (a name's first use, or data lost by a restart
+/// without persistence or a failover) starts from the server's `TIME` in
+/// microseconds, so fencing tokens keep increasing across such losses as
+/// long as the server clock does not step backwards.
+///
 /// # Release notifications
 ///
 /// A release publishes the encoded key (`billing{user:42}`, without the
