@@ -31,8 +31,8 @@ use proptest::prelude::*;
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +incr +pttl +pexpire +type
-///     +publish +subscribe +unsubscribe +ping +unwatch
+///     +evalsha +script|load +get +set +del +exists +incr +time +pttl
+///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
 /// - `~distlock:*`: the lock, fence and owner keys; `&distlock:*`: the
@@ -40,8 +40,9 @@ use proptest::prelude::*;
 ///   use it in both patterns).
 /// - `evalsha` and `script|load` run the scripts (`SCRIPT LOAD` after
 ///   `NOSCRIPT`, e.g. after a restart); `EVAL` is never used.
-/// - `get set del incr pttl pexpire type publish`: the commands the Lua
-///   scripts call (Redis checks them against the caller's ACL).
+/// - `get set del exists incr time pttl pexpire type publish`: the commands
+///   the Lua scripts call (Redis checks them against the caller's ACL;
+///   `exists` and `time` start a missing fencing counter from the clock).
 /// - `subscribe unsubscribe`: the release subscriber; `ping`: the check of
 ///   idle pooled connections and of the subscriber.
 /// - `unwatch`: only for a pool handed to `RedisBackend::from_pool`
@@ -49,14 +50,16 @@ use proptest::prelude::*;
 /// - Add `+select` for a URL with a database number other than 0.
 ///   `CLIENT SETINFO` (Redis 7.2+) may stay denied: the client ignores its
 ///   answer.
-const MINIMAL_ACL: [&str; 15] = [
+const MINIMAL_ACL: [&str; 17] = [
     "-@all",
     "+evalsha",
     "+script|load",
     "+get",
     "+set",
     "+del",
+    "+exists",
     "+incr",
+    "+time",
     "+pttl",
     "+pexpire",
     "+type",
