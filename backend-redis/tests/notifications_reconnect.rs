@@ -1,0 +1,98 @@
+//! The release subscriber re-subscribes after its connection is killed.
+//! A test binary of its own: it kills every pub/sub connection of its
+//! (shared-per-binary) server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use distlock_redis::redis::{self, aio::MultiplexedConnection};
+use distlock_redis::testkit::RedisServer;
+use distlock_redis::{Acquire, LockBackend, LockKey, LockToken, RedisBackend, Release};
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn key(case: &str) -> LockKey {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "notifications:{case}:{}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    LockKey::new("tests", name).unwrap()
+}
+
+async fn raw(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .expect("connect in time")
+    .unwrap()
+}
+
+/// `PUBSUB NUMSUB channel`: how many connections listen to `channel`.
+async fn listeners(conn: &mut MultiplexedConnection, channel: &str) -> u64 {
+    let reply: (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .unwrap();
+    reply.1
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_connection_resubscribes_and_wakes_waiters() {
+    let url = RedisServer::shared().url();
+    let holder = RedisBackend::from_url(url).unwrap();
+    let waiter = RedisBackend::from_url(url).unwrap();
+    let mut conn = raw(url).await;
+    let k = key("killed");
+    let channel = waiter.release_channel(&k);
+    let t = LockToken::generate();
+    assert!(matches!(
+        holder.try_acquire(&k, &t, TTL, None).await.unwrap(),
+        Acquire::Acquired { .. }
+    ));
+    let mut watch = waiter.watch(&k).await.unwrap().expect("release_notify");
+    assert_eq!(listeners(&mut conn, &channel).await, 1);
+
+    // Drop every pub/sub connection on the server (this test's is among them).
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "killed {killed} pub/sub connections");
+
+    // After the reconnect the waiter gets one wake-up (a release may have
+    // been missed meanwhile), and the channel is subscribed again.
+    tokio::time::timeout(Duration::from_secs(5), watch.released())
+        .await
+        .expect("woken after the reconnect");
+    eventually("the channel is subscribed again", async || {
+        listeners(&mut conn, &channel).await == 1
+    })
+    .await;
+    assert!(waiter.release_subscriber_connected());
+
+    // And real releases are delivered on the new connection.
+    let released_at = Instant::now();
+    assert_eq!(holder.release(&k, &t).await.unwrap(), Release::Released);
+    tokio::time::timeout(Duration::from_secs(2), watch.released())
+        .await
+        .expect("release delivered after the reconnect");
+    println!("notified {:?} after the release", released_at.elapsed());
+}
