@@ -236,6 +236,23 @@ struct Contended {
     most: usize,
     longest_wait: Duration,
     lost_updates: i64,
+    /// `SET … NX` attempts per acquisition (1.0: no attempt failed). All
+    /// three implementations try with one `SET NX` (distlock inside its
+    /// acquire script); a stampede of waiters shows here.
+    attempts: f64,
+}
+
+/// How many `SET` commands Redis ran (also those inside scripts).
+async fn set_calls(con: &mut MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// One acquisition as a task saw it.
@@ -262,6 +279,7 @@ async fn contended(which: Impl, url: &str, tasks: usize, secs: Duration, run: &s
         clients.push((client, data));
     }
 
+    let sets_before = set_calls(&mut admin).await;
     let start = Instant::now();
     let deadline = start + secs;
     let handles: Vec<_> = clients
@@ -303,6 +321,7 @@ async fn contended(which: Impl, url: &str, tasks: usize, secs: Duration, run: &s
         all.extend(holds);
     }
     let wall = start.elapsed();
+    let sets = set_calls(&mut admin).await - sets_before;
     let counted: i64 = admin.get(&counter).await.expect("GET counter");
 
     all.sort_by_key(|h| h.acquired);
@@ -327,6 +346,8 @@ async fn contended(which: Impl, url: &str, tasks: usize, secs: Duration, run: &s
         most: per_task.iter().copied().max().unwrap_or(0),
         longest_wait,
         lost_updates: all.len() as i64 - counted,
+        // Minus the critical section's SET of the counter.
+        attempts: (sets - all.len() as i64) as f64 / all.len().max(1) as f64,
     }
 }
 
@@ -456,12 +477,12 @@ fn main() {
                 "## contended: {tasks} tasks, each with its own client, one name, 1 ms critical section + 1 ms outside"
             );
             println!();
-            println!("| impl | acq/s | held | mean gap | p50 gap | fewest/most (ratio) | longest wait | lost updates | acq/s ÷ floor | acq/s ÷ rslock |");
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("| impl | acq/s | held | mean gap | p50 gap | fewest/most (ratio) | longest wait | lost updates | attempts/acq | acq/s ÷ floor | acq/s ÷ rslock |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for which in Impl::ALL {
                 let x = &r[&which];
                 println!(
-                    "| {} | {:.0} | {:.1} % | {} | {} | {}/{} ({:.2}) | {:.1} ms | {} | {} | {} |",
+                    "| {} | {:.0} | {:.1} % | {} | {} | {}/{} ({:.2}) | {:.1} ms | {} | {:.1} | {} | {} |",
                     which.label(),
                     x.per_sec,
                     x.held_share * 100.0,
@@ -472,6 +493,7 @@ fn main() {
                     x.fewest as f64 / x.most.max(1) as f64,
                     x.longest_wait.as_secs_f64() * 1e3,
                     x.lost_updates,
+                    x.attempts,
                     ratio(x.per_sec, r[&Impl::Floor].per_sec),
                     ratio(x.per_sec, r[&Impl::Rslock].per_sec),
                 );
