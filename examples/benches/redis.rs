@@ -192,14 +192,31 @@ fn us(d: Duration) -> String {
 }
 
 // ---------------------------------------------------------------- scenarios
+//
+// Every scenario runs in slices: floor, distlock, rslock, floor, … each for
+// `SLICE`, with the same clients throughout, so the noise of a shared
+// machine falls on all three alike.
 
-struct Uncontended {
-    per_sec: f64,
-    p50: Duration,
-    p99: Duration,
+/// How long each implementation runs before the next one takes over.
+const SLICE: Duration = Duration::from_millis(250);
+
+fn slices(total: Duration) -> u32 {
+    (total.as_secs_f64() / SLICE.as_secs_f64()).ceil().max(1.0) as u32
 }
 
-async fn uncontended(which: Impl, url: &str, secs: Duration, run: &str) -> Uncontended {
+#[derive(Default)]
+struct Uncontended {
+    wall: Duration,
+    lat: Vec<Duration>,
+}
+
+impl Uncontended {
+    fn per_sec(&self) -> f64 {
+        self.lat.len() as f64 / self.wall.as_secs_f64()
+    }
+}
+
+async fn uncontended_setup(which: Impl, url: &str, run: &str) -> (Client, String) {
     let client = Client::new(which, url).await;
     let name = format!("bench:{run}:uncontended:{}", which.label());
     // Warm up (connections, script cache).
@@ -207,23 +224,45 @@ async fn uncontended(which: Impl, url: &str, secs: Duration, run: &str) -> Uncon
         let held = client.lock(&name, format!("w{i}")).await;
         client.release(held).await;
     }
-    let mut lat = Vec::with_capacity(100_000);
+    (client, name)
+}
+
+async fn uncontended_slice(client: &Client, name: &str, len: Duration, acc: &mut Uncontended) {
     let start = Instant::now();
-    let mut i = 0u64;
-    while start.elapsed() < secs {
+    let mut i = acc.lat.len() as u64;
+    while start.elapsed() < len {
         let t0 = Instant::now();
-        let held = client.lock(&name, format!("t{i}")).await;
+        let held = client.lock(name, format!("t{i}")).await;
         client.release(held).await;
-        lat.push(t0.elapsed());
+        acc.lat.push(t0.elapsed());
         i += 1;
     }
-    let wall = start.elapsed();
-    lat.sort_unstable();
-    Uncontended {
-        per_sec: lat.len() as f64 / wall.as_secs_f64(),
-        p50: percentile(&lat, 0.5),
-        p99: percentile(&lat, 0.99),
-    }
+    acc.wall += start.elapsed();
+}
+
+/// One acquisition as a task saw it.
+struct Hold {
+    /// When the acquire call returned.
+    acquired: Instant,
+    /// When the release call was issued.
+    released: Instant,
+}
+
+struct ContendedSetup {
+    clients: Vec<(Client, MultiplexedConnection)>,
+    name: String,
+    counter: String,
+}
+
+#[derive(Default)]
+struct ContendedAcc {
+    wall: Duration,
+    held: Duration,
+    gaps: Vec<Duration>,
+    per_task: Vec<usize>,
+    longest_wait: Duration,
+    acquisitions: usize,
+    sets: i64,
 }
 
 struct Contended {
@@ -255,39 +294,44 @@ async fn set_calls(con: &mut MultiplexedConnection) -> i64 {
         .unwrap_or(0)
 }
 
-/// One acquisition as a task saw it.
-struct Hold {
-    /// When the acquire call returned.
-    acquired: Instant,
-    /// When the release call was issued.
-    released: Instant,
-}
-
-async fn contended(which: Impl, url: &str, tasks: usize, secs: Duration, run: &str) -> Contended {
+async fn contended_setup(which: Impl, url: &str, tasks: usize, run: &str) -> ContendedSetup {
     let name = format!("bench:{run}:contended{tasks}:{}", which.label());
     let counter = format!("{name}:counter");
     let mut admin = connect(url).await;
     let _: () = admin.set(&counter, 0i64).await.expect("reset counter");
-
     let mut clients = Vec::new();
     for _ in 0..tasks {
         let client = Client::new(which, url).await;
         let data = connect(url).await;
-        // Warm up each client once (connections, subscriber).
+        // Warm up each client once (connections, script cache).
         let held = client.acquire(&name, "warm".to_owned()).await;
         client.release(held).await;
         clients.push((client, data));
     }
+    ContendedSetup {
+        clients,
+        name,
+        counter,
+    }
+}
 
-    let sets_before = set_calls(&mut admin).await;
+async fn contended_slice(
+    setup: &ContendedSetup,
+    admin: &mut MultiplexedConnection,
+    len: Duration,
+    acc: &mut ContendedAcc,
+) {
+    let sets_before = set_calls(admin).await;
     let start = Instant::now();
-    let deadline = start + secs;
-    let handles: Vec<_> = clients
-        .into_iter()
+    let deadline = start + len;
+    let handles: Vec<_> = setup
+        .clients
+        .iter()
         .enumerate()
-        .map(|(t, (client, mut data))| {
-            let name = name.clone();
-            let counter = counter.clone();
+        .map(|(t, (client, data))| {
+            let (client, mut data) = (client.clone(), data.clone());
+            let name = setup.name.clone();
+            let counter = setup.counter.clone();
             tokio::spawn(async move {
                 let mut holds = Vec::new();
                 let mut longest_wait = Duration::ZERO;
@@ -311,50 +355,57 @@ async fn contended(which: Impl, url: &str, tasks: usize, secs: Duration, run: &s
             })
         })
         .collect();
-    let mut per_task = Vec::new();
     let mut all = Vec::new();
-    let mut longest_wait = Duration::ZERO;
-    for h in handles {
+    acc.per_task.resize(setup.clients.len(), 0);
+    for (t, h) in handles.into_iter().enumerate() {
         let (holds, wait) = h.await.expect("task");
-        per_task.push(holds.len());
-        longest_wait = longest_wait.max(wait);
+        acc.per_task[t] += holds.len();
+        acc.longest_wait = acc.longest_wait.max(wait);
         all.extend(holds);
     }
-    let wall = start.elapsed();
-    let sets = set_calls(&mut admin).await - sets_before;
-    let counted: i64 = admin.get(&counter).await.expect("GET counter");
-
+    acc.wall += start.elapsed();
+    acc.sets += set_calls(admin).await - sets_before;
     all.sort_by_key(|h| h.acquired);
-    let held: Duration = all.iter().map(|h| h.released - h.acquired).sum();
-    let mut gaps: Vec<Duration> = all
-        .windows(2)
-        .map(|w| w[1].acquired.saturating_duration_since(w[0].released))
-        .collect();
-    let mean_gap = if gaps.is_empty() {
+    acc.held += all.iter().map(|h| h.released - h.acquired).sum::<Duration>();
+    acc.gaps.extend(
+        all.windows(2)
+            .map(|w| w[1].acquired.saturating_duration_since(w[0].released)),
+    );
+    acc.acquisitions += all.len();
+}
+
+async fn contended_finish(
+    setup: &ContendedSetup,
+    admin: &mut MultiplexedConnection,
+    mut acc: ContendedAcc,
+) -> Contended {
+    let counted: i64 = admin.get(&setup.counter).await.expect("GET counter");
+    // The warm-up acquisitions did not count.
+    let n = acc.acquisitions;
+    let mean_gap = if acc.gaps.is_empty() {
         Duration::ZERO
     } else {
-        gaps.iter().sum::<Duration>() / gaps.len() as u32
+        acc.gaps.iter().sum::<Duration>() / acc.gaps.len() as u32
     };
-    gaps.sort_unstable();
+    acc.gaps.sort_unstable();
     Contended {
-        acquisitions: all.len(),
-        per_sec: all.len() as f64 / wall.as_secs_f64(),
-        held_share: held.as_secs_f64() / wall.as_secs_f64(),
+        acquisitions: n,
+        per_sec: n as f64 / acc.wall.as_secs_f64(),
+        held_share: acc.held.as_secs_f64() / acc.wall.as_secs_f64(),
         mean_gap,
-        p50_gap: percentile(&gaps, 0.5),
-        fewest: per_task.iter().copied().min().unwrap_or(0),
-        most: per_task.iter().copied().max().unwrap_or(0),
-        longest_wait,
-        lost_updates: all.len() as i64 - counted,
+        p50_gap: percentile(&acc.gaps, 0.5),
+        fewest: acc.per_task.iter().copied().min().unwrap_or(0),
+        most: acc.per_task.iter().copied().max().unwrap_or(0),
+        longest_wait: acc.longest_wait,
+        lost_updates: n as i64 - counted,
         // Minus the critical section's SET of the counter.
-        attempts: (sets - all.len() as i64) as f64 / all.len().max(1) as f64,
+        attempts: (acc.sets - n as i64) as f64 / n.max(1) as f64,
     }
 }
 
-async fn many_keys(which: Impl, url: &str, secs: Duration, run: &str) -> f64 {
-    let client = Client::new(which, url).await;
+async fn many_keys_slice(client: &Client, which: Impl, run: &str, len: Duration) -> (u64, Duration) {
     let start = Instant::now();
-    let deadline = start + secs;
+    let deadline = start + len;
     let handles: Vec<_> = (0..MANY_KEYS_TASKS)
         .map(|t| {
             let client = client.clone();
@@ -374,7 +425,7 @@ async fn many_keys(which: Impl, url: &str, secs: Duration, run: &str) -> f64 {
     for h in handles {
         total += h.await.expect("task");
     }
-    total as f64 / start.elapsed().as_secs_f64()
+    (total, start.elapsed())
 }
 
 // ---------------------------------------------------------------- report
@@ -432,19 +483,30 @@ fn main() {
         };
         println!("# distlock Redis benchmark");
         println!(
-            "Redis {} ({}), {} cores seen by the client, tokio multi-thread runtime with {} workers, {:.1} s per scenario and implementation",
+            "Redis {} ({}), {} cores seen by the client, tokio multi-thread runtime with {} workers, {:.1} s per scenario and implementation in {} interleaved slices",
             field("redis_version:"),
             server.kind(),
             cores,
             cores,
-            secs.as_secs_f64()
+            secs.as_secs_f64(),
+            slices(secs)
         );
         println!();
 
         if wanted("uncontended") {
-            let mut r = HashMap::new();
+            let mut setups = Vec::new();
             for which in Impl::ALL {
-                r.insert(which, uncontended(which, &url, secs, &run).await);
+                setups.push((which, uncontended_setup(which, &url, &run).await));
+            }
+            let mut r: HashMap<Impl, Uncontended> = HashMap::new();
+            for _ in 0..slices(secs) {
+                for (which, (client, name)) in &setups {
+                    let acc = r.entry(*which).or_default();
+                    uncontended_slice(client, name, SLICE, acc).await;
+                }
+            }
+            for x in r.values_mut() {
+                x.lat.sort_unstable();
             }
             println!("## uncontended: one task, lock + release one name in a loop");
             println!();
@@ -455,11 +517,11 @@ fn main() {
                 println!(
                     "| {} | {:.0} | {} | {} | {} | {} |",
                     which.label(),
-                    x.per_sec,
-                    us(x.p50),
-                    us(x.p99),
-                    ratio(x.per_sec, r[&Impl::Floor].per_sec),
-                    ratio(x.per_sec, r[&Impl::Rslock].per_sec),
+                    x.per_sec(),
+                    us(percentile(&x.lat, 0.5)),
+                    us(percentile(&x.lat, 0.99)),
+                    ratio(x.per_sec(), r[&Impl::Floor].per_sec()),
+                    ratio(x.per_sec(), r[&Impl::Rslock].per_sec()),
                 );
             }
             println!();
@@ -469,9 +531,21 @@ fn main() {
             if !wanted(&format!("contended{tasks}")) {
                 continue;
             }
-            let mut r = HashMap::new();
+            let mut setups = Vec::new();
             for which in Impl::ALL {
-                r.insert(which, contended(which, &url, tasks, secs, &run).await);
+                setups.push((which, contended_setup(which, &url, tasks, &run).await));
+            }
+            let mut accs: HashMap<Impl, ContendedAcc> = HashMap::new();
+            for _ in 0..slices(secs) {
+                for (which, setup) in &setups {
+                    let acc = accs.entry(*which).or_default();
+                    contended_slice(setup, &mut admin, SLICE, acc).await;
+                }
+            }
+            let mut r = HashMap::new();
+            for (which, setup) in &setups {
+                let acc = accs.remove(which).unwrap_or_default();
+                r.insert(*which, contended_finish(setup, &mut admin, acc).await);
             }
             println!(
                 "## contended: {tasks} tasks, each with its own client, one name, 1 ms critical section + 1 ms outside"
@@ -503,10 +577,23 @@ fn main() {
         }
 
         if wanted("manykeys") {
-            let mut r = HashMap::new();
+            let mut clients = Vec::new();
             for which in Impl::ALL {
-                r.insert(which, many_keys(which, &url, secs, &run).await);
+                clients.push((which, Client::new(which, &url).await));
             }
+            let mut done: HashMap<Impl, (u64, Duration)> = HashMap::new();
+            for _ in 0..slices(secs) {
+                for (which, client) in &clients {
+                    let (n, wall) = many_keys_slice(client, *which, &run, SLICE).await;
+                    let acc = done.entry(*which).or_default();
+                    acc.0 += n;
+                    acc.1 += wall;
+                }
+            }
+            let r: HashMap<Impl, f64> = done
+                .into_iter()
+                .map(|(w, (n, wall))| (w, n as f64 / wall.as_secs_f64()))
+                .collect();
             println!("## many keys: {MANY_KEYS_TASKS} tasks on distinct names through one client");
             println!();
             println!("| impl | cycles/s | ÷ floor | ÷ rslock |");
