@@ -174,36 +174,41 @@ impl RedisBackend {
         self.inner.subscriber.is_subscribed()
     }
 
-    /// Gets a pooled connection, within the checkout bound.
-    async fn connection(&self, what: &str) -> Result<Conn, BackendError> {
+    /// Gets a pooled connection, within the checkout bound. `what` names
+    /// the operation in errors (`"{op} {lock_key}"`).
+    async fn connection(&self, op: &str, lock_key: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
+        let what = || format!("{op} {lock_key}");
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(what, e, inner.checkout_timeout)),
-            Err(_) => Err(timed_out(what, inner.checkout_timeout)),
+            Ok(Err(e)) => Err(from_pool(&what(), e, inner.checkout_timeout)),
+            Err(_) => Err(timed_out(&what(), inner.checkout_timeout)),
         }
     }
 
     /// Runs one script invocation on a pooled connection, within bounds.
+    /// `op` and `lock_key` name the call in errors (formatted only then).
     async fn run(
         &self,
-        what: &str,
+        op: &str,
+        lock_key: &str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, BackendError> {
-        let mut conn = self.connection(what).await?;
+        let mut conn = self.connection(op, lock_key).await?;
         let limit = self.inner.command_timeout;
+        let what = || format!("{op} {lock_key}");
         match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if redis_kind(&e).is_transient() || e.is_unrecoverable_error() {
                     conn.discard();
                 }
-                Err(from_redis(what, e))
+                Err(from_redis(&what(), e))
             }
             Err(_) => {
                 // The connection may hang forever: never hand it out again.
                 conn.discard();
-                Err(timed_out(what, limit))
+                Err(timed_out(&what(), limit))
             }
         }
     }
@@ -253,8 +258,7 @@ impl LockBackend for RedisBackend {
         if let Some(owner) = owner {
             inv.arg(owner);
         }
-        let what = format!("acquire {}", keys.lock);
-        scripts::parse_acquire(&self.run(&what, &inv).await?)
+        scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)
     }
 
     async fn extend(
@@ -269,9 +273,8 @@ impl LockBackend for RedisBackend {
             .key(&keys.owner)
             .arg(token.as_hex())
             .arg(ttl_ms(ttl)?);
-        let what = format!("extend {}", keys.lock);
         Ok(
-            if scripts::parse_flag("extend", &self.run(&what, &inv).await?)? {
+            if scripts::parse_flag("extend", &self.run("extend", &keys.lock, &inv).await?)? {
                 Extend::Extended
             } else {
                 Extend::NotHeld
@@ -287,9 +290,8 @@ impl LockBackend for RedisBackend {
             .arg(token.as_hex())
             .arg(self.release_channel())
             .arg(key.encoded());
-        let what = format!("release {}", keys.lock);
         Ok(
-            if scripts::parse_flag("release", &self.run(&what, &inv).await?)? {
+            if scripts::parse_flag("release", &self.run("release", &keys.lock, &inv).await?)? {
                 Release::Released
             } else {
                 Release::NotHeld
@@ -301,8 +303,7 @@ impl LockBackend for RedisBackend {
         let keys = self.keys(key);
         let mut inv = scripts::INSPECT.prepare_invoke();
         inv.key(&keys.lock).key(&keys.fence).key(&keys.owner);
-        let what = format!("inspect {}", keys.lock);
-        scripts::parse_inspect(&self.run(&what, &inv).await?)
+        scripts::parse_inspect(&self.run("inspect", &keys.lock, &inv).await?)
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -320,5 +321,44 @@ impl fmt::Debug for RedisBackend {
             .field("pool_max_size", &status.max_size)
             .field("waiters", &self.registered_waiters())
             .finish()
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::testkit::RedisServer;
+
+    /// Concurrent operations pipeline on one multiplexed connection instead
+    /// of each holding a pooled connection for its round trip (which capped
+    /// a backend at `pool_size` requests in flight).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_operations_share_one_connection() {
+        let backend = RedisBackend::from_url(RedisServer::shared().url()).unwrap();
+        let warm = LockKey::new("pool-test", "warm").unwrap();
+        backend.inspect(&warm).await.unwrap();
+        assert_eq!(backend.pool_status().size, 1);
+
+        let run = std::process::id();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let key = LockKey::new("pool-test", format!("{run}:{i}")).unwrap();
+                    for _ in 0..20 {
+                        let token = LockToken::generate();
+                        let ttl = Duration::from_secs(5);
+                        let got = backend.try_acquire(&key, &token, ttl, None).await.unwrap();
+                        assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
+                        let released = backend.release(&key, &token).await.unwrap();
+                        assert_eq!(released, Release::Released);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(backend.pool_status().size, 1, "{:?}", backend.pool_status());
     }
 }
