@@ -178,6 +178,9 @@ impl RedisBackend {
     /// the operation in errors (`"{op} {lock_key}"`).
     async fn connection(&self, op: &str, lock_key: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
+        if let Some(conn) = inner.pool.ready() {
+            return Ok(conn);
+        }
         let what = || format!("{op} {lock_key}");
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),

@@ -119,6 +119,15 @@ pub(crate) enum Pools {
 }
 
 impl Pools {
+    /// The shared connection if it can be used right away (no waiting, no
+    /// round trip), so callers can skip their checkout timeout.
+    pub(crate) fn ready(&self) -> Option<Conn> {
+        match self {
+            Pools::Own(pool) => pool.manager().current(),
+            Pools::Given(_) => None,
+        }
+    }
+
     pub(crate) async fn get(&self) -> Result<Conn, PoolError<RedisError>> {
         Ok(match self {
             Pools::Own(pool) => {
