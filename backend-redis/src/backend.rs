@@ -261,7 +261,15 @@ impl LockBackend for RedisBackend {
         if let Some(owner) = owner {
             inv.arg(owner);
         }
-        scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)
+        let outcome = scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)?;
+        if matches!(outcome, Acquire::Acquired { .. })
+            && self.inner.subscriber.hub().is_watched(key.encoded())
+        {
+            // A waiter of this process won a handoff: let the other
+            // processes hear of the next release first.
+            self.inner.subscriber.rotate();
+        }
+        Ok(outcome)
     }
 
     async fn extend(
@@ -331,6 +339,8 @@ impl fmt::Debug for RedisBackend {
 mod tests {
     use super::*;
     use crate::testkit::RedisServer;
+    use distlock::{LockOptions, Locker};
+    use tokio::time::Instant;
 
     /// Concurrent operations pipeline on one multiplexed connection instead
     /// of each holding a pooled connection for its round trip (which capped
@@ -363,5 +373,62 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(backend.pool_status().size, 1, "{:?}", backend.pool_status());
+    }
+
+    async fn psubscribe_calls(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(con)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_psubscribe:calls="))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A waiter that wins a handoff moves its subscription behind the other
+    /// processes' (so handoffs rotate), and keeps hearing every release
+    /// while and after it moves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_winning_waiter_moves_back_and_still_hears_releases() {
+        let url = RedisServer::shared().url();
+        let mut admin = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let holder = Locker::new(RedisBackend::from_url(url).unwrap());
+        let waiting = RedisBackend::from_url(url).unwrap();
+        // Retries far apart: only a release message can wake the waiter in time.
+        let opts = LockOptions::default()
+            .with_retry(Duration::from_secs(5), Duration::from_secs(5))
+            .with_wait_timeout(Duration::from_secs(20));
+        let waiter = Locker::new(waiting.clone()).with_defaults(opts).unwrap();
+        let name = format!("rotate:{}:{:?}", std::process::id(), Instant::now());
+        let moves_before = psubscribe_calls(&mut admin).await;
+        for round in 0..3 {
+            let held = holder.lock(&name).await.unwrap();
+            let w = waiter.clone();
+            let n = name.clone();
+            let task = tokio::spawn(async move { w.lock(&n).await });
+            while waiting.registered_waiters() == 0 || !waiting.release_subscriber_connected() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let released_at = Instant::now();
+            held.release().await.unwrap();
+            let guard = tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the release was not heard"))
+                .unwrap()
+                .unwrap();
+            assert!(released_at.elapsed() < Duration::from_secs(2));
+            guard.release().await.unwrap();
+        }
+        assert!(
+            psubscribe_calls(&mut admin).await > moves_before,
+            "the winning waiter never moved its subscription"
+        );
     }
 }

@@ -1,12 +1,15 @@
 //! The one pub/sub connection per backend that turns release messages into
 //! [`ReleaseHub`] events.
 
-use std::sync::{Mutex, PoisonError};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use distlock::{LockKey, ReleaseHub, ReleaseWatch};
 use futures::StreamExt;
-use tokio::sync::watch;
+use redis::aio::PubSubSink;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How often an idle subscription is checked with `PING`, so a connection
@@ -39,6 +42,9 @@ pub(crate) struct Subscriber {
     hub: ReleaseHub,
     connect_timeout: Duration,
     running: Mutex<Option<Running>>,
+    /// Asks the task to move this subscription to the end of the server's
+    /// delivery order (see [`Subscriber::rotate`]).
+    rotate: Arc<Notify>,
 }
 
 impl Subscriber {
@@ -54,6 +60,23 @@ impl Subscriber {
             hub: ReleaseHub::new(),
             connect_timeout,
             running: Mutex::new(None),
+            rotate: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Moves this backend's subscription behind the other subscribers of the
+    /// channel, in the background and without a moment unsubscribed.
+    ///
+    /// Redis delivers a release message to a channel's subscribers in the
+    /// order they subscribed, so with several processes waiting for one lock
+    /// the first subscriber would hear of every release first and win nearly
+    /// every handoff. The backend calls this when one of its waiters has
+    /// just acquired a lock: the winner then goes to the back of the line,
+    /// and handoffs rotate among the waiting processes. Requests made while a
+    /// move is under way are merged into one.
+    pub(crate) fn rotate(&self) {
+        if self.is_subscribed() {
+            self.rotate.notify_one();
         }
     }
 
@@ -106,6 +129,7 @@ impl Subscriber {
             self.channel.clone(),
             self.hub.clone(),
             self.connect_timeout,
+            self.rotate.clone(),
             tx,
         ));
         *running = Some(Running {
@@ -135,6 +159,7 @@ async fn run(
     channel: String,
     hub: ReleaseHub,
     connect_timeout: Duration,
+    rotate: Arc<Notify>,
     status: watch::Sender<Status>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -149,7 +174,7 @@ async fn run(
                 backoff = BACKOFF_MIN;
                 status.send_replace(Status::Subscribed);
                 tracing::debug!(%channel, "release subscriber subscribed");
-                forward(pubsub, &hub, connect_timeout).await;
+                forward(pubsub, &hub, &channel, &rotate, connect_timeout).await;
                 status.send_replace(Status::Connecting);
                 tracing::debug!(%channel, "release subscriber lost its connection; reconnecting");
                 continue;
@@ -167,12 +192,27 @@ async fn run(
     }
 }
 
-/// Forwards release messages to the hub until the connection fails.
-async fn forward(pubsub: redis::aio::PubSub, hub: &ReleaseHub, ping_timeout: Duration) {
-    let (mut sink, mut stream) = pubsub.split();
+/// A request on the subscriber connection that runs beside the message
+/// stream; it hands the sink back with whether it succeeded.
+type SinkJob = Pin<Box<dyn Future<Output = (PubSubSink, bool)> + Send>>;
+
+/// Forwards release messages to the hub until the connection fails. Pings
+/// and subscription moves run beside the stream, so they never delay a
+/// release message.
+async fn forward(
+    pubsub: redis::aio::PubSub,
+    hub: &ReleaseHub,
+    channel: &str,
+    rotate: &Notify,
+    timeout: Duration,
+) {
+    let (sink, mut stream) = pubsub.split();
+    let mut sink = Some(sink);
+    let mut job: Option<SinkJob> = None;
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    let pattern = glob_escape(channel);
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -182,12 +222,77 @@ async fn forward(pubsub: redis::aio::PubSub, hub: &ReleaseHub, ping_timeout: Dur
                 },
                 None => return,
             },
-            _ = ping.tick() => {
-                let pong = tokio::time::timeout(ping_timeout, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
+            done = async {
+                match job.as_mut() {
+                    Some(j) => j.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                job = None;
+                let (returned, ok) = done;
+                if !ok {
                     return;
                 }
-            }
+                sink = Some(returned);
+            },
+            _ = rotate.notified(), if sink.is_some() => {
+                if let Some(s) = sink.take() {
+                    job = Some(Box::pin(move_to_back(s, channel.to_owned(), pattern.clone(), timeout)));
+                }
+            },
+            _ = ping.tick(), if sink.is_some() => {
+                if let Some(s) = sink.take() {
+                    job = Some(Box::pin(ping_sink(s, timeout)));
+                }
+            },
         }
+    }
+}
+
+async fn ping_sink(mut sink: PubSubSink, timeout: Duration) -> (PubSubSink, bool) {
+    let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+    (sink, matches!(pong, Ok(Ok(_))))
+}
+
+/// Re-subscribes to `channel` so that the server lists this connection
+/// last. A pattern subscription matching only `channel` covers the moment
+/// between UNSUBSCRIBE and SUBSCRIBE, so no message is lost (one may arrive
+/// twice, which only costs a spare wake-up).
+async fn move_to_back(
+    mut sink: PubSubSink,
+    channel: String,
+    pattern: String,
+    timeout: Duration,
+) -> (PubSubSink, bool) {
+    let steps = async {
+        sink.psubscribe(&pattern).await?;
+        sink.unsubscribe(&channel).await?;
+        sink.subscribe(&channel).await?;
+        sink.punsubscribe(&pattern).await
+    };
+    let ok = matches!(tokio::time::timeout(timeout, steps).await, Ok(Ok(())));
+    (sink, ok)
+}
+
+/// A glob pattern that matches exactly `s` (Redis `PSUBSCRIBE` syntax).
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn glob_escape_matches_only_the_channel() {
+        assert_eq!(glob_escape("distlock:released"), "distlock:released");
+        assert_eq!(glob_escape("a*b?[c]\\d"), "a\\*b\\?\\[c\\]\\\\d");
     }
 }
