@@ -60,8 +60,7 @@ impl CheckIdleManager {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let c = current.as_mut()?;
         let now = Instant::now();
-        if c.broken.load(Ordering::Acquire) || now.duration_since(c.last_used) >= CHECK_IDLE_AFTER
-        {
+        if c.broken.load(Ordering::Acquire) || now.duration_since(c.last_used) >= CHECK_IDLE_AFTER {
             *current = None;
             return None;
         }

@@ -366,7 +366,10 @@ async fn contended_slice(
     acc.wall += start.elapsed();
     acc.sets += set_calls(admin).await - sets_before;
     all.sort_by_key(|h| h.acquired);
-    acc.held += all.iter().map(|h| h.released - h.acquired).sum::<Duration>();
+    acc.held += all
+        .iter()
+        .map(|h| h.released - h.acquired)
+        .sum::<Duration>();
     acc.gaps.extend(
         all.windows(2)
             .map(|w| w[1].acquired.saturating_duration_since(w[0].released)),
@@ -403,7 +406,12 @@ async fn contended_finish(
     }
 }
 
-async fn many_keys_slice(client: &Client, which: Impl, run: &str, len: Duration) -> (u64, Duration) {
+async fn many_keys_slice(
+    client: &Client,
+    which: Impl,
+    run: &str,
+    len: Duration,
+) -> (u64, Duration) {
     let start = Instant::now();
     let deadline = start + len;
     let handles: Vec<_> = (0..MANY_KEYS_TASKS)
