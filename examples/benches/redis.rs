@@ -15,6 +15,10 @@
 //!   3; fractions allowed, e.g. `0.2` for a smoke run).
 //! - `DISTLOCK_BENCH_ONLY`: comma-separated scenario filter (`uncontended`,
 //!   `contended4`, `contended16`, `manykeys`); default all.
+//!
+//! A smoke run for CI (one 250 ms slice per scenario and implementation,
+//! about 5 s; fails if a contended run loses a counter update):
+//! `DISTLOCK_BENCH_SECS=0.1 cargo bench -p distlock-examples --bench redis`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -580,6 +584,7 @@ fn main() {
                     ratio(x.per_sec, r[&Impl::Rslock].per_sec),
                 );
                 assert!(x.acquisitions > 0, "{}: no acquisition", which.label());
+                assert_eq!(x.lost_updates, 0, "{}: lost updates", which.label());
             }
             println!();
         }
