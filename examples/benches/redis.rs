@@ -14,7 +14,9 @@
 //! - `DISTLOCK_BENCH_SECS`: seconds per scenario and implementation (default
 //!   3; fractions allowed, e.g. `0.2` for a smoke run).
 //! - `DISTLOCK_BENCH_ONLY`: comma-separated scenario filter (`uncontended`,
-//!   `contended4`, `contended16`, `manykeys`); default all.
+//!   `contended4`, `contended16`, `contended16shared`, `manykeys`); default
+//!   all. `contended16shared` is the 16-task case with one client for all
+//!   tasks (distlock's per-process waiter queue at work).
 //!
 //! A smoke run for CI (one 250 ms slice per scenario and implementation,
 //! about 5 s; fails if a contended run loses a counter update):
@@ -298,14 +300,27 @@ async fn set_calls(con: &mut MultiplexedConnection) -> i64 {
         .unwrap_or(0)
 }
 
-async fn contended_setup(which: Impl, url: &str, tasks: usize, run: &str) -> ContendedSetup {
-    let name = format!("bench:{run}:contended{tasks}:{}", which.label());
+/// `shared`: all tasks use one client (one backend, one connection, one
+/// manager) instead of one each.
+async fn contended_setup(
+    which: Impl,
+    url: &str,
+    tasks: usize,
+    shared: bool,
+    run: &str,
+) -> ContendedSetup {
+    let name = format!("bench:{run}:contended{tasks}:{shared}:{}", which.label());
     let counter = format!("{name}:counter");
     let mut admin = connect(url).await;
     let _: () = admin.set(&counter, 0i64).await.expect("reset counter");
     let mut clients = Vec::new();
+    let one = Client::new(which, url).await;
     for _ in 0..tasks {
-        let client = Client::new(which, url).await;
+        let client = if shared {
+            one.clone()
+        } else {
+            Client::new(which, url).await
+        };
         let data = connect(url).await;
         // Warm up each client once (connections, script cache).
         let held = client.acquire(&name, "warm".to_owned()).await;
@@ -539,13 +554,17 @@ fn main() {
             println!();
         }
 
-        for tasks in [4usize, 16] {
-            if !wanted(&format!("contended{tasks}")) {
+        for (tasks, shared) in [(4usize, false), (16, false), (16, true)] {
+            let scenario = format!("contended{tasks}{}", if shared { "shared" } else { "" });
+            if !wanted(&scenario) {
                 continue;
             }
             let mut setups = Vec::new();
             for which in Impl::ALL {
-                setups.push((which, contended_setup(which, &url, tasks, &run).await));
+                setups.push((
+                    which,
+                    contended_setup(which, &url, tasks, shared, &run).await,
+                ));
             }
             let mut accs: HashMap<Impl, ContendedAcc> = HashMap::new();
             for _ in 0..slices(secs) {
@@ -559,8 +578,13 @@ fn main() {
                 let acc = accs.remove(which).unwrap_or_default();
                 r.insert(*which, contended_finish(setup, &mut admin, acc).await);
             }
+            let clients = if shared {
+                "all through one client"
+            } else {
+                "each with its own client"
+            };
             println!(
-                "## contended: {tasks} tasks, each with its own client, one name, 1 ms critical section + 1 ms outside"
+                "## contended: {tasks} tasks, {clients}, one name, 1 ms critical section + 1 ms outside"
             );
             println!();
             println!("| impl | acq/s | held | mean gap | p50 gap | fewest/most (ratio) | longest wait | lost updates | attempts/acq | acq/s ÷ floor | acq/s ÷ rslock |");
