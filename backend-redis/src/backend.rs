@@ -54,6 +54,22 @@ use crate::subscriber::Subscriber;
 /// waiters through a [`distlock::ReleaseHub`]. Waiters also poll with
 /// backoff, so a lost message only delays them.
 ///
+/// Redis delivers a message to a channel's subscribers in a fixed order, so
+/// among several processes waiting for one lock the first subscriber would
+/// win nearly every handoff. When a waiter of this backend acquires, the
+/// subscriber therefore moves itself to the back of that order (in the
+/// background, never unsubscribed in between), and handoffs rotate among the
+/// waiting processes.
+///
+/// # Connections
+///
+/// With its own pool (`from_url`, `from_config`), the operations of a
+/// backend share one multiplexed connection (requests pipeline on it, so
+/// concurrency is not capped at the pool size); a connection that fails or
+/// times out is replaced at the next call, and one unused for
+/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) is checked with `PING`
+/// first. A pool handed to `from_pool` is checked out for each operation.
+///
 /// # Errors and timeouts
 ///
 /// Every call finishes within about `pool_wait_timeout + connect_timeout +
