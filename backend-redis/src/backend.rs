@@ -62,6 +62,23 @@ use crate::subscriber::Subscriber;
 /// [`distlock::ReleaseHub`]. Waiters also poll with backoff, so a lost
 /// message only delays them, never past the holder's lease.
 ///
+/// Redis delivers a message to a channel's subscribers in a fixed order, so
+/// among several processes waiting for one lock the first subscriber would
+/// win nearly every handoff. When a waiter of this backend acquires, the
+/// subscriber therefore moves its subscription of that lock's channel to
+/// the back of that order (`UNSUBSCRIBE` + `SUBSCRIBE` in the background,
+/// while this process holds the lock), and handoffs rotate among the
+/// waiting processes.
+///
+/// # Connections
+///
+/// With its own pool (`from_url`, `from_config`), the operations of a
+/// backend share one multiplexed connection (requests pipeline on it, so
+/// concurrency is not capped at the pool size); a connection that fails or
+/// times out is replaced at the next call, and one unused for
+/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) is checked with `PING`
+/// first. A pool handed to `from_pool` is checked out for each operation.
+///
 /// # Errors and timeouts
 ///
 /// Every call finishes within about `pool_wait_timeout + connect_timeout +
@@ -192,13 +209,18 @@ impl RedisBackend {
         self.inner.subscriber.is_subscribed()
     }
 
-    /// Gets a pooled connection, within the checkout bound.
-    async fn connection(&self, what: &str) -> Result<Conn, BackendError> {
+    /// Gets a pooled connection, within the checkout bound. `what` names
+    /// the operation in errors (`"{op} {lock_key}"`).
+    async fn connection(&self, op: &str, lock_key: &str) -> Result<Conn, BackendError> {
         let inner = &self.inner;
+        if let Some(conn) = inner.pool.ready() {
+            return Ok(conn);
+        }
+        let what = || format!("{op} {lock_key}");
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(what, e, started.elapsed())),
+            Ok(Err(e)) => Err(from_pool(&what(), e, started.elapsed())),
             Err(_) => {
                 // A pool without its own wait timeout (from_pool) ends here
                 // when every connection stays checked out.
@@ -207,25 +229,29 @@ impl RedisBackend {
                     Err(BackendError::new(
                         BackendErrorKind::PoolExhausted,
                         format!(
-                            "{what}: every pooled Redis connection stayed busy for {:?}",
+                            "{}: every pooled Redis connection stayed busy for {:?}",
+                            what(),
                             started.elapsed()
                         ),
                     ))
                 } else {
-                    Err(timed_out(what, inner.checkout_timeout))
+                    Err(timed_out(&what(), inner.checkout_timeout))
                 }
             }
         }
     }
 
     /// Runs one script invocation on a pooled connection, within bounds.
+    /// `op` and `lock_key` name the call in errors (formatted only then).
     async fn run(
         &self,
-        what: &str,
+        op: &str,
+        lock_key: &str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, BackendError> {
-        let mut conn = self.connection(what).await?;
+        let mut conn = self.connection(op, lock_key).await?;
         let limit = self.inner.command_timeout;
+        let what = || format!("{op} {lock_key}");
         match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
@@ -239,12 +265,12 @@ impl RedisBackend {
                     // fresh ones instead of failing once per idle connection.
                     self.inner.pool.drop_idle();
                 }
-                Err(from_redis(what, e))
+                Err(from_redis(&what(), e))
             }
             Err(_) => {
                 // The connection may hang forever: never hand it out again.
                 conn.discard();
-                Err(timed_out(what, limit))
+                Err(timed_out(&what(), limit))
             }
         }
     }
@@ -302,8 +328,15 @@ impl LockBackend for RedisBackend {
         if let Some(owner) = owner {
             inv.arg(owner);
         }
-        let what = format!("acquire {}", keys.lock);
-        scripts::parse_acquire(&self.run(&what, &inv).await?)
+        let outcome = scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)?;
+        if matches!(outcome, Acquire::Acquired { .. })
+            && self.inner.subscriber.hub().is_watched(key.encoded())
+        {
+            // A waiter of this process won a handoff: let the other
+            // processes hear of the next release first.
+            self.inner.subscriber.rotate(key);
+        }
+        Ok(outcome)
     }
 
     async fn extend(
@@ -318,9 +351,8 @@ impl LockBackend for RedisBackend {
             .key(&keys.owner)
             .arg(token.as_hex())
             .arg(ttl_ms(ttl)?);
-        let what = format!("extend {}", keys.lock);
         Ok(
-            if scripts::parse_flag("extend", &self.run(&what, &inv).await?)? {
+            if scripts::parse_flag("extend", &self.run("extend", &keys.lock, &inv).await?)? {
                 Extend::Extended
             } else {
                 Extend::NotHeld
@@ -337,9 +369,8 @@ impl LockBackend for RedisBackend {
             .arg(token.as_hex())
             .arg(&channel)
             .arg(key.encoded());
-        let what = format!("release {}", keys.lock);
         Ok(
-            if scripts::parse_flag("release", &self.run(&what, &inv).await?)? {
+            if scripts::parse_flag("release", &self.run("release", &keys.lock, &inv).await?)? {
                 Release::Released
             } else {
                 Release::NotHeld
@@ -351,8 +382,7 @@ impl LockBackend for RedisBackend {
         let keys = self.keys(key);
         let mut inv = scripts::INSPECT.prepare_invoke();
         inv.key(&keys.lock).key(&keys.fence).key(&keys.owner);
-        let what = format!("inspect {}", keys.lock);
-        scripts::parse_inspect(&self.run(&what, &inv).await?)
+        scripts::parse_inspect(&self.run("inspect", &keys.lock, &inv).await?)
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -370,5 +400,127 @@ impl fmt::Debug for RedisBackend {
             .field("pool_max_size", &status.max_size)
             .field("waiters", &self.registered_waiters())
             .finish()
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::testkit::RedisServer;
+    use distlock::{LockOptions, Locker};
+    use tokio::time::Instant;
+
+    /// Concurrent operations pipeline on one multiplexed connection instead
+    /// of each holding a pooled connection for its round trip (which capped
+    /// a backend at `pool_size` requests in flight).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_operations_share_one_connection() {
+        let backend = RedisBackend::from_url(RedisServer::shared().url()).unwrap();
+        let warm = LockKey::new("pool-test", "warm").unwrap();
+        backend.inspect(&warm).await.unwrap();
+        assert_eq!(backend.pool_status().size, 1);
+
+        let run = std::process::id();
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let key = LockKey::new("pool-test", format!("{run}:{i}")).unwrap();
+                    for _ in 0..20 {
+                        let token = LockToken::generate();
+                        let ttl = Duration::from_secs(5);
+                        let got = backend.try_acquire(&key, &token, ttl, None).await.unwrap();
+                        assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
+                        let released = backend.release(&key, &token).await.unwrap();
+                        assert_eq!(released, Release::Released);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(backend.pool_status().size, 1, "{:?}", backend.pool_status());
+    }
+
+    async fn unsubscribe_calls(con: &mut redis::aio::MultiplexedConnection) -> i64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(con)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_unsubscribe:calls="))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A waiter that wins a handoff moves its subscription behind the other
+    /// processes' (so handoffs rotate: `UNSUBSCRIBE` + `SUBSCRIBE` while a
+    /// sibling still waits, so it is not the idle pruning), and the moved
+    /// subscription still hears releases.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_winning_waiter_moves_back_and_still_hears_releases() {
+        let url = RedisServer::shared().url();
+        let mut admin = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let holder_backend = RedisBackend::from_url(url).unwrap();
+        let holder = Locker::new(holder_backend.clone());
+        let waiting = RedisBackend::from_url(url).unwrap();
+        // Retries far apart: only a release message can wake the waiters in time.
+        let opts = LockOptions::default()
+            .with_retry(Duration::from_secs(5), Duration::from_secs(5))
+            .with_wait_timeout(Duration::from_secs(20));
+        let waiter = Locker::new(waiting.clone()).with_defaults(opts).unwrap();
+        let name = format!("rotate:{}:{:?}", std::process::id(), Instant::now());
+        let key = holder.key(&name).unwrap();
+        let channel = waiting.release_channel(&key);
+
+        let held = holder.lock(&name).await.unwrap();
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let (w, n) = (waiter.clone(), name.clone());
+                tokio::spawn(async move {
+                    let guard = w.lock(&n).await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    guard.release().await
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while waiting.subscribed_channels() == 0 {
+            assert!(Instant::now() < deadline, "the waiter never subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let moves_before = unsubscribe_calls(&mut admin).await;
+        let released_at = Instant::now();
+        held.release().await.unwrap();
+        // The first waiter wins by the release message (its retry is 5 s
+        // away), moves its subscription, then the second gets the lock.
+        for task in tasks {
+            let released = tokio::time::timeout(Duration::from_secs(3), task)
+                .await
+                .expect("the waiters were woken by releases")
+                .unwrap()
+                .unwrap();
+            assert_eq!(released, Release::Released);
+        }
+        assert!(released_at.elapsed() < Duration::from_secs(3));
+        assert!(
+            unsubscribe_calls(&mut admin).await > moves_before,
+            "the winning waiter never moved its subscription"
+        );
+        // Still one subscriber of the channel until pruning (a second later).
+        let numsub: (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(numsub.1 <= 1, "{numsub:?}");
     }
 }

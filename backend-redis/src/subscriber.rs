@@ -8,13 +8,24 @@
 //! receives releases of locks it waits for. After a reconnect it subscribes
 //! again to every watched name and wakes one waiter of each (a release may
 //! have been missed while it was down).
+//!
+//! Redis delivers a message to a channel's subscribers in the order they
+//! subscribed, so among several processes waiting for one lock the first
+//! subscriber would win nearly every handoff. When a waiter of this backend
+//! acquires, the subscriber moves its subscription of that lock's channel to
+//! the back ([`Subscriber::rotate`]), and handoffs rotate among the waiting
+//! processes. Subscribing, moving, pruning and pings run beside the message
+//! stream, so they never delay a release message.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use distlock::{LockKey, ReleaseHub, ReleaseWatch};
 use futures::StreamExt;
+use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -41,17 +52,26 @@ enum Status {
 }
 
 /// A request to the subscriber task.
-struct Subscribe {
-    /// The [`LockKey::encoded`] form of the watched key.
-    encoded_key: String,
-    /// Answered once the channel is subscribed (or cannot be right now).
-    done: oneshot::Sender<()>,
+enum Request {
+    /// Subscribe to the channel of a watched key.
+    Subscribe {
+        /// The [`LockKey::encoded`] form of the watched key.
+        encoded_key: String,
+        /// Answered once the channel is subscribed (or cannot be right now).
+        done: oneshot::Sender<()>,
+    },
+    /// Move the subscription of a key's channel behind the other
+    /// subscribers of that channel.
+    Rotate {
+        /// The [`LockKey::encoded`] form of the key.
+        encoded_key: String,
+    },
 }
 
 struct Running {
     task: JoinHandle<()>,
     status: watch::Receiver<Status>,
-    requests: mpsc::UnboundedSender<Subscribe>,
+    requests: mpsc::UnboundedSender<Request>,
     subscribed: watch::Receiver<usize>,
 }
 
@@ -124,7 +144,7 @@ impl Subscriber {
             return Some(watch);
         }
         let (done, subscribed) = oneshot::channel();
-        let request = Subscribe {
+        let request = Request::Subscribe {
             encoded_key: key.encoded().to_owned(),
             done,
         };
@@ -134,12 +154,26 @@ impl Subscriber {
         Some(watch)
     }
 
+    /// Moves this backend's subscription of `key`'s channel behind the other
+    /// subscribers of that channel, in the background and without a moment
+    /// unsubscribed. The backend calls this when one of its waiters has just
+    /// acquired `key`: the winner goes to the back of the line, so handoffs
+    /// rotate among the waiting processes.
+    pub(crate) fn rotate(&self, key: &LockKey) {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = running.as_ref() {
+            let _ = r.requests.send(Request::Rotate {
+                encoded_key: key.encoded().to_owned(),
+            });
+        }
+    }
+
     /// Starts the task unless it runs (a task whose runtime shut down is
     /// restarted on the current one).
     fn ensure_running(
         &self,
         client: &redis::Client,
-    ) -> Option<(watch::Receiver<Status>, mpsc::UnboundedSender<Subscribe>)> {
+    ) -> Option<(watch::Receiver<Status>, mpsc::UnboundedSender<Request>)> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = running.as_ref() {
             if !r.task.is_finished() {
@@ -192,7 +226,7 @@ struct Task {
     timeout: Duration,
     status: watch::Sender<Status>,
     count: watch::Sender<usize>,
-    requests: mpsc::UnboundedReceiver<Subscribe>,
+    requests: mpsc::UnboundedReceiver<Request>,
 }
 
 /// Why a connection's loop ended.
@@ -242,9 +276,10 @@ impl Task {
                 tokio::select! {
                     _ = &mut sleep => break,
                     request = self.requests.recv() => match request {
-                        Some(request) => {
-                            let _ = request.done.send(());
+                        Some(Request::Subscribe { done, .. }) => {
+                            let _ = done.send(());
                         }
+                        Some(Request::Rotate { .. }) => {}
                         None => return,
                     },
                 }
@@ -256,7 +291,7 @@ impl Task {
     /// Serves one connection until it fails or the backend is dropped.
     async fn serve(
         &mut self,
-        mut sink: redis::aio::PubSubSink,
+        mut sink: PubSubSink,
         mut stream: redis::aio::PubSubStream,
         reconnected: bool,
     ) -> Ended {
@@ -264,10 +299,13 @@ impl Task {
         let mut channels: HashMap<String, String> = HashMap::new();
         for encoded_key in self.hub.watched_keys() {
             let channel = self.layout.channel_of_encoded(&encoded_key);
-            if !self.call(sink.subscribe(&channel)).await {
-                return Ended::Lost;
+            match call(self.timeout, sink.subscribe(&channel)).await {
+                Outcome::Done => {
+                    channels.insert(encoded_key, channel);
+                }
+                Outcome::Refused => {}
+                Outcome::Lost => return Ended::Lost,
             }
-            channels.insert(encoded_key, channel);
         }
         self.count.send_replace(channels.len());
         self.status.send_replace(Status::Subscribed);
@@ -282,6 +320,9 @@ impl Task {
         let mut prune = tokio::time::interval(PRUNE_EVERY);
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         prune.tick().await;
+        // The sink is either here (idle) or inside the one running job.
+        let mut sink = Some(sink);
+        let mut job: Option<SinkJob> = None;
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -291,57 +332,174 @@ impl Task {
                     },
                     None => return Ended::Lost,
                 },
-                request = self.requests.recv() => {
-                    let Some(request) = request else { return Ended::Closed };
-                    if let Entry::Vacant(slot) = channels.entry(request.encoded_key) {
-                        let channel = self.layout.channel_of_encoded(slot.key());
-                        if !self.call(sink.subscribe(&channel)).await {
-                            return Ended::Lost;
-                        }
-                        slot.insert(channel);
-                        self.count.send_replace(channels.len());
+                done = async {
+                    match job.as_mut() {
+                        Some(job) => job.await,
+                        None => std::future::pending().await,
                     }
-                    let _ = request.done.send(());
+                } => {
+                    job = None;
+                    let (returned, outcome, after) = done;
+                    if outcome == Outcome::Lost {
+                        return Ended::Lost;
+                    }
+                    sink = Some(returned);
+                    if let After::Subscribed { encoded_key, channel, done } = after {
+                        if outcome == Outcome::Done {
+                            channels.insert(encoded_key, channel);
+                            self.count.send_replace(channels.len());
+                        }
+                        // Refused: the waiter falls back on its backoff.
+                        let _ = done.send(());
+                    }
                 },
-                _ = prune.tick() => {
+                request = self.requests.recv(), if sink.is_some() => {
+                    let Some(request) = request else { return Ended::Closed };
+                    let Some(idle) = sink.take() else { continue };
+                    match request {
+                        Request::Subscribe { encoded_key, done } => {
+                            if channels.contains_key(&encoded_key) {
+                                let _ = done.send(());
+                                sink = Some(idle);
+                            } else {
+                                let channel = self.layout.channel_of_encoded(&encoded_key);
+                                job = Some(Box::pin(subscribe(idle, encoded_key, channel, done, self.timeout)));
+                            }
+                        }
+                        Request::Rotate { encoded_key } => match channels.get(&encoded_key) {
+                            Some(channel) => {
+                                job = Some(Box::pin(move_to_back(idle, channel.clone(), self.timeout)));
+                            }
+                            None => sink = Some(idle),
+                        },
+                    }
+                },
+                _ = prune.tick(), if sink.is_some() => {
                     let idle: Vec<String> = channels
                         .keys()
                         .filter(|k| !self.hub.is_watched(k))
                         .cloned()
                         .collect();
-                    for encoded_key in idle {
-                        if let Some(channel) = channels.remove(&encoded_key) {
-                            if !self.call(sink.unsubscribe(&channel)).await {
-                                return Ended::Lost;
-                            }
-                        }
+                    if idle.is_empty() {
+                        continue;
                     }
+                    let gone: Vec<String> = idle.iter().filter_map(|k| channels.remove(k)).collect();
                     self.count.send_replace(channels.len());
+                    if let Some(s) = sink.take() {
+                        job = Some(Box::pin(unsubscribe(s, gone, self.timeout)));
+                    }
                 },
-                _ = ping.tick() => {
-                    if !self.call(sink.ping::<redis::Value>()).await {
-                        return Ended::Lost;
+                _ = ping.tick(), if sink.is_some() => {
+                    if let Some(s) = sink.take() {
+                        job = Some(Box::pin(ping_sink(s, self.timeout)));
                     }
                 }
             }
         }
     }
+}
 
-    /// Runs one command on the subscriber connection within the timeout.
-    async fn call<T>(
-        &self,
-        command: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> bool {
-        match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "release subscriber command failed");
-                false
-            }
-            Err(_) => {
-                tracing::debug!("release subscriber command timed out");
-                false
-            }
+/// A request on the subscriber connection that runs beside the message
+/// stream; it hands the sink back with whether it succeeded and what to
+/// record.
+type SinkJob = Pin<Box<dyn Future<Output = (PubSubSink, Outcome, After)> + Send>>;
+
+/// What a finished [`SinkJob`] changed.
+enum After {
+    /// Nothing to record.
+    Nothing,
+    /// A key's channel is subscribed; tell the waiter.
+    Subscribed {
+        encoded_key: String,
+        channel: String,
+        done: oneshot::Sender<()>,
+    },
+}
+
+async fn subscribe(
+    mut sink: PubSubSink,
+    encoded_key: String,
+    channel: String,
+    done: oneshot::Sender<()>,
+    timeout: Duration,
+) -> (PubSubSink, Outcome, After) {
+    let ok = call(timeout, sink.subscribe(&channel)).await;
+    let after = After::Subscribed {
+        encoded_key,
+        channel,
+        done,
+    };
+    (sink, ok, after)
+}
+
+async fn unsubscribe(
+    mut sink: PubSubSink,
+    channels: Vec<String>,
+    timeout: Duration,
+) -> (PubSubSink, Outcome, After) {
+    let ok = call(timeout, sink.unsubscribe(&channels)).await;
+    (sink, ok, After::Nothing)
+}
+
+async fn ping_sink(mut sink: PubSubSink, timeout: Duration) -> (PubSubSink, Outcome, After) {
+    let ok = call(timeout, sink.ping::<redis::Value>()).await;
+    (sink, ok, After::Nothing)
+}
+
+/// Re-subscribes to `channel` so that the server lists this connection
+/// last. Called right after a waiter of this backend acquired the lock, so
+/// the only releases of it in the short gap between `UNSUBSCRIBE` and
+/// `SUBSCRIBE` would be this process's own, and those reach the hub
+/// directly. (A pattern subscription could cover the gap, but Redis ACLs
+/// only allow `PSUBSCRIBE` of patterns identical to a permitted one.)
+async fn move_to_back(
+    mut sink: PubSubSink,
+    channel: String,
+    timeout: Duration,
+) -> (PubSubSink, Outcome, After) {
+    let steps = async {
+        sink.unsubscribe(&channel).await?;
+        sink.subscribe(&channel).await
+    };
+    let outcome = call(timeout, steps).await;
+    (sink, outcome, After::Nothing)
+}
+
+/// How a command on the subscriber connection went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// It succeeded.
+    Done,
+    /// The server refused it (for example `NOPERM` from an ACL that lacks
+    /// `psubscribe`); the connection is fine.
+    Refused,
+    /// The connection failed or did not answer in time: reconnect.
+    Lost,
+}
+
+/// Runs one command on the subscriber connection within the timeout.
+async fn call<T>(
+    timeout: Duration,
+    command: impl Future<Output = redis::RedisResult<T>>,
+) -> Outcome {
+    match tokio::time::timeout(timeout, command).await {
+        Ok(Ok(_)) => Outcome::Done,
+        Ok(Err(e))
+            if !(e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_unrecoverable_error()) =>
+        {
+            tracing::debug!(error = %e, "release subscriber command refused");
+            Outcome::Refused
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "release subscriber command failed");
+            Outcome::Lost
+        }
+        Err(_) => {
+            tracing::debug!("release subscriber command timed out");
+            Outcome::Lost
         }
     }
 }

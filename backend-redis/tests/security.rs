@@ -43,7 +43,8 @@ use proptest::prelude::*;
 /// - `get set del exists incr time pttl pexpire type publish`: the commands
 ///   the Lua scripts call (Redis checks them against the caller's ACL;
 ///   `exists` and `time` start a missing fencing counter from the clock).
-/// - `subscribe unsubscribe`: the release subscriber; `ping`: the check of
+/// - `subscribe unsubscribe`: the release subscriber (also to move a
+///   subscription to the back of the delivery order); `ping`: the check of
 ///   idle pooled connections and of the subscriber.
 /// - `unwatch`: only for a pool handed to `RedisBackend::from_pool`
 ///   (deadpool-redis checks each checkout with `UNWATCH` + `PING`).

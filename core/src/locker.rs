@@ -196,10 +196,17 @@ impl<B: LockBackend> Locker<B> {
         };
 
         let turn = self.inner.turns.enter(key.encoded());
-        let _turn = tokio::time::timeout_at(deadline, turn)
+        let turn = tokio::time::timeout_at(deadline, turn)
             .await
             .map_err(|_| timed_out())?;
         let mut watch = None;
+        if turn.waited() {
+            // A task of this process went first and most likely holds the
+            // lock now: register before the first attempt, so that a failed
+            // attempt needs no immediate retry (one round trip less per
+            // handoff between tasks of one process).
+            watch = self.inner.backend.watch(&key).await?;
+        }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         loop {
             let remaining = match self.attempt(&key, opts).await? {
@@ -328,5 +335,118 @@ impl<B: LockBackend> Locker<B> {
             )),
             Acquire::Held { remaining } => Err(remaining),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::backend::{Capabilities, Extend};
+    use crate::error::BackendError;
+    use crate::notify::{ReleaseHub, ReleaseWatch};
+
+    /// One lock in memory that counts acquisition attempts and notifies
+    /// releases through a hub.
+    #[derive(Default)]
+    struct Counting {
+        holder: Mutex<Option<LockToken>>,
+        hub: ReleaseHub,
+        attempts: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl LockBackend for Counting {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none().with_release_notify(true)
+        }
+
+        async fn try_acquire(
+            &self,
+            _key: &LockKey,
+            token: &LockToken,
+            _ttl: Duration,
+            _owner: Option<&str>,
+        ) -> Result<Acquire, BackendError> {
+            self.attempts.fetch_add(1, Ordering::SeqCst);
+            let mut holder = self.holder.lock().unwrap();
+            if holder.is_some() {
+                return Ok(Acquire::Held { remaining: None });
+            }
+            *holder = Some(token.clone());
+            Ok(Acquire::Acquired { fence: 1 })
+        }
+
+        async fn extend(
+            &self,
+            _key: &LockKey,
+            token: &LockToken,
+            _ttl: Duration,
+        ) -> Result<Extend, BackendError> {
+            let holder = self.holder.lock().unwrap();
+            Ok(if holder.as_ref() == Some(token) {
+                Extend::Extended
+            } else {
+                Extend::NotHeld
+            })
+        }
+
+        async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+            let mut holder = self.holder.lock().unwrap();
+            if holder.as_ref() != Some(token) {
+                return Ok(Release::NotHeld);
+            }
+            *holder = None;
+            drop(holder);
+            self.hub.notify(key.encoded());
+            Ok(Release::Released)
+        }
+
+        async fn inspect(&self, _key: &LockKey) -> Result<LockInfo, BackendError> {
+            Ok(LockInfo::default())
+        }
+
+        async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+            Ok(Some(self.hub.watch(key)))
+        }
+    }
+
+    /// A task that queued behind a sibling of its process registers for the
+    /// release before its first attempt, so a handoff between two tasks of
+    /// one process costs one failed attempt, not two.
+    #[tokio::test]
+    async fn a_task_queued_behind_a_sibling_tries_once_before_waiting() {
+        let locker = Locker::new(Counting::default())
+            .with_defaults(
+                LockOptions::default()
+                    // Only release events wake the waiters in this test.
+                    .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                    .with_wait_timeout(Duration::from_secs(120)),
+            )
+            .unwrap();
+        let held = locker.try_lock("k").await.unwrap().unwrap();
+        let (b, c) = (locker.clone(), locker.clone());
+        let first = tokio::spawn(async move { b.lock("k").await.unwrap() });
+        let second = tokio::spawn(async move { c.lock("k").await.unwrap() });
+        while locker.backend().hub.watcher_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The first waiter tried, registered, tried again; the second waits
+        // for its turn without trying.
+        assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1 + 2);
+        held.release().await.unwrap();
+        let first = first.await.unwrap();
+        // The second now has its turn: one attempt (the sibling holds the
+        // lock), then it waits for the release.
+        while locker.backend().hub.watcher_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1 + 3 + 1);
+        first.release().await.unwrap();
+        let second = second.await.unwrap();
+        assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1 + 3 + 2);
+        second.release().await.unwrap();
     }
 }

@@ -74,7 +74,7 @@ impl ReleaseHub {
     }
 
     /// Whether anyone watches the key whose [`LockKey::encoded`] form is
-    /// `encoded_key`.
+    /// `encoded_key`, i.e. whether a task of this process waits for it.
     pub fn is_watched(&self, encoded_key: &str) -> bool {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         keys.contains_key(encoded_key)

@@ -58,9 +58,16 @@ impl Turns {
             key: key.to_owned(),
             sem: Some(sem.clone()),
             permit: None,
+            waited: false,
         };
-        // The semaphore is never closed.
-        turn.permit = sem.acquire_owned().await.ok();
+        turn.permit = match sem.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                turn.waited = true;
+                // The semaphore is never closed.
+                sem.acquire_owned().await.ok()
+            }
+        };
         turn
     }
 
@@ -76,6 +83,15 @@ pub(crate) struct Turn {
     key: String,
     sem: Option<Arc<Semaphore>>,
     permit: Option<OwnedSemaphorePermit>,
+    waited: bool,
+}
+
+impl Turn {
+    /// Whether another task of this process was ahead in line, i.e. a
+    /// sibling most likely holds the lock right now.
+    pub(crate) fn waited(&self) -> bool {
+        self.waited
+    }
 }
 
 impl Drop for Turn {
@@ -114,12 +130,14 @@ mod tests {
     async fn turns_are_fifo_and_leave_no_entries() {
         let turns = Arc::new(Turns::default());
         let first = turns.enter("k").await;
+        assert!(!first.waited());
         let t2 = turns.clone();
         let second = tokio::spawn(async move { t2.enter("k").await });
         tokio::task::yield_now().await;
         assert!(!second.is_finished());
         drop(first);
         let second = second.await.unwrap();
+        assert!(second.waited());
         drop(second);
         assert_eq!(turns.len(), 0);
         // A cancelled waiter leaves nothing behind either.
