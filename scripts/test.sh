@@ -5,32 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The Redis tests need Redis. They never skip: without one they fail and say
-# how to get it. Order of preference (see backend-redis/src/testkit.rs):
-# DISTLOCK_REDIS_URL, a Docker container of DISTLOCK_REDIS_IMAGE, redis-server
-# from PATH.
-if [ -z "${DISTLOCK_REDIS_URL:-}" ]; then
-  if ! command -v redis-server >/dev/null 2>&1; then
-    echo "== installing redis-server (Debian package)"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
-  fi
-  if docker info >/dev/null 2>&1; then
-    if [ -z "${DISTLOCK_REDIS_IMAGE:-}" ]; then
-      # Use the official image if it is present or can be pulled; otherwise
-      # build a local one from the Debian redis-server binary.
-      if docker image inspect redis:7 >/dev/null 2>&1 || timeout 60 docker pull -q redis:7 >/dev/null 2>&1; then
-        export DISTLOCK_REDIS_IMAGE=redis:7
-      else
-        export DISTLOCK_REDIS_IMAGE="$(bash scripts/build-redis-image.sh | tail -n 1)"
-      fi
-    fi
-    echo "== Redis tests use the container image $DISTLOCK_REDIS_IMAGE"
-  else
-    echo "== no Docker engine: Redis tests use redis-server from PATH ($(command -v redis-server))"
-  fi
-fi
+source scripts/redis-env.sh
 
 cleanup() {
   # Shared test containers live in statics that are never dropped; remove them.
