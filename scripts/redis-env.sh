@@ -6,15 +6,15 @@
 # how to get it. Order of preference (see backend-redis/src/testkit.rs):
 # DISTLOCK_REDIS_URL, a Docker container of DISTLOCK_REDIS_IMAGE, redis-server
 # from PATH.
+# redis-server: the fallback server and the TLS/ACL tests' dedicated
+# servers; openssl: the TLS tests' throwaway certificates.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "== installing redis-server and openssl (Debian packages)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
+fi
 if [ -z "${DISTLOCK_REDIS_URL:-}" ]; then
-  # redis-server: the fallback server and the TLS/ACL tests' dedicated
-  # servers; openssl: the TLS tests' throwaway certificates.
-  if ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-    echo "== installing redis-server and openssl (Debian packages)"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
-  fi
   if docker info >/dev/null 2>&1; then
     if [ -z "${DISTLOCK_REDIS_IMAGE:-}" ]; then
       # Use the official image if it is present or can be pulled; otherwise
