@@ -6,7 +6,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use distlock::{LockOptions, Locker};
+//! use distlock::{LockOptions, Locker, Release};
 //! use distlock_memory::MemoryBackend;
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -17,7 +17,8 @@
 //! tokio::time::advance(Duration::from_secs(31)).await; // no real waiting
 //! let fresh = locker.try_lock("job").await.unwrap().expect("the lease ran out");
 //! assert!(fresh.fence() > stale.fence());
-//! assert!(stale.release().await.is_ok()); // reports NotHeld, frees nothing
+//! assert_eq!(stale.release().await.unwrap(), Release::NotHeld); // frees nothing
+//! assert!(locker.inspect("job").await.unwrap().held); // the new holder keeps it
 //! # }
 //! ```
 //!

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseHub, ReleaseWatch,
+    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+    LockToken, Release, ReleaseHub, ReleaseWatch,
 };
 use tokio::time::Instant;
 
@@ -101,6 +101,17 @@ impl std::fmt::Debug for MemoryBackend {
     }
 }
 
+/// `now + ttl`, or a `Config` error for a TTL too large for the clock (the
+/// `Locker` never sends one above `MAX_TTL`; direct trait calls might).
+fn expiry(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
+    now.checked_add(ttl).ok_or_else(|| {
+        BackendError::new(
+            BackendErrorKind::Config,
+            format!("TTL {ttl:?} is too large"),
+        )
+    })
+}
+
 #[async_trait]
 impl LockBackend for MemoryBackend {
     fn capabilities(&self) -> Capabilities {
@@ -118,6 +129,7 @@ impl LockBackend for MemoryBackend {
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
         let now = Instant::now();
+        let expires_at = expiry(now, ttl)?;
         let mut state = self.state();
         if let Some(held) = state.live(key.encoded(), now) {
             return Ok(Acquire::Held {
@@ -131,7 +143,7 @@ impl LockBackend for MemoryBackend {
             Entry {
                 token: token.clone(),
                 owner: owner.map(str::to_owned),
-                expires_at: now + ttl,
+                expires_at,
                 fence,
             },
         );
@@ -146,10 +158,11 @@ impl LockBackend for MemoryBackend {
         ttl: Duration,
     ) -> Result<Extend, BackendError> {
         let now = Instant::now();
+        let expires_at = expiry(now, ttl)?;
         let mut state = self.state();
         Ok(match state.live(key.encoded(), now) {
             Some(e) if e.token == *token => {
-                e.expires_at = now + ttl;
+                e.expires_at = expires_at;
                 Extend::Extended
             }
             _ => Extend::NotHeld,

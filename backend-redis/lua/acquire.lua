@@ -12,14 +12,16 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {0, redis.call('PTTL', KEYS[1])}
 end
--- A missing counter (first use, or lost with the data on a restart without
--- persistence or a failover) starts from the server clock in microseconds:
--- no name is acquired more than once per microsecond, so the new fences
--- are above every fence handed out before the loss (unless the server's
--- clock went backwards).
+-- A missing counter (first use, expired, or lost with the data on a restart
+-- without persistence or a failover) starts from the server clock in
+-- microseconds: no name is acquired more than once per microsecond, so the
+-- new fences are above every fence handed out before (unless the server's
+-- clock went backwards). That is also why the counter may expire: it lives
+-- one day from its first use (INCR keeps the expiry), so names used once do
+-- not stay in Redis forever.
 if redis.call('EXISTS', KEYS[2]) == 0 then
   local now = redis.call('TIME')
-  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])))
+  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), 'PX', 86400000)
 end
 local fence = redis.pcall('INCR', KEYS[2])
 if type(fence) == 'table' and fence['err'] then

@@ -38,17 +38,18 @@ use crate::subscriber::Subscriber;
 /// | key | holds | expires |
 /// | --- | --- | --- |
 /// | `P` `billing{user:42}` | the holder's random token | with the lease |
-/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | never |
+/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | one day after it was started |
 /// | `P` `billing{user:42}:owner` | the owner label, if any | with the lease |
 ///
 /// All keys of a lock share the `{…}` hash tag, so they are in one Redis
-/// Cluster slot. Fence keys never expire (one small string per lock name
-/// ever used): that is what keeps fencing tokens increasing across expiry.
+/// Cluster slot.
 ///
-/// A missing fence key (a name's first use, or data lost by a restart
-/// without persistence or a failover) starts from the server's `TIME` in
-/// microseconds, so fencing tokens keep increasing across such losses as
-/// long as the server clock does not step backwards.
+/// A missing fence key (a name's first use, the key's expiry one day after
+/// it was started, or data lost by a restart without persistence or a
+/// failover) starts from the server's `TIME` in microseconds, so fencing
+/// tokens keep increasing across expiry and such losses as long as the
+/// server clock does not step backwards, and names used once do not stay in
+/// Redis for more than a day.
 ///
 /// # Release notifications
 ///

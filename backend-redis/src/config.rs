@@ -101,7 +101,10 @@ pub struct RedisConfig {
     /// `"distlock:"`; must not contain `{` or `}`.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
-    /// The most connections the pool opens. Default 16.
+    /// The most connections the pool opens. Default 16. The operations of
+    /// one backend share a multiplexed connection (requests pipeline on
+    /// it), so a healthy backend uses one; the pool replaces it when it
+    /// breaks.
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// How long opening a connection (TCP, TLS, AUTH) may take. Default 2 s.
@@ -111,8 +114,12 @@ pub struct RedisConfig {
     /// Default 2 s.
     #[serde(default = "default_command_timeout", with = "humantime_serde")]
     pub command_timeout: Duration,
-    /// How long a call waits for a free pooled connection when all are busy
-    /// before it fails with `PoolExhausted`. Default 1 s.
+    /// How long a call waits for a pooled connection when all are busy
+    /// before it fails with `PoolExhausted`. Default 1 s. (With the shared
+    /// multiplexed connection this only happens while the pool is opening
+    /// a replacement; the backend's own bound also applies to pools given
+    /// to [`RedisBackend::from_pool`](crate::RedisBackend::from_pool),
+    /// which are checked out per operation.)
     #[serde(default = "default_pool_wait_timeout", with = "humantime_serde")]
     pub pool_wait_timeout: Duration,
     /// A PEM file with the CA certificate(s) that signed the server's

@@ -5,7 +5,7 @@ use distlock::{BackendError, BackendErrorKind, LockKey};
 /// The default backend prefix: every key and the release channel start with it.
 pub const DEFAULT_KEY_PREFIX: &str = "distlock:";
 
-/// Suffix of the key that holds a lock's last fencing token (never expires).
+/// Suffix of the key that holds a lock's last fencing token (expires a day after it starts; restarts from the server clock).
 pub const FENCE_SUFFIX: &str = ":fence";
 
 /// Suffix of the key that holds a lock's owner label (expires with the lock).
@@ -24,7 +24,7 @@ pub const MAX_KEY_PREFIX_LEN: usize = 256;
 pub struct LockKeys {
     /// `PREFIX` + encoded key: holds the owner token, expires with the lease.
     pub lock: String,
-    /// The lock key + `:fence`: the last fencing token, never expires.
+    /// The lock key + `:fence`: the last fencing token (see `RedisBackend`).
     pub fence: String,
     /// The lock key + `:owner`: the owner label, expires with the lease.
     pub owner: String,

@@ -88,7 +88,12 @@ async fn a_killed_subscriber_connection_resubscribes_and_wakes_waiters() {
     .await;
     assert!(waiter.release_subscriber_connected());
 
-    // And real releases are delivered on the new connection.
+    // And real releases are delivered on the new connection (no wake-up is
+    // stored from the reconnect that could stand in for it).
+    assert!(
+        futures::FutureExt::now_or_never(watch.released()).is_none(),
+        "a stale wake-up is pending"
+    );
     let released_at = Instant::now();
     assert_eq!(holder.release(&k, &t).await.unwrap(), Release::Released);
     tokio::time::timeout(Duration::from_secs(2), watch.released())

@@ -312,8 +312,15 @@ async fn owner_labels_fences_and_key_layout_on_the_server() {
     assert_eq!(stored, t.as_hex());
     let owner: String = admin.get(&keys.owner).await.unwrap();
     assert_eq!(owner, "worker-7");
+    // The fence key lives a day from its start (then restarts from the
+    // server clock, still higher), so names used once do not stay forever.
     let fence_ttl: i64 = admin.pttl(&keys.fence).await.unwrap();
-    assert_eq!(fence_ttl, -1, "the fence key never expires");
+    assert!(
+        fence_ttl > 86_000_000 && fence_ttl <= 86_400_000,
+        "fence key PTTL {fence_ttl}"
+    );
+    let first_fence: u64 = admin.get(&keys.fence).await.unwrap();
+    assert_eq!(first_fence, fence);
     let info = b.inspect(&k).await.unwrap();
     assert_eq!(info.owner.as_deref(), Some("worker-7"));
     assert_eq!(info.last_fence, Some(fence));
@@ -337,4 +344,38 @@ async fn owner_labels_fences_and_key_layout_on_the_server() {
     let info = b.inspect(&k).await.unwrap();
     assert!(!info.held);
     assert_eq!(info.last_fence, Some(fence));
+}
+
+/// The fencing counter starts from the server clock (µs) whenever it is
+/// missing (first use, its one-day expiry, data loss), so fences handed out
+/// after it vanished are still above every earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_fence_counter_restarts_above_every_earlier_fence() {
+    let url = RedisServer::shared().url();
+    let b = backend_at(url);
+    let mut admin = raw(url).await;
+    let k = key("fence-restart");
+    let keys = b.keys(&k);
+    let mut fences = Vec::new();
+    for round in 0..4 {
+        if round == 2 {
+            // As if the counter expired or Redis lost its data.
+            let _: () = admin.del(&keys.fence).await.unwrap();
+        }
+        let t = LockToken::generate();
+        let Acquire::Acquired { fence } = b
+            .try_acquire(&k, &t, Duration::from_secs(10), None)
+            .await
+            .unwrap()
+        else {
+            panic!("not acquired")
+        };
+        assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
+        fences.push(fence);
+    }
+    println!("fences {fences:?}");
+    assert!(fences[0] > 1_600_000_000_000_000, "not µs since the epoch");
+    assert_eq!(fences[1], fences[0] + 1);
+    assert!(fences[2] > fences[1], "{fences:?}");
+    assert_eq!(fences[3], fences[2] + 1);
 }

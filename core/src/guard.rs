@@ -29,8 +29,12 @@ struct LeaseState {
     valid_until: Mutex<Instant>,
     /// HELD, then LOST or ENDED; never changes after that.
     status: AtomicU8,
-    /// Woken when `status` leaves HELD.
+    /// Woken when `status` leaves HELD or `valid_until` moves.
     changed: Notify,
+    /// Held across one extend call and the update of `valid_until`, so a
+    /// manual `extend` and the renewal task never overlap: the deadline
+    /// applied last belongs to the extend the server ran last.
+    extending: tokio::sync::Mutex<()>,
 }
 
 impl LeaseState {
@@ -56,11 +60,17 @@ impl LeaseState {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Moves the deadline (earlier or later) while the lease is held, and
+    /// wakes [`Lease::lost`] waiters so they wait for the new one.
     fn set_valid_until(&self, at: Instant) {
+        if self.status() != HELD {
+            return;
+        }
         *self
             .valid_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = at;
+        self.changed.notify_waiters();
     }
 
     fn mark_lost(&self) {
@@ -199,6 +209,7 @@ impl LockGuard {
             valid_until: Mutex::new(deadline(sent_at, opts.ttl)),
             status: AtomicU8::new(HELD),
             changed: Notify::new(),
+            extending: tokio::sync::Mutex::new(()),
         });
         releaser.ensure_started();
         let renewal = opts.auto_renew.then(|| {
@@ -258,7 +269,8 @@ impl LockGuard {
     /// old deadline stays).
     pub async fn extend(&mut self, ttl: Duration) -> Result<(), LockError> {
         validate_ttl(ttl)?;
-        let state = &self.lease.state;
+        let state = self.lease.state.clone();
+        let _one_at_a_time = state.extending.lock().await;
         if state.status() == LOST {
             return Err(self.not_held());
         }
@@ -348,6 +360,10 @@ async fn renew(
     let mut wait = period;
     loop {
         tokio::time::sleep(wait).await;
+        let _one_at_a_time = state.extending.lock().await;
+        if state.status() != HELD {
+            return;
+        }
         let sent_at = Instant::now();
         let valid_until = state.valid_until();
         if sent_at >= valid_until {

@@ -96,25 +96,34 @@ impl<B: LockBackend> Locker<B> {
     }
 
     /// The same backend with names in the namespace `prefix` (at most
-    /// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) bytes, no NUL).
+    /// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) bytes, no NUL). The new
+    /// locker shares this one's background release task and waiter queues.
     pub fn with_prefix(self, prefix: impl Into<String>) -> Result<Self, LockError> {
         let prefix = prefix.into();
         LockKey::validate_prefix(&prefix)?;
-        Ok(Self::build(
-            self.inner.backend.clone(),
-            prefix,
-            self.inner.defaults.clone(),
-        ))
+        Ok(self.derive(prefix, self.inner.defaults.clone()))
     }
 
     /// The same backend and prefix with other default options (validated).
+    /// The new locker shares this one's background release task and waiter
+    /// queues.
     pub fn with_defaults(self, defaults: LockOptions) -> Result<Self, LockError> {
         defaults.validate()?;
-        Ok(Self::build(
-            self.inner.backend.clone(),
-            self.inner.prefix.clone(),
-            defaults,
-        ))
+        Ok(self.derive(self.inner.prefix.clone(), defaults))
+    }
+
+    fn derive(&self, prefix: String, defaults: LockOptions) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                backend: inner.backend.clone(),
+                dyn_backend: inner.dyn_backend.clone(),
+                prefix,
+                defaults,
+                releaser: inner.releaser.clone(),
+                turns: inner.turns.clone(),
+            }),
+        }
     }
 
     /// The backend.
@@ -227,7 +236,7 @@ impl<B: LockBackend> Locker<B> {
             }
             let mut delay = backoff.next_delay();
             if let Some(remaining) = remaining {
-                delay = delay.min(remaining + Duration::from_millis(1));
+                delay = delay.min(remaining.saturating_add(Duration::from_millis(1)));
             }
             let wake_at = deadline.min(now + delay);
             match watch.as_mut() {
@@ -270,13 +279,19 @@ impl<B: LockBackend> Locker<B> {
         Fut: Future<Output = T>,
     {
         let guard = self.lock_with(name, opts).await?;
+        let lease = guard.lease();
         let value = f(guard.lease()).await;
         let name = guard.name().to_owned();
+        // Lost before the work ended (renewal found it gone, or the deadline
+        // passed): exclusion was not guaranteed, whatever release says.
+        let lost = lease.is_lost();
         match guard.release().await {
-            Ok(Release::Released) => Ok(value),
-            Ok(Release::NotHeld) => Err(LockError::NotHeld { name }),
+            Ok(Release::Released) if !lost => Ok(value),
+            Ok(_) => Err(LockError::NotHeld { name }),
+            Err(_) if lost => Err(LockError::NotHeld { name }),
             Err(e) => {
-                // The release is retried in the background; the work is done.
+                // The release is retried in the background; the work is done
+                // and the lease was valid until it ended.
                 tracing::warn!(lock = %name, error = %e, "release after with_lock failed");
                 Ok(value)
             }
@@ -296,6 +311,13 @@ impl<B: LockBackend> Locker<B> {
         opts: &LockOptions,
     ) -> Result<Result<LockGuard, Option<Duration>>, LockError> {
         let inner = &self.inner;
+        if opts.auto_renew && tokio::runtime::Handle::try_current().is_err() {
+            // Refuse before the backend is called: a lock taken now could
+            // not be renewed, and no guard could be built for it.
+            return Err(LockError::InvalidOptions(
+                "auto_renew needs a tokio runtime to renew in; call from inside one".to_owned(),
+            ));
+        }
         let token = LockToken::generate();
         let sent_at = Instant::now();
         // If this future is dropped mid-call, or the call fails after the

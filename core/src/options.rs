@@ -48,7 +48,11 @@ pub struct LockOptions {
     pub ttl: Duration,
     /// How long [`Locker::lock`](crate::Locker::lock) waits for a held lock
     /// before it gives up with [`LockError::TimedOut`]. Zero means a single
-    /// attempt. Default 10 s; at most [`MAX_WAIT_TIMEOUT`].
+    /// attempt (or none, if another task of the same `Locker` is already
+    /// waiting for that name: it queues first). The wait covers queueing and
+    /// sleeping; a backend call in progress at the deadline still finishes
+    /// within the backend's own timeout. Default 10 s; at most
+    /// [`MAX_WAIT_TIMEOUT`].
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// A label stored beside the lock so operators can see who holds it

@@ -1,12 +1,12 @@
 //! The one background task per [`Locker`](crate::Locker) that releases
 //! dropped guards.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::backend::LockBackend;
 use crate::key::LockKey;
@@ -25,47 +25,71 @@ struct Job {
 /// A handle for queueing releases. Cheap to clone; never blocks.
 #[derive(Clone)]
 pub(crate) struct Releaser {
-    tx: mpsc::UnboundedSender<Job>,
-    rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<Job>>>>,
-    started: Arc<AtomicBool>,
+    state: Arc<Mutex<State>>,
     backend: Arc<dyn LockBackend>,
+}
+
+struct State {
+    tx: mpsc::UnboundedSender<Job>,
+    /// The receiver, until a task takes it.
+    rx: Option<mpsc::UnboundedReceiver<Job>>,
+    /// The task serving the current channel, once started.
+    task: Option<JoinHandle<()>>,
+}
+
+impl State {
+    fn fresh() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            tx,
+            rx: Some(rx),
+            task: None,
+        }
+    }
+
+    /// Starts the task on the current runtime unless one serves the
+    /// channel. A task whose runtime shut down is gone with its receiver:
+    /// then a fresh channel and task replace them.
+    fn ensure_started(&mut self, backend: &Arc<dyn LockBackend>) {
+        if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+            *self = State::fresh();
+        }
+        if self.task.is_some() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // Not inside a runtime: jobs wait in the channel for the next
+            // call made inside one.
+            return;
+        };
+        if let Some(rx) = self.rx.take() {
+            self.task = Some(handle.spawn(run(rx, backend.clone())));
+        }
+    }
 }
 
 impl Releaser {
     pub(crate) fn new(backend: Arc<dyn LockBackend>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         Self {
-            tx,
-            rx: Arc::new(Mutex::new(Some(rx))),
-            started: Arc::default(),
+            state: Arc::new(Mutex::new(State::fresh())),
             backend,
         }
     }
 
-    /// Starts the background task if it is not running yet. Called whenever a
-    /// guard is created, which always happens inside a tokio runtime.
+    /// Starts the background task if none runs. Called whenever a guard is
+    /// created, which always happens inside a tokio runtime; restarts the
+    /// task on the current runtime if an earlier one shut down.
     pub(crate) fn ensure_started(&self) {
-        if self.started.load(Ordering::Acquire) {
-            return;
-        }
-        let mut slot = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.is_none() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if let Some(rx) = slot.take() {
-            handle.spawn(run(rx, self.backend.clone()));
-            self.started.store(true, Ordering::Release);
-        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.ensure_started(&self.backend);
     }
 
-    /// Queues a release of `token`'s lease on `key`. If no runtime runs the
-    /// task any more, the lease simply expires at its TTL.
+    /// Queues a release of `token`'s lease on `key`. If no runtime can run
+    /// the task, the lease simply expires at its TTL.
     pub(crate) fn submit(&self, key: LockKey, token: LockToken) {
-        let _ = self.tx.send(Job { key, token });
-        self.ensure_started();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.ensure_started(&self.backend);
+        let _ = state.tx.send(Job { key, token });
     }
 }
 
