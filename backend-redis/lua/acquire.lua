@@ -12,17 +12,6 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {0, redis.call('PTTL', KEYS[1])}
 end
--- A missing counter (first use, expired, or lost with the data on a restart
--- without persistence or a failover) starts from the server clock in
--- microseconds: no name is acquired more than once per microsecond, so the
--- new fences are above every fence handed out before (unless the server's
--- clock went backwards). That is also why the counter may expire: it lives
--- one day from its first use (INCR keeps the expiry), so names used once do
--- not stay in Redis forever.
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  local now = redis.call('TIME')
-  redis.call('SET', KEYS[2], now[1] .. string.format('%06d', tonumber(now[2])), 'PX', 86400000)
-end
 local fence = redis.pcall('INCR', KEYS[2])
 if type(fence) == 'table' and fence['err'] then
   -- Undo: Redis does not roll a script back on error.
@@ -33,6 +22,19 @@ if type(fence) == 'table' and fence['err'] then
   end
   -- Anything else (an ACL denial of INCR, ...) is reported as it is.
   return fence
+end
+-- INCR answered 1: the counter was missing (first use, expired, or lost with
+-- the data on a restart without persistence or a failover). It starts from
+-- the server clock in microseconds instead: no name is acquired more than
+-- once per microsecond, so the new fences are above every fence handed out
+-- before (unless the server's clock went backwards). That is also why the
+-- counter may expire: it lives one day from its start (INCR keeps the
+-- expiry), so names used once do not stay in Redis forever.
+if fence == 1 then
+  local now = redis.call('TIME')
+  local start = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[2], start, 'PX', 86400000)
+  fence = tonumber(start)
 end
 if ARGV[3] then
   redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])

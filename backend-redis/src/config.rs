@@ -53,13 +53,13 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +exists +incr +time +pttl
+///     +evalsha +script|load +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
 /// `~distlock:*` covers the lock, fence and owner keys, `&distlock:*` the
 /// release channels (each lock key + `:released`). `evalsha` and `script|load` run the scripts (`EVAL` is
-/// never sent); `get`, `set`, `del`, `exists`, `incr`, `time`, `pttl`,
+/// never sent); `get`, `set`, `del`, `incr`, `time`, `pttl`,
 /// `pexpire`, `type` and `publish` are what the scripts call (Redis checks
 /// them against the user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,
 /// `ping` checks idle connections, and `unwatch` is only needed for a pool

@@ -31,7 +31,7 @@ use proptest::prelude::*;
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +exists +incr +time +pttl
+///     +evalsha +script|load +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
@@ -40,9 +40,9 @@ use proptest::prelude::*;
 ///   use it in both patterns).
 /// - `evalsha` and `script|load` run the scripts (`SCRIPT LOAD` after
 ///   `NOSCRIPT`, e.g. after a restart); `EVAL` is never used.
-/// - `get set del exists incr time pttl pexpire type publish`: the commands
+/// - `get set del incr time pttl pexpire type publish`: the commands
 ///   the Lua scripts call (Redis checks them against the caller's ACL;
-///   `exists` and `time` start a missing fencing counter from the clock).
+///   `time` starts a missing fencing counter from the clock).
 /// - `subscribe unsubscribe`: the release subscriber (also to move a
 ///   subscription to the back of the delivery order); `ping`: the check of
 ///   idle pooled connections and of the subscriber.
@@ -51,14 +51,13 @@ use proptest::prelude::*;
 /// - Add `+select` for a URL with a database number other than 0.
 ///   `CLIENT SETINFO` (Redis 7.2+) may stay denied: the client ignores its
 ///   answer.
-const MINIMAL_ACL: [&str; 17] = [
+const MINIMAL_ACL: [&str; 16] = [
     "-@all",
     "+evalsha",
     "+script|load",
     "+get",
     "+set",
     "+del",
-    "+exists",
     "+incr",
     "+time",
     "+pttl",
