@@ -1,6 +1,7 @@
 //! The one background task per [`Locker`](crate::Locker) that releases
 //! dropped guards.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +27,10 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct Releaser {
     state: Arc<Mutex<State>>,
+    /// True while a task serves the channel (cleared when the task ends or
+    /// is dropped with its runtime): the lock-free fast path of
+    /// [`Releaser::ensure_started`].
+    alive: Arc<AtomicBool>,
     backend: Arc<dyn LockBackend>,
 }
 
@@ -50,7 +55,7 @@ impl State {
     /// Starts the task on the current runtime unless one serves the
     /// channel. A task whose runtime shut down is gone with its receiver:
     /// then a fresh channel and task replace them.
-    fn ensure_started(&mut self, backend: &Arc<dyn LockBackend>) {
+    fn ensure_started(&mut self, backend: &Arc<dyn LockBackend>, alive: &Arc<AtomicBool>) {
         if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
             *self = State::fresh();
         }
@@ -63,7 +68,9 @@ impl State {
             return;
         };
         if let Some(rx) = self.rx.take() {
-            self.task = Some(handle.spawn(run(rx, backend.clone())));
+            alive.store(true, Ordering::Release);
+            let flag = Alive(alive.clone());
+            self.task = Some(handle.spawn(run(rx, backend.clone(), flag)));
         }
     }
 }
@@ -72,6 +79,7 @@ impl Releaser {
     pub(crate) fn new(backend: Arc<dyn LockBackend>) -> Self {
         Self {
             state: Arc::new(Mutex::new(State::fresh())),
+            alive: Arc::default(),
             backend,
         }
     }
@@ -80,20 +88,33 @@ impl Releaser {
     /// created, which always happens inside a tokio runtime; restarts the
     /// task on the current runtime if an earlier one shut down.
     pub(crate) fn ensure_started(&self) {
+        if self.alive.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ensure_started(&self.backend);
+        state.ensure_started(&self.backend, &self.alive);
     }
 
     /// Queues a release of `token`'s lease on `key`. If no runtime can run
     /// the task, the lease simply expires at its TTL.
     pub(crate) fn submit(&self, key: LockKey, token: LockToken) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ensure_started(&self.backend);
+        state.ensure_started(&self.backend, &self.alive);
         let _ = state.tx.send(Job { key, token });
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, backend: Arc<dyn LockBackend>) {
+/// Clears the `alive` flag when the task ends or is dropped (its runtime
+/// shut down).
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Job>, backend: Arc<dyn LockBackend>, _alive: Alive) {
     let mut running = FuturesUnordered::new();
     loop {
         tokio::select! {

@@ -14,7 +14,8 @@
 //! - `DISTLOCK_BENCH_SECS`: seconds per scenario and implementation (default
 //!   3; fractions allowed, e.g. `0.2` for a smoke run).
 //! - `DISTLOCK_BENCH_ONLY`: comma-separated scenario filter (`uncontended`,
-//!   `contended4`, `contended16`, `contended16shared`, `manykeys`); default
+//!   `contended4`, `contended8`, `contended16`, `contended16shared`,
+//!   `manykeys`); default
 //!   all. `contended16shared` is the 16-task case with one client for all
 //!   tasks (distlock's per-process waiter queue at work).
 //!
@@ -554,7 +555,7 @@ fn main() {
             println!();
         }
 
-        for (tasks, shared) in [(4usize, false), (16, false), (16, true)] {
+        for (tasks, shared) in [(4usize, false), (8, false), (16, false), (16, true)] {
             let scenario = format!("contended{tasks}{}", if shared { "shared" } else { "" });
             if !wanted(&scenario) {
                 continue;
