@@ -4,54 +4,13 @@
 //! kills every pub/sub connection of its server, so it has a server of its
 //! own.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+mod notify_support;
 
-use distlock_redis::redis::{self, aio::MultiplexedConnection};
+use std::time::Duration;
+
 use distlock_redis::testkit::RedisServer;
-use distlock_redis::{Acquire, LockBackend, LockKey, LockToken, RedisBackend, Release};
-
-const TTL: Duration = Duration::from_secs(30);
-
-fn key(case: &str) -> LockKey {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        "notifications:{case}:{}:{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    LockKey::new("tests", name).unwrap()
-}
-
-async fn raw(url: &str) -> MultiplexedConnection {
-    let client = redis::Client::open(url).unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .expect("connect in time")
-    .unwrap()
-}
-
-/// `PUBSUB NUMSUB channel`: how many connections listen to `channel`.
-async fn listeners(conn: &mut MultiplexedConnection, channel: &str) -> u64 {
-    let reply: (String, u64) = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(channel)
-        .query_async(conn)
-        .await
-        .unwrap();
-    reply.1
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use distlock_redis::{Acquire, LockBackend, LockToken, RedisBackend, Release};
+use notify_support::{eventually, key, listeners, raw, TTL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_lock_has_its_own_channel_subscribed_only_while_waited_for() {
