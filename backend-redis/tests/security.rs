@@ -12,9 +12,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use distlock_conformance::log_capture::LogCapture;
 use distlock_conformance::{scenarios, Harness};
 use distlock_redis::deadpool_redis;
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
@@ -648,64 +649,12 @@ async fn passwords_never_show_in_debug_or_errors() {
     assert!(shown[0].contains("***"), "{}", shown[0]);
 }
 
-/// A `tracing` subscriber that writes every event and span field to a
-/// buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-struct FieldWriter<'a>(&'a mut String);
-
-impl tracing::field::Visit for FieldWriter<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={value:?}", field.name());
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "span {}", span.metadata().name());
-        span.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-        tracing::span::Id::from_u64(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        let mut out = self.0.lock().unwrap();
-        values.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-    }
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(
-            out,
-            "{} {}",
-            event.metadata().level(),
-            event.metadata().target()
-        );
-        event.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn logs_of_a_lock_cycle_hold_neither_password_nor_token() {
     const PW: &str = "Log-secret-pw-5150";
     let server = RedisServer::start_process(ProcessOptions::new().args(["--requirepass", PW]));
     let url = with_credentials(server.url(), "", PW);
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let _default = tracing::subscriber::set_default(capture.clone());
     // Other tests of this binary may be registering the same callsites on
     // other threads right now, with no subscriber; recompute their interest

@@ -73,6 +73,7 @@ mod counting;
 pub mod fenced;
 mod harness;
 pub mod history;
+pub mod log_capture;
 pub mod scenarios;
 mod stress;
 mod support;

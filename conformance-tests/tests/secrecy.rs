@@ -1,10 +1,9 @@
 //! Secrets stay secret: lock tokens are 128 random bits from a CSPRNG, and
 //! `Debug`, `Display` and log output never show more than their first four
-//! hex digits. (Passwords are covered in distlock-redis's `security` tests.)
+//! hex digits. (Passwords are covered in distlock-redis's `security` tests.) It lives
+//! here, beside `log_capture`, because it needs the core crate and a backend.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use distlock::{
     async_trait, Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey,
     LockOptions, LockToken, Locker, Release, ReleaseWatch,
 };
+use distlock_conformance::log_capture::LogCapture;
 use distlock_memory::MemoryBackend;
 
 /// The longest run of consecutive hex digits in `text`.
@@ -157,51 +157,9 @@ impl LockBackend for Recording {
     }
 }
 
-/// A `tracing` subscriber that writes every event and span field to a
-/// buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<String>>);
-
-struct FieldWriter<'a>(&'a mut String);
-
-impl tracing::field::Visit for FieldWriter<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        let _ = write!(self.0, " {}={value:?}", field.name());
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        let mut out = self.0.lock().unwrap();
-        let _ = write!(out, "span {}", span.metadata().name());
-        span.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-        tracing::span::Id::from_u64(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-    fn record(&self, _: &tracing::span::Id, values: &tracing::span::Record<'_>) {
-        let mut out = self.0.lock().unwrap();
-        values.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-    }
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut out = self.0.lock().unwrap();
-        let meta = event.metadata();
-        let _ = write!(out, "{} {}", meta.level(), meta.target());
-        event.record(&mut FieldWriter(&mut out));
-        out.push('\n');
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[test]
 fn guards_errors_and_logs_never_show_a_full_token() {
-    let capture = Capture::default();
+    let capture = LogCapture::default();
     let _default = tracing::subscriber::set_default(capture.clone());
     let backend = Recording::default();
     let tokens = backend.tokens.clone();
@@ -244,7 +202,7 @@ fn guards_errors_and_logs_never_show_a_full_token() {
         shown.push(value);
     });
     drop(rt);
-    let log = capture.0.lock().unwrap().clone();
+    let log = capture.text();
     println!("captured log:\n{log}");
     let tokens = tokens.lock().unwrap().clone();
     assert!(tokens.len() >= 4, "{tokens:?}");
