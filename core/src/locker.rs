@@ -280,7 +280,7 @@ impl<B: LockBackend> Locker<B> {
     {
         let guard = self.lock_with(name, opts).await?;
         let lease = guard.lease();
-        let value = f(guard.lease()).await;
+        let value = f(lease.clone()).await;
         let name = guard.name().to_owned();
         // Lost before the work ended (renewal found it gone, or the deadline
         // passed): exclusion was not guaranteed, whatever release says.
