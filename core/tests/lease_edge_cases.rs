@@ -1,15 +1,15 @@
 //! Edge cases of leases and the background release task, found in review:
 //! each test failed before its fix.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use distlock::{
-    async_trait, Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend,
-    LockError, LockInfo, LockKey, LockOptions, LockToken, Locker, Release,
-};
+use distlock::{LockError, LockOptions, Locker};
 use distlock_memory::MemoryBackend;
+use support::Faulty;
 
 /// A shorter extend moves the deadline earlier: a task already awaiting
 /// `lost()` must fire by the new deadline, not sleep until the old one.
@@ -84,61 +84,15 @@ fn auto_renew_outside_a_runtime_is_refused_and_takes_nothing() {
     assert!(plain.is_some());
 }
 
-/// A memory backend whose extend and release fail once `down` is set.
-struct Flaky {
-    inner: MemoryBackend,
-    down: Arc<AtomicBool>,
-}
-
-fn unavailable() -> BackendError {
-    BackendError::new(BackendErrorKind::Unavailable, "down")
-}
-
-#[async_trait]
-impl LockBackend for Flaky {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(
-        &self,
-        key: &LockKey,
-        token: &LockToken,
-        ttl: Duration,
-        owner: Option<&str>,
-    ) -> Result<Acquire, BackendError> {
-        self.inner.try_acquire(key, token, ttl, owner).await
-    }
-    async fn extend(
-        &self,
-        key: &LockKey,
-        token: &LockToken,
-        ttl: Duration,
-    ) -> Result<Extend, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(unavailable());
-        }
-        self.inner.extend(key, token, ttl).await
-    }
-    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(unavailable());
-        }
-        self.inner.release(key, token).await
-    }
-    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
-        self.inner.inspect(key).await
-    }
-}
-
 /// The backend becomes unreachable inside `with_lock`: renewal fails, the
 /// deadline passes, and the release fails too. The result must say the
 /// lease was lost, not `Ok`.
 #[tokio::test(start_paused = true)]
 async fn with_lock_reports_not_held_when_lost_and_release_fails() {
     let down = Arc::new(AtomicBool::new(false));
-    let locker = Locker::new(Flaky {
-        inner: MemoryBackend::new(),
+    let locker = Locker::new(Faulty {
         down: down.clone(),
+        ..Faulty::default()
     });
     let opts = LockOptions::default()
         .with_ttl(Duration::from_secs(3))

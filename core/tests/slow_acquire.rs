@@ -2,51 +2,13 @@
 //! handed to the caller as a guard: the lock is given back and the caller
 //! gets a typed timeout error.
 
+mod support;
+
 use std::time::Duration;
 
-use distlock::{
-    async_trait, Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend,
-    LockError, LockInfo, LockKey, LockOptions, LockToken, Locker, Release,
-};
+use distlock::{BackendErrorKind, LockError, LockOptions, Locker};
 use distlock_memory::MemoryBackend;
-
-/// Memory backend whose acquire answers `delay` after doing its work.
-struct SlowAnswer {
-    inner: MemoryBackend,
-    delay: Duration,
-}
-
-#[async_trait]
-impl LockBackend for SlowAnswer {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn try_acquire(
-        &self,
-        key: &LockKey,
-        token: &LockToken,
-        ttl: Duration,
-        owner: Option<&str>,
-    ) -> Result<Acquire, BackendError> {
-        let outcome = self.inner.try_acquire(key, token, ttl, owner).await;
-        tokio::time::sleep(self.delay).await;
-        outcome
-    }
-    async fn extend(
-        &self,
-        key: &LockKey,
-        token: &LockToken,
-        ttl: Duration,
-    ) -> Result<Extend, BackendError> {
-        self.inner.extend(key, token, ttl).await
-    }
-    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
-        self.inner.inspect(key).await
-    }
-}
+use support::Faulty;
 
 #[tokio::test(start_paused = true)]
 async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
@@ -54,9 +16,10 @@ async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
     let ttl = Duration::from_secs(1);
     let opts = LockOptions::default().with_ttl(ttl);
     // The answer arrives after the TTL minus the drift allowance.
-    let slow = Locker::new(SlowAnswer {
+    let slow = Locker::new(Faulty {
         inner: store.clone(),
-        delay: Duration::from_millis(995),
+        acquire_delay: Duration::from_millis(995),
+        ..Faulty::default()
     });
     let observer = Locker::new(store.clone());
 
@@ -78,9 +41,10 @@ async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
     );
 
     // A slow answer that still leaves some lease is a normal guard.
-    let quick_enough = Locker::new(SlowAnswer {
+    let quick_enough = Locker::new(Faulty {
         inner: store.clone(),
-        delay: Duration::from_millis(900),
+        acquire_delay: Duration::from_millis(900),
+        ..Faulty::default()
     });
     let guard = quick_enough
         .try_lock_with("report", &opts)
