@@ -1,0 +1,1 @@
+//! The backend author's guide (filled in below).
