@@ -286,6 +286,9 @@ mod self_check {
             unknown.is_empty(),
             "suite! lists unknown cases: {unknown:?}"
         );
+        for (case, _) in crate::CASE_NEEDS {
+            assert!(unique.contains(*case), "CASE_NEEDS names unknown case {case}");
+        }
         assert!(
             defined.len() >= 30,
             "only {} scenarios found",
