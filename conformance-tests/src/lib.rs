@@ -82,9 +82,28 @@
 //! Attributes before the harness type go on every generated test, for a
 //! suite that needs a service not every developer runs:
 //!
-//! ```ignore
-//! distlock_conformance::suite!(#[ignore = "needs PostgreSQL: DATABASE_URL=... cargo test -- --ignored"] PgHarness);
+//! ```
+//! # use distlock::LockKey;
+//! # use distlock_conformance::{BoxError, Harness, SetupError};
+//! # use distlock_memory::MemoryBackend;
+//! # struct PgHarness(MemoryBackend);
+//! # #[distlock_conformance::async_trait]
+//! # impl Harness for PgHarness {
+//! #     type Backend = MemoryBackend;
+//! #     async fn setup() -> Result<Self, SetupError> { Ok(PgHarness(MemoryBackend::new())) }
+//! #     async fn client(&self) -> Result<MemoryBackend, BoxError> { Ok(self.0.clone()) }
+//! #     async fn expire_now(&self, c: &MemoryBackend, k: &LockKey) -> Result<(), BoxError> {
+//! #         c.expire_now(k);
+//! #         Ok(())
+//! #     }
+//! # }
+//! // Run with: DATABASE_URL=... cargo test -- --ignored
+//! distlock_conformance::suite!(#[ignore = "needs PostgreSQL"] PgHarness);
+//! # mod gated {
+//! #     use super::PgHarness;
 //! distlock_conformance::suite!(#[cfg(feature = "pg-tests")] PgHarness);
+//! # }
+//! # fn main() {}
 //! ```
 //!
 //! Beyond the per-case scenarios, [`history`] records every hold of a
