@@ -240,7 +240,10 @@ mod tests {
         backend.try_acquire(&k, &token, ttl, None).await.unwrap();
         backend.clone().set_unavailable(true);
         let kinds = [
-            backend.try_acquire(&key("other"), &token, ttl, None).await.err(),
+            backend
+                .try_acquire(&key("other"), &token, ttl, None)
+                .await
+                .err(),
             backend.extend(&k, &token, ttl).await.err(),
             backend.release(&k, &token).await.err(),
             backend.inspect(&k).await.err(),

@@ -306,7 +306,10 @@ mod self_check {
             "suite! lists unknown cases: {unknown:?}"
         );
         for (case, _) in crate::CASE_NEEDS {
-            assert!(unique.contains(*case), "CASE_NEEDS names unknown case {case}");
+            assert!(
+                unique.contains(*case),
+                "CASE_NEEDS names unknown case {case}"
+            );
         }
         assert!(
             defined.len() >= 30,

@@ -406,7 +406,9 @@ fn wait_all(children: &mut [Running], deadline: Instant) -> Result<(), String> {
             }
             match c.child.try_wait() {
                 Ok(Some(status)) if status.success() => done[i] = true,
-                Ok(Some(status)) => return Err(format!("child {} exited with {status}", c.process)),
+                Ok(Some(status)) => {
+                    return Err(format!("child {} exited with {status}", c.process))
+                }
                 Ok(None) => {}
                 Err(e) => return Err(format!("waiting for child {}: {e}", c.process)),
             }
@@ -586,6 +588,9 @@ mod tests {
         let lockers = [Locker::new(distlock_memory::MemoryBackend::new())];
         let config = StressConfig::new(0, ["a"]);
         let refused = run_child(&lockers, crate::history::MemoryCounter::new(), &config).await;
-        assert!(matches!(refused, Err(StressError::Config(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(StressError::Config(_))),
+            "{refused:?}"
+        );
     }
 }

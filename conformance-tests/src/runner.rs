@@ -204,9 +204,9 @@ impl CapabilityReport {
             }
         }
         if H::PAUSED_CLOCK && !caps.tokio_clock {
-            report.problems.push(
-                "Harness::PAUSED_CLOCK is set but Capabilities::tokio_clock is false".into(),
-            );
+            report
+                .problems
+                .push("Harness::PAUSED_CLOCK is set but Capabilities::tokio_clock is false".into());
         }
         if caps.tokio_clock && !H::PAUSED_CLOCK {
             report.notes.push(

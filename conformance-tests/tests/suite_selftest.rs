@@ -187,7 +187,11 @@ impl Hooks<MemoryBackend> for FencesRestartAfterRelease {
         Ok(released)
     }
 
-    async fn inspect(&self, inner: &MemoryBackend, key: &LockKey) -> Result<LockInfo, BackendError> {
+    async fn inspect(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+    ) -> Result<LockInfo, BackendError> {
         let info = inner.inspect(key).await?;
         let fence = self.fences.lock().unwrap().get(key.encoded()).copied();
         Ok(if info.held {
@@ -285,6 +289,9 @@ impl Hooks<MemoryBackend> for SlowReplies {
 
 type Case<H> = for<'a> fn(&'a H) -> Pin<Box<dyn Future<Output = ()> + 'a>>;
 
+/// A case's name, the case against the defect `D`, and against no defect.
+type Pair<D> = (&'static str, Case<Faulty<D>>, Case<Faulty<Correct>>);
+
 /// Whether the case passes against harness `H` (a panic is a failure).
 fn passes<H: Harness>(name: &str, case: Case<H>) -> bool {
     std::panic::catch_unwind(AssertUnwindSafe(|| run_case::<H>(name, case))).is_ok()
@@ -302,7 +309,7 @@ macro_rules! case {
 }
 
 /// Each named case fails against the defect and passes without it.
-fn assert_caught<D: Defect>(cases: &[(&str, Case<Faulty<D>>, Case<Faulty<Correct>>)]) {
+fn assert_caught<D: Defect>(cases: &[Pair<D>]) {
     for (name, broken, correct) in cases {
         assert!(
             passes::<Faulty<Correct>>(name, *correct),
@@ -336,9 +343,15 @@ fn extend_reviving_an_expired_lease_is_caught() {
 #[test]
 fn release_of_an_expired_lease_saying_released_is_caught() {
     assert_caught::<ReleaseOfExpiredSaysReleased>(&[
-        case!(ReleaseOfExpiredSaysReleased, stale_guard_cannot_touch_new_holder),
+        case!(
+            ReleaseOfExpiredSaysReleased,
+            stale_guard_cannot_touch_new_holder
+        ),
         case!(ReleaseOfExpiredSaysReleased, double_release_is_harmless),
-        case!(ReleaseOfExpiredSaysReleased, extend_after_expiry_is_not_held),
+        case!(
+            ReleaseOfExpiredSaysReleased,
+            extend_after_expiry_is_not_held
+        ),
     ]);
 }
 
@@ -346,7 +359,10 @@ fn release_of_an_expired_lease_saying_released_is_caught() {
 fn missing_release_notification_is_caught() {
     assert_caught::<NoNotification>(&[
         case!(NoNotification, waiter_woken_by_release_notification),
-        case!(NoNotification, full_length_names_acquire_wait_notify_release),
+        case!(
+            NoNotification,
+            full_length_names_acquire_wait_notify_release
+        ),
     ]);
 }
 

@@ -192,7 +192,9 @@ impl std::fmt::Debug for ReleaseWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let keys = self.hub.keys.lock().unwrap_or_else(PoisonError::into_inner);
         let encoded = keys.get(&self.key).map(|e| e.encoded.as_str());
-        f.debug_struct("ReleaseWatch").field("key", &encoded).finish()
+        f.debug_struct("ReleaseWatch")
+            .field("key", &encoded)
+            .finish()
     }
 }
 

@@ -4,7 +4,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use distlock::{BackendError, BackendErrorKind, LockBackend, LockError, LockOptions, LockToken, Locker};
+use distlock::{
+    BackendError, BackendErrorKind, LockBackend, LockError, LockOptions, LockToken, Locker,
+};
 
 use crate::support::skip;
 use crate::Harness;
@@ -15,15 +17,17 @@ fn unreachable_kind(e: &BackendError) -> bool {
     e.is_transient()
         && matches!(
             e.kind(),
-            BackendErrorKind::Unavailable | BackendErrorKind::Timeout | BackendErrorKind::PoolExhausted
+            BackendErrorKind::Unavailable
+                | BackendErrorKind::Timeout
+                | BackendErrorKind::PoolExhausted
         )
 }
 
 /// Runs `call` with a time limit, panicking if it does not finish.
 async fn bounded<T>(what: &str, limit: Duration, call: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or_else(|_| panic!("{what} against an unreachable store did not end within {limit:?}"))
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        panic!("{what} against an unreachable store did not end within {limit:?}")
+    })
 }
 
 /// Asserts that a backend call failed as an unreachable store should, and
@@ -43,7 +47,10 @@ fn assert_unreachable<T: std::fmt::Debug>(
                 e.kind()
             );
             let shown = format!("{e} {e:?}");
-            assert!(!shown.contains(token.as_hex()), "{what}: the error shows the token");
+            assert!(
+                !shown.contains(token.as_hex()),
+                "{what}: the error shows the token"
+            );
         }
         Ok(v) => panic!("{what} succeeded against an unreachable store: {v:?}"),
     }
@@ -72,7 +79,12 @@ pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
     let token = LockToken::generate();
     let ttl = Duration::from_secs(5);
 
-    let got = bounded("try_acquire", limit, down.try_acquire(&key, &token, ttl, None)).await;
+    let got = bounded(
+        "try_acquire",
+        limit,
+        down.try_acquire(&key, &token, ttl, None),
+    )
+    .await;
     assert_unreachable("try_acquire", got, &token);
     let got = bounded("extend", limit, down.extend(&key, &token, ttl)).await;
     assert_unreachable("extend", got, &token);
@@ -98,11 +110,16 @@ pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
     let with = bounded(
         "with_lock",
         limit,
-        l.with_lock(&name, |_| async { ran.store(true, std::sync::atomic::Ordering::SeqCst) }),
+        l.with_lock(&name, |_| async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst)
+        }),
     )
     .await;
     assert!(is_unreachable(&with), "with_lock: {with:?}");
-    assert!(!ran.into_inner(), "with_lock ran its closure without the lock");
+    assert!(
+        !ran.into_inner(),
+        "with_lock ran its closure without the lock"
+    );
     let e = tried.err().unwrap();
     assert!(e.is_transient(), "LockError::is_transient for {e}");
 }

@@ -55,7 +55,10 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     assert_eq!(third.release().await.unwrap(), Release::Released);
     let fourth = b.try_lock(&name).await.unwrap().expect("released");
     assert!(fourth.fence() > f3, "{} after {f3}", fourth.fence());
-    assert!(fourth.fence() <= MAX_FENCE, "fence above MAX_FENCE (i64::MAX)");
+    assert!(
+        fourth.fence() <= MAX_FENCE,
+        "fence above MAX_FENCE (i64::MAX)"
+    );
 }
 
 /// Each name's fencing tokens increase on their own: interleaved
@@ -74,7 +77,10 @@ pub async fn fences_increase_per_name<H: Harness>(h: &H) {
             let l = if (round + i) % 2 == 0 { &a } else { &b };
             let guard = l.try_lock_with(name, &lease).await.unwrap().expect("free");
             let fence = guard.fence();
-            assert!(fence <= MAX_FENCE, "fence {fence} above MAX_FENCE (i64::MAX)");
+            assert!(
+                fence <= MAX_FENCE,
+                "fence {fence} above MAX_FENCE (i64::MAX)"
+            );
             if let Some(prev) = last[i] {
                 assert!(fence > prev, "{name}: fence {fence} after {prev}");
             }

@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use crate::counting::Counted;
 use crate::support::{
-    assert_within, client, expire, drop_bound, free_within, is_held, locker, renew_ttl, short_ttl, ttl,
+    assert_within, client, drop_bound, expire, free_within, is_held, locker, renew_ttl, short_ttl,
+    ttl,
 };
 use crate::{unique_name, Harness};
 
