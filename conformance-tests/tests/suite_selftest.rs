@@ -16,7 +16,9 @@ use distlock::{
     Release, ReleaseHub, ReleaseWatch,
 };
 use distlock_conformance::wrapper::{Hooks, Wrapped};
-use distlock_conformance::{run_case, scenarios, BoxError, Harness, SetupError};
+use distlock_conformance::{
+    run_case, scenarios, BoxError, CapabilityReport, Harness, Need, SetupError,
+};
 use distlock_memory::MemoryBackend;
 
 /// One defect: hooks around the memory backend, shared by every client of
@@ -406,4 +408,83 @@ fn a_slow_backend_passes_the_ttl_validation_case() {
         "invalid_ttl_rejected_before_backend",
         |h| Box::pin(scenarios::invalid_ttl_rejected_before_backend(h))
     ));
+}
+
+/// Claims that expiry does not follow tokio's clock, under a harness that
+/// pauses it: the harness and the capabilities disagree.
+#[derive(Default)]
+struct NotOnTokioClock;
+
+impl Hooks<MemoryBackend> for NotOnTokioClock {
+    fn capabilities(&self, inner: &MemoryBackend) -> distlock::Capabilities {
+        inner.capabilities().with_tokio_clock(false)
+    }
+}
+
+#[test]
+fn a_paused_clock_without_tokio_clock_fails_every_case_and_the_report() {
+    assert!(!passes::<Faulty<NotOnTokioClock>>(
+        "acquire_free_then_held_then_free",
+        |h| Box::pin(scenarios::acquire_free_then_held_then_free(h))
+    ));
+    assert!(!passes::<Faulty<NotOnTokioClock>>(
+        "capability_report",
+        |h| Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(report.is_consistent(), "{report}");
+        })
+    ));
+}
+
+/// The memory backend with only the required hooks: no
+/// `registered_waiters` (although it claims release notifications) and no
+/// `unreachable_client`.
+struct OnlyRequiredHooks(MemoryBackend);
+
+#[distlock_conformance::async_trait]
+impl Harness for OnlyRequiredHooks {
+    type Backend = MemoryBackend;
+    const PAUSED_CLOCK: bool = true;
+
+    async fn setup() -> Result<Self, SetupError> {
+        Ok(Self(MemoryBackend::new()))
+    }
+
+    async fn client(&self) -> Result<MemoryBackend, BoxError> {
+        Ok(self.0.clone())
+    }
+
+    async fn expire_now(&self, client: &MemoryBackend, key: &LockKey) -> Result<(), BoxError> {
+        client.expire_now(key);
+        Ok(())
+    }
+}
+
+/// A missing `registered_waiters` hook fails the case that needs it (it
+/// used to skip that check silently) and is a problem in the report; a
+/// missing `unreachable_client` hook is a listed skip.
+#[test]
+fn missing_hooks_fail_or_show_as_skips() {
+    assert!(!passes::<OnlyRequiredHooks>(
+        "cancelled_lock_leaves_nothing_behind",
+        |h| Box::pin(scenarios::cancelled_lock_leaves_nothing_behind(h))
+    ));
+    assert!(passes::<OnlyRequiredHooks>("capability_report", |h| {
+        Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(!report.is_consistent(), "{report}");
+            assert!(
+                report.problems[0].contains("registered_waiters"),
+                "{report}"
+            );
+            assert_eq!(
+                report.skipped,
+                [(
+                    "unreachable_store_gives_transient_errors",
+                    Need::UnreachableClient
+                )],
+                "{report}"
+            );
+        })
+    }));
 }
