@@ -57,7 +57,10 @@
 //! # Writing a backend
 //!
 //! Implement [`LockBackend`] and run the conformance suite of the
-//! `distlock-conformance` crate against it; see that crate's documentation.
+//! `distlock-conformance` crate against it; its `guide` module covers key
+//! sizes ([`MAX_ENCODED_KEY_LEN`], [`LockKey::digest`]), fencing designs
+//! that survive cleanup ([`MAX_FENCE`]), the error-kind mapping
+//! ([`BackendErrorKind`]) and release notifications ([`ReleaseHub`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
