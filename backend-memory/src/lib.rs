@@ -12,7 +12,7 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let locker = Locker::new(MemoryBackend::new());
 //! let opts = LockOptions::default().with_ttl(Duration::from_secs(30));
-//! let stale = locker.try_lock_with("job", &opts).await.unwrap().unwrap();
+//! let stale = locker.try_lock_with("job", |_| opts.clone()).await.unwrap().unwrap();
 //!
 //! tokio::time::advance(Duration::from_secs(31)).await; // no real waiting
 //! let fresh = locker.try_lock("job").await.unwrap().expect("the lease ran out");

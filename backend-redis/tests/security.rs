@@ -130,7 +130,7 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
         .with_ttl(TTL)
         .with_owner("security-test");
     let mut guard = locker
-        .try_lock_with(&name, &opts)
+        .try_lock_with(&name, |_| opts.clone())
         .await
         .expect("try_lock")
         .expect("a free lock");
@@ -150,7 +150,7 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
     let waited = locker
         .lock_with(
             &name,
-            &opts.clone().with_wait_timeout(Duration::from_secs(10)),
+            |_| opts.clone().with_wait_timeout(Duration::from_secs(10)),
         )
         .await
         .expect("the waiter gets the lock");

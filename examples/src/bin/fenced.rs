@@ -47,7 +47,7 @@ async fn run<B: LockBackend>(locker: Locker<B>) -> Result<(), BoxError> {
 
     // A takes the lock and writes, sending its fencing token along.
     let a = locker
-        .lock_with(name, &LockOptions::default().with_ttl(TTL))
+        .lock_with(name, |_| LockOptions::default().with_ttl(TTL))
         .await?;
     account.write(a.fence(), "balance 100, written by A")?;
     println!(
@@ -60,7 +60,7 @@ async fn run<B: LockBackend>(locker: Locker<B>) -> Result<(), BoxError> {
         let (locker, account) = (locker.clone(), account.clone());
         tokio::spawn(async move {
             let wait = LockOptions::default().with_wait_timeout(Duration::from_secs(10));
-            let b = locker.lock_with(name, &wait).await?;
+            let b = locker.lock_with(name, |_| wait.clone()).await?;
             println!(
                 "B gets the lock once A's lease ran out, fencing token {}, and writes: balance 250",
                 b.fence()
