@@ -28,6 +28,10 @@
 //! from one counter per store, so they strictly increase for every name
 //! without keeping a counter per name.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock-memory/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -42,6 +42,10 @@
 //! server: `DISTLOCK_REDIS_URL`, else a Docker container of
 //! `DISTLOCK_REDIS_IMAGE`, else `redis-server` from `PATH`.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock-redis/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -59,6 +59,10 @@
 //! Implement [`LockBackend`] and run the conformance suite of the
 //! `distlock-conformance` crate against it; see that crate's documentation.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
