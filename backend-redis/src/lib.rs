@@ -74,8 +74,10 @@ pub use scripts::{ACQUIRE_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};
 
 #[doc(no_inline)]
 pub use distlock::{
-    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, Lease, LockBackend, LockError,
-    LockGuard, LockInfo, LockKey, LockOptions, LockToken, Locker, Release,
+    async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
+    Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
+    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, MAX_NAME_LEN, MAX_OWNER_LEN,
+    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL,
 };
 
 /// The distlock core crate, for everything not re-exported above.

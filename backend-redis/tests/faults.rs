@@ -881,6 +881,13 @@ fn fault_unreachable_at_startup_gives_clear_error() {
             assert_eq!(err.kind(), BackendErrorKind::Unavailable, "{err}");
             assert!(err.is_transient());
             assert!(err.to_string().contains("acquire"), "{err}");
+            // Names the server that refused: host and port.
+            let host_port = url.rsplit("://").next().unwrap().trim_end_matches('/');
+            let host_port = host_port.split('/').next().unwrap();
+            assert!(
+                err.to_string().contains(host_port),
+                "{err} lacks {host_port}"
+            );
             assert!(took < limit, "{took:?}");
 
             let started = Instant::now();

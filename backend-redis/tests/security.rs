@@ -148,10 +148,9 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
         guard.release().await
     });
     let waited = locker
-        .lock_with(
-            &name,
-            |_| opts.clone().with_wait_timeout(Duration::from_secs(10)),
-        )
+        .lock_with(&name, |_| {
+            opts.clone().with_wait_timeout(Duration::from_secs(10))
+        })
         .await
         .expect("the waiter gets the lock");
     assert_eq!(

@@ -82,13 +82,13 @@ mod wait;
 
 pub use async_trait::async_trait;
 
-pub use calls::{Guarded, Holder, TryLock};
 pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+pub use calls::{Guarded, Holder, TryLock};
 pub use error::{BackendError, BackendErrorKind, LockError};
 pub use guard::{Lease, LockGuard};
 pub use key::{LockKey, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};
-pub use owner::default_owner;
 pub use options::{validate_ttl, LockOptions, MAX_OWNER_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL};
+pub use owner::default_owner;
 pub use token::LockToken;

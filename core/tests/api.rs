@@ -36,7 +36,11 @@ async fn per_call_options_start_from_the_lockers_defaults() {
         .unwrap()
         .expect("free");
     let info = locker.inspect("job").await.unwrap();
-    assert_eq!(info.owner.as_deref(), Some("host-a:42"), "owner from defaults");
+    assert_eq!(
+        info.owner.as_deref(),
+        Some("host-a:42"),
+        "owner from defaults"
+    );
     // The default TTL (300 s), not LockOptions::default()'s 30 s.
     assert!(guard.remaining() > Duration::from_secs(290), "{guard:?}");
     // Auto-renew from the defaults: still ours after three TTLs (sleep, so
@@ -103,11 +107,17 @@ async fn type_erased_lockers_hear_releases() {
     let erased: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
     assert!(erased.capabilities().release_notify, "forwarded");
     let took = handoff_delay(Locker::new(erased)).await;
-    assert!(took < Duration::from_secs(2), "Arc<dyn>: woke after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "Arc<dyn>: woke after {took:?}"
+    );
 
     let boxed: Box<dyn LockBackend> = Box::new(MemoryBackend::new());
     let took = handoff_delay(Locker::new(boxed)).await;
-    assert!(took < Duration::from_secs(2), "Box<dyn>: woke after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "Box<dyn>: woke after {took:?}"
+    );
 }
 
 /// `guarded` returns the work's value together with "the lease was lost";
@@ -146,9 +156,7 @@ async fn work_under_a_lock_reports_a_lost_lease_with_its_value() {
             JobError::Lock(e)
         }
     }
-    let ok: Result<u32, JobError> = locker
-        .try_with_lock("job", |_| async { Ok(3) })
-        .await;
+    let ok: Result<u32, JobError> = locker.try_with_lock("job", |_| async { Ok(3) }).await;
     assert_eq!(ok.unwrap(), 3);
     let failed: Result<u32, JobError> = locker
         .try_with_lock("job", |_| async { Err(JobError::Work("declined")) })
@@ -216,24 +224,28 @@ async fn a_kept_lock_makes_later_runs_within_its_lease_skip() {
         )
         .unwrap();
     let day = Duration::from_secs(24 * 3600);
-    let guard = locker
-        .try_lock("report:2026-11-30")
-        .await
-        .unwrap()
-        .unwrap();
+    let guard = locker.try_lock("report:2026-11-30").await.unwrap().unwrap();
     // ... the report ran ...
     guard.keep_for(day - MINUTE).await.unwrap();
 
     // Later the same day: a second run (another process, or a retry of this
     // one) finds the report done.
     tokio::time::advance(Duration::from_secs(12 * 3600)).await;
-    assert!(locker.try_lock("report:2026-11-30").await.unwrap().is_none());
+    assert!(locker
+        .try_lock("report:2026-11-30")
+        .await
+        .unwrap()
+        .is_none());
     // The next day's name is free.
     let next = locker.try_lock("report:2026-12-01").await.unwrap();
     assert!(next.is_some());
     // The kept lock frees itself when its lease ends.
     tokio::time::advance(day).await;
-    assert!(locker.try_lock("report:2026-11-30").await.unwrap().is_some());
+    assert!(locker
+        .try_lock("report:2026-11-30")
+        .await
+        .unwrap()
+        .is_some());
 
     // keep(): the current lease, without extending it.
     let g = locker.try_lock("k").await.unwrap().unwrap();

@@ -49,9 +49,12 @@ pub async fn not_reentrant<H: Harness>(h: &H) {
         "nor can a clone of it"
     );
     let once = LockOptions::default().with_wait_timeout(Duration::ZERO);
-    let second = tokio::time::timeout(Duration::from_secs(10), l.lock_with(&name, |_| once.clone()))
-        .await
-        .expect("a second lock() of a held name must not deadlock");
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        l.lock_with(&name, |_| once.clone()),
+    )
+    .await
+    .expect("a second lock() of a held name must not deadlock");
     assert!(
         matches!(second, Err(LockError::TimedOut { .. })),
         "a second lock() of a held name times out: {second:?}"
@@ -70,7 +73,11 @@ pub async fn inspect_reports_owner_and_remaining<H: Harness>(h: &H) {
     let opts = LockOptions::default()
         .with_ttl(t)
         .with_owner("worker-7 (pid 42)");
-    let guard = a.try_lock_with(&name, |_| opts.clone()).await.unwrap().expect("free");
+    let guard = a
+        .try_lock_with(&name, |_| opts.clone())
+        .await
+        .unwrap()
+        .expect("free");
     let info = b.inspect(&name).await.unwrap();
     assert!(info.held);
     assert_eq!(info.owner.as_deref(), Some("worker-7 (pid 42)"));

@@ -69,7 +69,11 @@ pub async fn fences_increase_per_name<H: Harness>(h: &H) {
     for round in 0..4 {
         for (i, name) in names.iter().enumerate() {
             let l = if (round + i) % 2 == 0 { &a } else { &b };
-            let guard = l.try_lock_with(name, |_| lease.clone()).await.unwrap().expect("free");
+            let guard = l
+                .try_lock_with(name, |_| lease.clone())
+                .await
+                .unwrap()
+                .expect("free");
             let fence = guard.fence();
             if let Some(prev) = last[i] {
                 assert!(fence > prev, "{name}: fence {fence} after {prev}");

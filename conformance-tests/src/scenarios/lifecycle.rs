@@ -78,9 +78,13 @@ pub async fn with_lock_releases_on_panic<H: Harness>(h: &H) {
     let task = {
         let name = name.clone();
         tokio::spawn(async move {
-            a.with_lock_with(&name, |_| ttl(Duration::from_secs(30)), |_| async {
-                panic!("conformance: a deliberate panic inside with_lock");
-            })
+            a.with_lock_with(
+                &name,
+                |_| ttl(Duration::from_secs(30)),
+                |_| async {
+                    panic!("conformance: a deliberate panic inside with_lock");
+                },
+            )
             .await
         })
     };
@@ -128,11 +132,15 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
     let thief = std::sync::Mutex::new(None);
     let (b_ref, name_ref, client_ref, thief_ref) = (&b, name.as_str(), &client, &thief);
     let result = a
-        .with_lock_with(&name, |_| ttl(Duration::from_secs(30)), |_| async move {
-            h.expire_now(client_ref, &key).await;
-            let taken = b_ref.try_lock(name_ref).await.unwrap();
-            *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
-        })
+        .with_lock_with(
+            &name,
+            |_| ttl(Duration::from_secs(30)),
+            |_| async move {
+                h.expire_now(client_ref, &key).await;
+                let taken = b_ref.try_lock(name_ref).await.unwrap();
+                *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
+            },
+        )
         .await;
     match result {
         Err(LockError::NotHeld { name: reported }) => assert_eq!(reported, name),
