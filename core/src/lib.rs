@@ -38,6 +38,11 @@
 //! let mut guard = locker.lock("nightly-report").await?;
 //! guard.extend(Duration::from_secs(60)).await?;
 //! guard.release().await?;
+//!
+//! // Options for one call start from the locker's defaults (the 30 s TTL
+//! // stays); here: one attempt, no waiting.
+//! let once = locker.lock_with("nightly-report", |o| o.with_wait_timeout(Duration::ZERO)).await?;
+//! once.release().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -53,6 +58,12 @@
 //! [`Lease::lost`] report expiry), but only **fencing tokens** close them: the
 //! resource itself must remember the highest [`Lease::fence`] it has seen and
 //! refuse writes that carry a lower one.
+//!
+//! # Choosing the backend at run time
+//!
+//! [`LockBackend`] is implemented for `Arc<T>` and `Box<T>`, forwarding
+//! every method (release notifications included), so
+//! `Locker<Arc<dyn LockBackend>>` works.
 //!
 //! # Writing a backend
 //!
