@@ -130,7 +130,7 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
         .with_ttl(TTL)
         .with_owner("security-test");
     let mut guard = locker
-        .try_lock_with(&name, &opts)
+        .try_lock_with(&name, |_| opts.clone())
         .await
         .expect("try_lock")
         .expect("a free lock");
@@ -148,10 +148,9 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
         guard.release().await
     });
     let waited = locker
-        .lock_with(
-            &name,
-            &opts.clone().with_wait_timeout(Duration::from_secs(10)),
-        )
+        .lock_with(&name, |_| {
+            opts.clone().with_wait_timeout(Duration::from_secs(10))
+        })
         .await
         .expect("the waiter gets the lock");
     assert_eq!(

@@ -118,6 +118,10 @@
 //! timing bound allows [`Harness::timing_slack`]; no case depends on how
 //! fast a backend answers beyond that slack.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock-conformance/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -355,7 +355,10 @@ async fn run_task<B: LockBackend>(
         };
 
         let asked = Stamp::now();
-        let mut guard = locker.lock_with(name, &opts).await.map_err(lock_err)?;
+        let mut guard = locker
+            .lock_with(name, |_| opts.clone())
+            .await
+            .map_err(lock_err)?;
         let mut hold = Hold::from_guard(holder, asked, Stamp::now(), &guard);
 
         // The critical section: a read-modify-write only the lock protects.

@@ -14,8 +14,11 @@ use crate::token::LockToken;
 /// Implement this to add a backend; then run the conformance suite
 /// (`distlock-conformance`) against it. Every method must be safe to call
 /// concurrently, and each should finish within a bounded time (backends own
-/// their network timeouts). The trait is object safe: `Arc<dyn LockBackend>`
-/// works.
+/// their network timeouts). The trait is object safe, and implemented for
+/// `Arc<T>` and `Box<T>` with every method forwarded, so a backend chosen at
+/// run time works: `Locker<Arc<dyn LockBackend>>`. A wrapper of your own
+/// must forward [`watch`](LockBackend::watch) too, or its waiters lose
+/// release notifications and fall back to polling.
 ///
 /// The rules, checked by the conformance suite:
 /// - A lease is identified by its key and its [`LockToken`]. Only the holder of

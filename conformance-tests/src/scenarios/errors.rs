@@ -102,7 +102,7 @@ pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
     let tried = bounded("try_lock", limit, l.try_lock(&name)).await;
     assert!(is_unreachable(&tried), "try_lock: {tried:?}");
     let opts = LockOptions::default().with_wait_timeout(limit * 4);
-    let locked = bounded("lock", limit, l.lock_with(&name, &opts)).await;
+    let locked = bounded("lock", limit, l.lock_with(&name, |_| opts.clone())).await;
     assert!(is_unreachable(&locked), "lock: {locked:?}");
     let inspected = bounded("Locker::inspect", limit, l.inspect(&name)).await;
     assert!(is_unreachable(&inspected), "inspect: {inspected:?}");

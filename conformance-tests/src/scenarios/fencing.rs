@@ -31,7 +31,7 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     assert_eq!(first.release().await.unwrap(), Release::Released);
 
     let second = b
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("released");
@@ -75,7 +75,11 @@ pub async fn fences_increase_per_name<H: Harness>(h: &H) {
     for round in 0..4 {
         for (i, name) in names.iter().enumerate() {
             let l = if (round + i) % 2 == 0 { &a } else { &b };
-            let guard = l.try_lock_with(name, &lease).await.unwrap().expect("free");
+            let guard = l
+                .try_lock_with(name, |_| lease.clone())
+                .await
+                .unwrap()
+                .expect("free");
             let fence = guard.fence();
             assert!(
                 fence <= MAX_FENCE,

@@ -19,7 +19,7 @@ pub async fn dropped_guard_released_promptly<H: Harness>(h: &H) {
     let b = locker(h).await;
     let name = unique_name("dropped");
     let guard = a
-        .try_lock_with(&name, &ttl(Duration::from_secs(30)))
+        .try_lock_with(&name, |_| ttl(Duration::from_secs(30)))
         .await
         .unwrap()
         .expect("free");
@@ -46,9 +46,9 @@ pub async fn with_lock_runs_under_lock_and_releases<H: Harness>(h: &H) {
     let fencing = a.backend().capabilities().fencing;
     let (b_ref, name_ref) = (&b, name.as_str());
     let value = a
-        .with_lock_opts(
+        .with_lock_with(
             &name,
-            &ttl(Duration::from_secs(30)),
+            |_| ttl(Duration::from_secs(30)),
             move |lease| async move {
                 assert_eq!(lease.name(), name_ref);
                 assert!(!lease.is_lost(), "the lease is valid inside");
@@ -80,9 +80,13 @@ pub async fn with_lock_releases_on_panic<H: Harness>(h: &H) {
     let task = {
         let name = name.clone();
         tokio::spawn(async move {
-            a.with_lock_opts(&name, &ttl(Duration::from_secs(30)), |_| async {
-                panic!("conformance: a deliberate panic inside with_lock");
-            })
+            a.with_lock_with(
+                &name,
+                |_| ttl(Duration::from_secs(30)),
+                |_| async {
+                    panic!("conformance: a deliberate panic inside with_lock");
+                },
+            )
             .await
         })
     };
@@ -108,7 +112,7 @@ pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
     let b = locker(h).await;
     let name = unique_name("cancelled-release");
     let guard = a
-        .try_lock_with(&name, &ttl(Duration::from_secs(30)))
+        .try_lock_with(&name, |_| ttl(Duration::from_secs(30)))
         .await
         .unwrap()
         .expect("free");
@@ -130,11 +134,15 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
     let thief = std::sync::Mutex::new(None);
     let (b_ref, name_ref, client_ref, thief_ref) = (&b, name.as_str(), &client, &thief);
     let result = a
-        .with_lock_opts(&name, &ttl(Duration::from_secs(30)), |_| async move {
-            expire(h, client_ref, &key).await;
-            let taken = b_ref.try_lock(name_ref).await.unwrap();
-            *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
-        })
+        .with_lock_with(
+            &name,
+            |_| ttl(Duration::from_secs(30)),
+            |_| async move {
+                expire(h, client_ref, &key).await;
+                let taken = b_ref.try_lock(name_ref).await.unwrap();
+                *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
+            },
+        )
         .await;
     match result {
         Err(LockError::NotHeld { name: reported }) => assert_eq!(reported, name),

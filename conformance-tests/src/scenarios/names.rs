@@ -265,7 +265,7 @@ pub async fn full_length_names_acquire_wait_notify_release<H: Harness>(h: &H) {
         let task = {
             let (waiter, name) = (waiter.clone(), name.clone());
             tokio::spawn(async move {
-                let got = waiter.lock_with(&name, &opts).await;
+                let got = waiter.lock_with(&name, |_| opts.clone()).await;
                 (got, Instant::now())
             })
         };

@@ -20,17 +20,17 @@ async fn refused_everywhere<B: distlock::LockBackend>(
     expected: fn(&LockError) -> bool,
 ) {
     let what = format!("{opts:?}");
-    let tried = l.try_lock_with(name, opts).await;
+    let tried = l.try_lock_with(name, |_| opts.clone()).await;
     assert!(
         tried.as_ref().is_err_and(expected),
         "try_lock_with {what}: {tried:?}"
     );
-    let locked = l.lock_with(name, opts).await;
+    let locked = l.lock_with(name, |_| opts.clone()).await;
     assert!(
         locked.as_ref().is_err_and(expected),
         "lock_with {what}: {locked:?}"
     );
-    let ran = l.with_lock_opts(name, opts, |_| async {}).await;
+    let ran = l.with_lock_with(name, |_| opts.clone(), |_| async {}).await;
     assert!(
         ran.as_ref().is_err_and(expected),
         "with_lock_opts {what}: {ran:?}"
@@ -92,7 +92,7 @@ pub async fn invalid_ttl_rejected_before_backend<H: Harness>(h: &H) {
     for t in [MIN_TTL, MAX_TTL] {
         let name = unique_name("good-ttl");
         let before = counting.calls();
-        match l.try_lock_with(&name, &ttl(t)).await {
+        match l.try_lock_with(&name, |_| ttl(t)).await {
             // The 10 ms lease may be over by now; either release outcome is fine.
             Ok(Some(got)) => {
                 got.release().await.unwrap();
@@ -150,7 +150,7 @@ pub async fn invalid_options_rejected_before_backend<H: Harness>(h: &H) {
         .with_wait_timeout(MAX_WAIT_TIMEOUT)
         .with_owner("o".repeat(MAX_OWNER_LEN));
     let got = l
-        .try_lock_with(&name, &limits)
+        .try_lock_with(&name, |_| limits.clone())
         .await
         .unwrap()
         .expect("free");

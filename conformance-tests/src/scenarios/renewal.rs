@@ -28,7 +28,7 @@ pub async fn auto_renew_keeps_lock_across_ttls<H: Harness>(h: &H) {
     let t = renew_ttl(h);
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -58,7 +58,7 @@ pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
     let name = unique_name("renew-drop");
     let t = renew_ttl(h);
     let guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -88,7 +88,7 @@ pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
     let name = unique_name("lost");
     let t = Duration::from_secs(1).max(h.timing_slack() * 3);
     let mut guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -132,12 +132,12 @@ pub async fn lost_does_not_fire_on_release<H: Harness>(h: &H) {
     let dropped_name = unique_name("not-lost-drop");
     let t = renew_ttl(h);
     let released = a
-        .try_lock_with(&released_name, &renewing(t))
+        .try_lock_with(&released_name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
     let dropped = a
-        .try_lock_with(&dropped_name, &renewing(t))
+        .try_lock_with(&dropped_name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -165,12 +165,12 @@ pub async fn lost_fires_at_deadline_without_renewal<H: Harness>(h: &H) {
     let extended_name = unique_name("deadline-extended");
     let (t, slack) = (short_ttl(h), h.timing_slack());
     let guard = a
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
     let mut extended = a
-        .try_lock_with(&extended_name, &ttl(t))
+        .try_lock_with(&extended_name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
@@ -208,7 +208,7 @@ pub async fn max_hold_stops_renewal<H: Harness>(h: &H) {
     let max_hold = t * 2;
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, &renewing(t).with_max_hold(Some(max_hold)))
+        .try_lock_with(&name, |_| renewing(t).with_max_hold(Some(max_hold)))
         .await
         .unwrap()
         .expect("free");

@@ -29,7 +29,7 @@ pub async fn lock_times_out_while_held<H: Harness>(h: &H) {
     let wait = Duration::from_millis(300);
 
     let start = Instant::now();
-    let result = waiter.lock_with(&name, &waiting(wait)).await;
+    let result = waiter.lock_with(&name, |_| waiting(wait)).await;
     let took = start.elapsed();
     match result {
         Err(LockError::TimedOut { waited, .. }) => {
@@ -59,7 +59,7 @@ pub async fn zero_wait_timeout_is_one_attempt<H: Harness>(h: &H) {
     let once = waiting(Duration::ZERO);
 
     let start = Instant::now();
-    let result = l.lock_with(&held, &once).await;
+    let result = l.lock_with(&held, |_| once.clone()).await;
     assert!(
         matches!(result, Err(LockError::TimedOut { .. })),
         "zero wait on a held name: {result:?}"
@@ -68,7 +68,7 @@ pub async fn zero_wait_timeout_is_one_attempt<H: Harness>(h: &H) {
     assert_eq!(counting.acquires(), 1, "exactly one attempt");
 
     let got = l
-        .lock_with(&free, &once)
+        .lock_with(&free, |_| once.clone())
         .await
         .expect("zero wait, free name");
     assert_eq!(counting.acquires(), 2, "exactly one attempt");
@@ -87,7 +87,7 @@ pub async fn lock_succeeds_after_release<H: Harness>(h: &H) {
         let (waiter, name) = (waiter.clone(), name.clone());
         tokio::spawn(async move {
             let guard = waiter
-                .lock_with(&name, &waiting(Duration::from_secs(10)))
+                .lock_with(&name, |_| waiting(Duration::from_secs(10)))
                 .await;
             (guard, Instant::now())
         })
@@ -121,7 +121,7 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
     let guard = holder.try_lock(&name).await.unwrap().expect("free");
 
     let long_wait = waiting(Duration::from_secs(10));
-    let pending = waiter.lock_with(&name, &long_wait);
+    let pending = waiter.lock_with(&name, |_| long_wait.clone());
     let cancelled = tokio::time::timeout(Duration::from_millis(300), pending).await;
     assert!(
         cancelled.is_err(),
@@ -141,7 +141,7 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
     assert!(taken.is_some(), "another client takes it right away");
     drop(taken);
     let again = waiter
-        .lock_with(&name, &waiting(drop_bound(h)))
+        .lock_with(&name, |_| waiting(drop_bound(h)))
         .await
         .expect("the cancelled waiter's locker is not stuck");
     assert_eq!(again.release().await.unwrap(), Release::Released);
@@ -183,7 +183,7 @@ fn waiters<H: Harness>(h: &H, client: &H::Backend) -> usize {
 /// 300, … µs, and releases what was acquired in time.
 async fn cancel_at_many_points<B: LockBackend>(l: &Locker<B>, name: &str, opts: &LockOptions) {
     for step in 0..12u64 {
-        let attempt = l.lock_with(name, opts);
+        let attempt = l.lock_with(name, |_| opts.clone());
         let limit = Duration::from_micros(step * 150);
         if let Ok(got) = tokio::time::timeout(limit, attempt).await {
             let got = got.expect("a free name");
@@ -212,7 +212,7 @@ pub async fn waiter_woken_by_release_notification<H: Harness>(h: &H) {
     let task = {
         let (waiter, name) = (waiter.clone(), name.clone());
         tokio::spawn(async move {
-            let guard = waiter.lock_with(&name, &slow_polls).await;
+            let guard = waiter.lock_with(&name, |_| slow_polls.clone()).await;
             (guard, Instant::now())
         })
     };
@@ -247,7 +247,7 @@ pub async fn waiter_takes_over_abandoned_lock<H: Harness>(h: &H) {
     let (t, slack) = (short_ttl(h), h.timing_slack());
     let before = Instant::now();
     let guard = holder
-        .try_lock_with(&name, &crate::support::ttl(t))
+        .try_lock_with(&name, |_| crate::support::ttl(t))
         .await
         .unwrap()
         .expect("free");
@@ -255,7 +255,7 @@ pub async fn waiter_takes_over_abandoned_lock<H: Harness>(h: &H) {
     std::mem::forget(guard);
 
     let got = waiter
-        .lock_with(&name, &waiting(Duration::from_secs(10)))
+        .lock_with(&name, |_| waiting(Duration::from_secs(10)))
         .await
         .expect("the waiter gets the abandoned lock");
     let took = before.elapsed();
