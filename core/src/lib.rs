@@ -77,7 +77,7 @@ pub use async_trait::async_trait;
 
 pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
 pub use error::{BackendError, BackendErrorKind, LockError};
-pub use guard::{Lease, LockGuard};
+pub use guard::{Lease, LeaseEnd, LockGuard};
 pub use key::{LockKey, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};

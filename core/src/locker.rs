@@ -13,7 +13,7 @@ use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{Backoff, Turns};
+use crate::wait::{within, Backoff, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
 /// backend, the background release task and the queue of local waiters.
@@ -204,6 +204,12 @@ impl<B: LockBackend> Locker<B> {
             waited: started.elapsed(),
         };
 
+        // Every backend call below ends at the wait deadline, whatever the
+        // backend is doing (both calls are cancel safe: an acquisition in
+        // flight is given back in the background). A zero wait makes its
+        // one attempt in full, bounded by the backend's own timeouts.
+        let bound = (!opts.wait_timeout.is_zero()).then_some(deadline);
+
         let turn = self.inner.turns.enter(key.encoded());
         let turn = tokio::time::timeout_at(deadline, turn)
             .await
@@ -214,11 +220,14 @@ impl<B: LockBackend> Locker<B> {
             // lock now: register before the first attempt, so that a failed
             // attempt needs no immediate retry (one round trip less per
             // handoff between tasks of one process).
-            watch = self.inner.backend.watch(&key).await?;
+            watch = within(bound, self.inner.backend.watch(&key))
+                .await
+                .ok_or_else(timed_out)??;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         loop {
-            let remaining = match self.attempt(&key, opts).await? {
+            let attempt = within(bound, self.attempt(&key, opts)).await;
+            let remaining = match attempt.ok_or_else(timed_out)?? {
                 Ok(guard) => return Ok(guard),
                 Err(remaining) => remaining,
             };
@@ -229,7 +238,9 @@ impl<B: LockBackend> Locker<B> {
             if watch.is_none() {
                 // Register before the next attempt so no release is missed;
                 // an immediate retry covers a release in between.
-                watch = self.inner.backend.watch(&key).await?;
+                watch = within(bound, self.inner.backend.watch(&key))
+                    .await
+                    .ok_or_else(timed_out)??;
                 if watch.is_some() {
                     continue;
                 }
@@ -298,6 +309,36 @@ impl<B: LockBackend> Locker<B> {
         }
     }
 
+    /// Waits until every background release submitted before this call
+    /// (guards dropped without [`LockGuard::release`], acquisitions
+    /// cancelled in flight) has finished or given up.
+    ///
+    /// Call it before a program or test ends, so that a guard dropped at
+    /// the end of `main` frees its lock now instead of at the end of its
+    /// TTL. Releases are shared by every clone of this `Locker` and every
+    /// locker derived from it. A release that cannot succeed (the backend
+    /// is down) is retried until its lease could have ended, so the wait is
+    /// bounded by the longest of those leases (plus a second). Cancel safe.
+    ///
+    /// ```
+    /// use distlock::Locker;
+    /// use distlock_memory::MemoryBackend;
+    ///
+    /// #[tokio::main(flavor = "current_thread")]
+    /// async fn main() -> Result<(), distlock::LockError> {
+    ///     let locker = Locker::new(MemoryBackend::new());
+    ///     let _guard = locker.try_lock("nightly-report").await?.expect("free");
+    ///     // ... the job; `_guard` is dropped at the end of the block ...
+    ///     # drop(_guard);
+    ///     locker.flush().await; // the lock is free once this returns
+    ///     # assert!(!locker.inspect("nightly-report").await?.held);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn flush(&self) {
+        self.inner.releaser.flush().await
+    }
+
     /// The backend's view of a lock, for debugging.
     pub async fn inspect(&self, name: impl AsRef<[u8]>) -> Result<LockInfo, LockError> {
         let key = self.key(name)?;
@@ -318,11 +359,12 @@ impl<B: LockBackend> Locker<B> {
                 "auto_renew needs a tokio runtime to renew in; call from inside one".to_owned(),
             ));
         }
+        inner.releaser.adopt_orphans();
         let token = LockToken::generate();
         let sent_at = Instant::now();
         // If this future is dropped mid-call, or the call fails after the
         // server may have taken the lock, release in the background.
-        let pending = PendingRelease::arm(&inner.releaser, key, &token);
+        let pending = PendingRelease::arm(&inner.releaser, key, &token, sent_at, opts.ttl);
         let outcome = inner
             .backend
             .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())

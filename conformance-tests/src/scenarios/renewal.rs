@@ -207,7 +207,7 @@ pub async fn max_hold_stops_renewal<H: Harness>(h: &H) {
     let max_hold = t * 2;
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, &renewing(t).with_max_hold(Some(max_hold)))
+        .try_lock_with(&name, &renewing(t).with_max_hold(max_hold))
         .await
         .unwrap()
         .expect("free");
