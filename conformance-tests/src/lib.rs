@@ -75,6 +75,7 @@ mod harness;
 pub mod history;
 pub mod log_capture;
 pub mod scenarios;
+mod stalling;
 mod stress;
 mod support;
 
@@ -113,6 +114,8 @@ macro_rules! suite {
             cancelled_lock_leaves_nothing_behind,
             waiter_woken_by_release_notification,
             waiter_takes_over_abandoned_lock,
+            wait_deadline_bounds_stalled_backend_calls,
+            acquisition_cut_at_wait_deadline_is_given_back,
             // exclusion
             racing_try_lock_has_one_winner,
             mutual_exclusion_counter,
@@ -135,7 +138,7 @@ macro_rules! suite {
             auto_renew_keeps_lock_across_ttls,
             renewal_stops_when_guard_dropped,
             lost_fires_when_lock_taken_away,
-            lost_does_not_fire_on_release,
+            release_ends_lease_without_loss,
             lost_fires_at_deadline_without_renewal,
             max_hold_stops_renewal,
         );
