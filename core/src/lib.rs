@@ -49,8 +49,10 @@
 //! A backend that loses data (a Redis failover to a replica that had not
 //! received the lock key) can grant the same lock twice. distlock narrows
 //! these windows (the guard's deadline is computed from the moment the
-//! request was sent, minus a drift allowance; [`Lease::is_lost`] and
-//! [`Lease::lost`] report expiry), but only **fencing tokens** close them: the
+//! request was sent, minus a drift allowance; an extend whose outcome is
+//! unknown counts on the shorter of the two possible leases;
+//! [`Lease::is_held`] and [`Lease::ended`] report loss and the end of the
+//! guard), but only **fencing tokens** close them: the
 //! resource itself must remember the highest [`Lease::fence`] it has seen and
 //! refuse writes that carry a lower one.
 //!

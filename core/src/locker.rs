@@ -169,6 +169,12 @@ impl<B: LockBackend> Locker<B> {
     /// Waits for the lock with the default options, up to their
     /// `wait_timeout`, then gives up with [`LockError::TimedOut`].
     ///
+    /// The wait deadline bounds the whole call: a backend call in flight at
+    /// the deadline (an acquire attempt, the release subscription) is
+    /// abandoned and the call returns `TimedOut` (plus scheduling noise),
+    /// however long the backend would still take. A zero `wait_timeout`
+    /// makes one attempt, bounded by the backend's own timeouts.
+    ///
     /// Waiting is event-driven where the backend notifies releases
     /// ([`Capabilities::release_notify`](crate::Capabilities)); between
     /// events, and on other backends, it retries with exponential backoff and
@@ -269,7 +275,11 @@ impl<B: LockBackend> Locker<B> {
     /// `f` gets a [`Lease`] to check for loss and to read the fencing token.
     /// If the lock turned out to be lost when `f` finished, the result is
     /// [`LockError::NotHeld`]: `f` ran, but exclusion was not guaranteed
-    /// until its end.
+    /// until its end. Once this returns (or is cancelled, or `f` panics)
+    /// the lease has ended: a clone kept by `f` reports
+    /// [`Lease::is_held`] false and [`Lease::ended`] completes.
+    ///
+    /// Waiting is bounded by the wait timeout as in [`Locker::lock`].
     pub async fn with_lock<F, Fut, T>(&self, name: impl AsRef<[u8]>, f: F) -> Result<T, LockError>
     where
         F: FnOnce(Lease) -> Fut,

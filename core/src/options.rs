@@ -47,12 +47,13 @@ pub struct LockOptions {
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// How long [`Locker::lock`](crate::Locker::lock) waits for a held lock
-    /// before it gives up with [`LockError::TimedOut`]. Zero means a single
-    /// attempt (or none, if another task of the same `Locker` is already
-    /// waiting for that name: it queues first). The wait covers queueing and
-    /// sleeping; a backend call in progress at the deadline still finishes
-    /// within the backend's own timeout. Default 10 s; at most
-    /// [`MAX_WAIT_TIMEOUT`].
+    /// before it gives up with [`LockError::TimedOut`]. The deadline bounds
+    /// the whole call: queueing, sleeping, and every backend call (a call
+    /// still in flight at the deadline is abandoned; an acquisition it may
+    /// have made is given back in the background). Zero means a single
+    /// attempt, made in full within the backend's own timeouts (or none, if
+    /// another task of the same `Locker` is already waiting for that name:
+    /// it queues first). Default 10 s; at most [`MAX_WAIT_TIMEOUT`].
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// A label stored beside the lock so operators can see who holds it
