@@ -3,8 +3,8 @@
 //!
 //! Each release runs as a small task on the runtime of the code that
 //! submitted it (not on one task tied to whichever runtime came first), and
-//! retries transient backend failures with backoff for as long as the lease
-//! could still be held. Every job stays in a shared table until it finished
+//! retries backend failures (all but the permanent kinds) with backoff for
+//! as long as the lease could still be held. Every job stays in a shared table until it finished
 //! or gave up, so that:
 //! - a job with no task (submitted outside a runtime, or whose task was
 //!   dropped because its runtime shut down) is picked up by the next call
@@ -21,6 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::backend::LockBackend;
+use crate::error::{BackendError, BackendErrorKind};
 use crate::key::LockKey;
 use crate::token::LockToken;
 use crate::wait::Backoff;
@@ -257,8 +258,8 @@ async fn run(mut ticket: Ticket) {
     ticket.finish();
 }
 
-/// Releases one lease, retrying transient failures with backoff until the
-/// lease could no longer be held.
+/// Releases one lease, retrying failures ([`worth_retrying`]) with backoff
+/// until the lease could no longer be held.
 async fn release(backend: &dyn LockBackend, job: &Job) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
     let mut attempts = 0u32;
@@ -283,7 +284,7 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
                 ),
             };
         let now = Instant::now();
-        if !error.is_transient() || now >= job.until {
+        if !worth_retrying(&error) || now >= job.until {
             tracing::warn!(key = %job.key, token = %job.token, error = %error, attempts,
                 "background release failed; the lease will expire at its TTL");
             return;
@@ -291,6 +292,22 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
         let delay = backoff.next_delay();
         tokio::time::sleep_until(job.until.min(now + delay)).await;
     }
+}
+
+/// Whether a failed release may succeed later. Retrying a release is
+/// harmless (it only ever deletes our own lease), so every error is retried
+/// while the lease could be held, except those that no retry can fix: bad
+/// credentials, missing permissions, bad configuration, a key of another
+/// type. Server states that pass (Redis `BUSY`, `LOADING`, a failover) may
+/// surface as transient kinds or as `Other`; both are retried.
+fn worth_retrying(error: &BackendError) -> bool {
+    !matches!(
+        error.kind(),
+        BackendErrorKind::Auth
+            | BackendErrorKind::Permission
+            | BackendErrorKind::Config
+            | BackendErrorKind::WrongType
+    )
 }
 
 /// Queues a release of a possibly-taken lease if dropped while armed. Wraps

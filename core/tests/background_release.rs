@@ -92,6 +92,20 @@ async fn retrying_stops_when_the_lease_could_have_ended() {
     );
 }
 
+/// An error no retry can fix (here a missing permission) ends the job
+/// after one attempt.
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_is_not_retried() {
+    let faulty = Faulty::default();
+    let (forbid, calls) = (faulty.forbid_releases.clone(), faulty.releases.clone());
+    let a = Locker::new(faulty);
+    let g = a.try_lock("k").await.unwrap().expect("free");
+    forbid.store(true, Ordering::SeqCst);
+    drop(g);
+    a.flush().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
 /// Issue 10 kind 10, third bullet: the locker was first used on an idle
 /// current-thread runtime; a guard dropped on another runtime is released
 /// there, not queued behind the idle one. Before the fix the release waited

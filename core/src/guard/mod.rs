@@ -30,8 +30,9 @@ pub use lease::{Lease, LeaseEnd};
 ///   [`Locker`](crate::Locker)'s background releases without blocking: it
 ///   runs as a task on the runtime of the code that dropped the guard,
 ///   about one backend round trip later while that runtime keeps running,
-///   and transient backend failures are retried (with backoff) for as long
-///   as the lease could still be held. A release that could not run (the
+///   and backend failures (except permanent ones such as a missing
+///   permission) are retried with backoff for as long as the lease could
+///   still be held. A release that could not run (the
 ///   guard was dropped outside a runtime, or its runtime shut down first) is
 ///   picked up by the next call of the `Locker` inside a runtime, and
 ///   [`Locker::flush`](crate::Locker::flush) waits for all of them (call it

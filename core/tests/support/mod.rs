@@ -17,6 +17,7 @@ use distlock_memory::MemoryBackend;
 ///   reply); `watch` waits `watch_stall` first;
 /// - `extend`/`release` fail with `Unavailable` (nothing applied) while
 ///   `down` is set, and the next `fail_releases` releases fail the same way;
+///   releases fail with `Permission` while `forbid_releases` is set;
 /// - `extend` is applied `extend_delay` after the call, by a detached task
 ///   (the request is on the wire: dropping the call does not stop it);
 /// - the next `extend_unknown` extends are applied and then answered with a
@@ -31,6 +32,8 @@ pub struct Faulty {
     pub fail_releases: Arc<AtomicUsize>,
     pub extend_delay: Duration,
     pub extend_unknown: Arc<AtomicUsize>,
+    /// While set, releases fail with `Permission` (a permanent error).
+    pub forbid_releases: Arc<AtomicBool>,
     /// Counts release calls.
     pub releases: Arc<AtomicUsize>,
 }
@@ -100,6 +103,9 @@ impl LockBackend for Faulty {
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         self.releases.fetch_add(1, Ordering::SeqCst);
         self.check_up()?;
+        if self.forbid_releases.load(Ordering::SeqCst) {
+            return Err(BackendError::new(BackendErrorKind::Permission, "NOPERM"));
+        }
         if take_one(&self.fail_releases) {
             return Err(BackendError::new(BackendErrorKind::Unavailable, "refused"));
         }
