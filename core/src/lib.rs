@@ -31,7 +31,7 @@
 //! // Wait up to the wait timeout, run the closure, always release.
 //! locker.with_lock("charge:order-1234", |lease| async move {
 //!     // pass lease.fence() to the payment store so it can refuse stale writers
-//!     assert!(!lease.is_lost());
+//!     assert!(lease.is_held());
 //! }).await?;
 //!
 //! // Or hold a guard yourself.

@@ -352,6 +352,7 @@ impl<B: LockBackend> Locker<B> {
     /// The backend's view of a lock, for debugging.
     pub async fn inspect(&self, name: impl AsRef<[u8]>) -> Result<LockInfo, LockError> {
         let key = self.key(name)?;
+        self.inner.releaser.adopt_orphans();
         Ok(self.inner.backend.inspect(&key).await?)
     }
 
