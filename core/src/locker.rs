@@ -16,7 +16,7 @@ use crate::token::LockToken;
 use crate::wait::{within, Backoff, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
-/// backend, the background release task and the queue of local waiters.
+/// backend, the background releases and the queue of local waiters.
 ///
 /// Every lock name lives in the locker's namespace ([`Locker::with_prefix`]):
 /// lockers with different prefixes never share a lock, even on one backend.
@@ -97,7 +97,7 @@ impl<B: LockBackend> Locker<B> {
 
     /// The same backend with names in the namespace `prefix` (at most
     /// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) bytes, no NUL). The new
-    /// locker shares this one's background release task and waiter queues.
+    /// locker shares this one's background releases and waiter queues.
     pub fn with_prefix(self, prefix: impl Into<String>) -> Result<Self, LockError> {
         let prefix = prefix.into();
         LockKey::validate_prefix(&prefix)?;
@@ -105,7 +105,7 @@ impl<B: LockBackend> Locker<B> {
     }
 
     /// The same backend and prefix with other default options (validated).
-    /// The new locker shares this one's background release task and waiter
+    /// The new locker shares this one's background releases and waiter
     /// queues.
     pub fn with_defaults(self, defaults: LockOptions) -> Result<Self, LockError> {
         defaults.validate()?;
@@ -331,15 +331,21 @@ impl<B: LockBackend> Locker<B> {
     /// bounded by the longest of those leases (plus a second). Cancel safe.
     ///
     /// ```
-    /// use distlock::Locker;
+    /// use distlock::{LockError, Locker};
     /// use distlock_memory::MemoryBackend;
     ///
+    /// async fn nightly_report(locker: &Locker<MemoryBackend>) -> Result<(), LockError> {
+    ///     let Some(_guard) = locker.try_lock("nightly-report").await? else {
+    ///         return Ok(()); // another process runs it
+    ///     };
+    ///     // ... the report ...
+    ///     Ok(()) // `_guard` is dropped here: its release goes to the background
+    /// }
+    ///
     /// #[tokio::main(flavor = "current_thread")]
-    /// async fn main() -> Result<(), distlock::LockError> {
+    /// async fn main() -> Result<(), LockError> {
     ///     let locker = Locker::new(MemoryBackend::new());
-    ///     let _guard = locker.try_lock("nightly-report").await?.expect("free");
-    ///     // ... the job; `_guard` is dropped at the end of the block ...
-    ///     # drop(_guard);
+    ///     nightly_report(&locker).await?;
     ///     locker.flush().await; // the lock is free once this returns
     ///     # assert!(!locker.inspect("nightly-report").await?.held);
     ///     Ok(())
