@@ -178,6 +178,13 @@ impl LeaseState {
     /// it keeps the shorter deadline. [`Extend::NotHeld`] marks the lease
     /// lost.
     ///
+    /// Not covered: a request abandoned here that the server applies only
+    /// *after* a later, confirmed extend (possible only if the two travel on
+    /// different connections, e.g. after the backend replaced a timed-out
+    /// one). The guard then counts on the later extend's lease while the
+    /// server keeps the abandoned one's; fencing tokens still protect the
+    /// resource.
+    ///
     /// The caller holds [`LeaseState::extending`].
     pub(crate) async fn extend(
         &self,
