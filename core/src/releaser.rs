@@ -166,6 +166,9 @@ impl Releaser {
             .map(|seq| run(Ticket::new(shared.clone(), seq)));
         futures::future::join_all(runs).await;
         loop {
+            // A job whose task went away meanwhile (its runtime shut down)
+            // gets a new one here instead of waiting out its lease.
+            self.adopt_orphans();
             let finished = shared.finished.notified();
             tokio::pin!(finished);
             finished.as_mut().enable();
