@@ -393,15 +393,11 @@ fn rows() -> Vec<Row> {
             try_lock_opts(&cx, cx.name.as_bytes(), o).await
         }),
         row!("max_hold zero", InvalidOptions, |cx| {
-            let o = opts()
-                .with_auto_renew(true)
-                .with_max_hold(Some(Duration::ZERO));
+            let o = opts().with_auto_renew(true).with_max_hold(Duration::ZERO);
             try_lock_opts(&cx, cx.name.as_bytes(), o).await
         }),
         row!("max_hold Duration::MAX", InvalidOptions, |cx| {
-            let o = opts()
-                .with_auto_renew(true)
-                .with_max_hold(Some(Duration::MAX));
+            let o = opts().with_auto_renew(true).with_max_hold(Duration::MAX);
             try_lock_opts(&cx, cx.name.as_bytes(), o).await
         }),
         row!("Locker prefix with a NUL", InvalidOptions, |cx| {

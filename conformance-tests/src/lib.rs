@@ -134,6 +134,7 @@ pub mod log_capture;
 pub mod processes;
 mod runner;
 pub mod scenarios;
+mod stalling;
 mod stress;
 mod support;
 pub mod wrapper;
@@ -183,6 +184,8 @@ macro_rules! suite {
             cancelled_lock_leaves_nothing_behind,
             waiter_woken_by_release_notification,
             waiter_takes_over_abandoned_lock,
+            wait_deadline_bounds_stalled_backend_calls,
+            acquisition_cut_at_wait_deadline_is_given_back,
             // exclusion
             racing_try_lock_has_one_winner,
             mutual_exclusion_counter,
@@ -206,7 +209,7 @@ macro_rules! suite {
             auto_renew_keeps_lock_across_ttls,
             renewal_stops_when_guard_dropped,
             lost_fires_when_lock_taken_away,
-            lost_does_not_fire_on_release,
+            release_ends_lease_without_loss,
             lost_fires_at_deadline_without_renewal,
             max_hold_stops_renewal,
             // errors

@@ -31,7 +31,7 @@
 //! // Wait up to the wait timeout, run the closure, always release.
 //! locker.with_lock("charge:order-1234", |lease| async move {
 //!     // pass lease.fence() to the payment store so it can refuse stale writers
-//!     assert!(!lease.is_lost());
+//!     assert!(lease.is_held());
 //! }).await?;
 //!
 //! // Or hold a guard yourself.
@@ -54,8 +54,10 @@
 //! A backend that loses data (a Redis failover to a replica that had not
 //! received the lock key) can grant the same lock twice. distlock narrows
 //! these windows (the guard's deadline is computed from the moment the
-//! request was sent, minus a drift allowance; [`Lease::is_lost`] and
-//! [`Lease::lost`] report expiry), but only **fencing tokens** close them: the
+//! request was sent, minus a drift allowance; an extend whose outcome is
+//! unknown counts on the shorter of the two possible leases;
+//! [`Lease::is_held`] and [`Lease::ended`] report loss and the end of the
+//! guard), but only **fencing tokens** close them: the
 //! resource itself must remember the highest [`Lease::fence`] it has seen and
 //! refuse writes that carry a lower one.
 //!
@@ -99,7 +101,7 @@ pub use async_trait::async_trait;
 pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release, MAX_FENCE};
 pub use calls::{Guarded, Holder, TryLock};
 pub use error::{BackendError, BackendErrorKind, LockError};
-pub use guard::{Lease, LockGuard};
+pub use guard::{Lease, LeaseEnd, LockGuard};
 pub use key::{LockKey, MAX_ENCODED_KEY_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};

@@ -12,10 +12,10 @@ use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{Backoff, Turns};
+use crate::wait::{within, Backoff, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
-/// backend, the background release task and the queue of local waiters.
+/// backend, the background releases and the queue of local waiters.
 ///
 /// Every lock name lives in the locker's namespace ([`Locker::with_prefix`]):
 /// lockers with different prefixes never share a lock, even on one backend.
@@ -96,7 +96,7 @@ impl<B: LockBackend> Locker<B> {
 
     /// The same backend with names in the namespace `prefix` (at most
     /// [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN) bytes, no NUL). The new
-    /// locker shares this one's background release task and waiter queues.
+    /// locker shares this one's background releases and waiter queues.
     pub fn with_prefix(self, prefix: impl Into<String>) -> Result<Self, LockError> {
         let prefix = prefix.into();
         LockKey::validate_prefix(&prefix)?;
@@ -104,7 +104,7 @@ impl<B: LockBackend> Locker<B> {
     }
 
     /// The same backend and prefix with other default options (validated).
-    /// The new locker shares this one's background release task and waiter
+    /// The new locker shares this one's background releases and waiter
     /// queues.
     pub fn with_defaults(self, defaults: LockOptions) -> Result<Self, LockError> {
         defaults.validate()?;
@@ -170,6 +170,12 @@ impl<B: LockBackend> Locker<B> {
     /// Waits for the lock with the default options, up to their
     /// `wait_timeout`, then gives up with [`LockError::TimedOut`].
     ///
+    /// The wait deadline bounds the whole call: a backend call in flight at
+    /// the deadline (an acquire attempt, the release subscription) is
+    /// abandoned and the call returns `TimedOut` (plus scheduling noise),
+    /// however long the backend would still take. A zero `wait_timeout`
+    /// makes one attempt, bounded by the backend's own timeouts.
+    ///
     /// Waiting is event-driven where the backend notifies releases
     /// ([`Capabilities::release_notify`](crate::Capabilities)); between
     /// events, and on other backends, it retries with exponential backoff and
@@ -205,6 +211,12 @@ impl<B: LockBackend> Locker<B> {
             waited: started.elapsed(),
         };
 
+        // Every backend call below ends at the wait deadline, whatever the
+        // backend is doing (both calls are cancel safe: an acquisition in
+        // flight is given back in the background). A zero wait makes its
+        // one attempt in full, bounded by the backend's own timeouts.
+        let bound = (!opts.wait_timeout.is_zero()).then_some(deadline);
+
         let turn = self.inner.turns.enter(key.encoded());
         let turn = tokio::time::timeout_at(deadline, turn)
             .await
@@ -215,11 +227,14 @@ impl<B: LockBackend> Locker<B> {
             // lock now: register before the first attempt, so that a failed
             // attempt needs no immediate retry (one round trip less per
             // handoff between tasks of one process).
-            watch = self.inner.backend.watch(&key).await?;
+            watch = within(bound, self.inner.backend.watch(&key))
+                .await
+                .ok_or_else(timed_out)??;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         loop {
-            let remaining = match self.attempt(&key, opts).await? {
+            let attempt = within(bound, self.attempt(&key, opts)).await;
+            let remaining = match attempt.ok_or_else(timed_out)?? {
                 Ok(guard) => return Ok(guard),
                 Err(remaining) => remaining,
             };
@@ -230,7 +245,9 @@ impl<B: LockBackend> Locker<B> {
             if watch.is_none() {
                 // Register before the next attempt so no release is missed;
                 // an immediate retry covers a release in between.
-                watch = self.inner.backend.watch(&key).await?;
+                watch = within(bound, self.inner.backend.watch(&key))
+                    .await
+                    .ok_or_else(timed_out)??;
                 if watch.is_some() {
                     continue;
                 }
@@ -252,9 +269,46 @@ impl<B: LockBackend> Locker<B> {
         }
     }
 
+    /// Waits until every background release submitted before this call
+    /// (guards dropped without [`LockGuard::release`], acquisitions
+    /// cancelled in flight) has finished or given up.
+    ///
+    /// Call it before a program or test ends, so that a guard dropped at
+    /// the end of `main` frees its lock now instead of at the end of its
+    /// TTL. Releases are shared by every clone of this `Locker` and every
+    /// locker derived from it. A release that cannot succeed (the backend
+    /// is down) is retried until its lease could have ended, so the wait is
+    /// bounded by the longest of those leases (plus a second). Cancel safe.
+    ///
+    /// ```
+    /// use distlock::{LockError, Locker};
+    /// use distlock_memory::MemoryBackend;
+    ///
+    /// async fn nightly_report(locker: &Locker<MemoryBackend>) -> Result<(), LockError> {
+    ///     let Some(_guard) = locker.try_lock("nightly-report").await? else {
+    ///         return Ok(()); // another process runs it
+    ///     };
+    ///     // ... the report ...
+    ///     Ok(()) // `_guard` is dropped here: its release goes to the background
+    /// }
+    ///
+    /// #[tokio::main(flavor = "current_thread")]
+    /// async fn main() -> Result<(), LockError> {
+    ///     let locker = Locker::new(MemoryBackend::new());
+    ///     nightly_report(&locker).await?;
+    ///     locker.flush().await; // the lock is free once this returns
+    ///     # assert!(!locker.inspect("nightly-report").await?.held);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn flush(&self) {
+        self.inner.releaser.flush().await
+    }
+
     /// The backend's view of a lock, for debugging.
     pub async fn inspect(&self, name: impl AsRef<[u8]>) -> Result<LockInfo, LockError> {
         let key = self.key(name)?;
+        self.inner.releaser.adopt_orphans();
         Ok(self.inner.backend.inspect(&key).await?)
     }
 
@@ -272,11 +326,12 @@ impl<B: LockBackend> Locker<B> {
                 "auto_renew needs a tokio runtime to renew in; call from inside one".to_owned(),
             ));
         }
+        inner.releaser.adopt_orphans();
         let token = LockToken::generate();
         let sent_at = Instant::now();
         // If this future is dropped mid-call, or the call fails after the
         // server may have taken the lock, release in the background.
-        let pending = PendingRelease::arm(&inner.releaser, key, &token);
+        let pending = PendingRelease::arm(&inner.releaser, key, &token, sent_at, opts.ttl);
         let outcome = inner
             .backend
             .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())

@@ -49,12 +49,13 @@ pub struct LockOptions {
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// How long [`Locker::lock`](crate::Locker::lock) waits for a held lock
-    /// before it gives up with [`LockError::TimedOut`]. Zero means a single
-    /// attempt (or none, if another task of the same `Locker` is already
-    /// waiting for that name: it queues first). The wait covers queueing and
-    /// sleeping; a backend call in progress at the deadline still finishes
-    /// within the backend's own timeout. Default 10 s; at most
-    /// [`MAX_WAIT_TIMEOUT`].
+    /// before it gives up with [`LockError::TimedOut`]. The deadline bounds
+    /// the whole call: queueing, sleeping, and every backend call (a call
+    /// still in flight at the deadline is abandoned; an acquisition it may
+    /// have made is given back in the background). Zero means a single
+    /// attempt, made in full within the backend's own timeouts (or none, if
+    /// another task of the same `Locker` is already waiting for that name:
+    /// it queues first). Default 10 s; at most [`MAX_WAIT_TIMEOUT`].
     #[serde(with = "humantime_serde")]
     pub wait_timeout: Duration,
     /// A label stored beside the lock so operators can see who holds it
@@ -64,8 +65,20 @@ pub struct LockOptions {
     /// Renew the lease in the background at about a third of the TTL until
     /// the guard is released or dropped. Default off.
     pub auto_renew: bool,
-    /// With `auto_renew`, stop renewing once the lock has been held this long
-    /// (the lease then runs out normally). Default: no limit.
+    /// With `auto_renew`: the longest time renewal keeps the lock, counted
+    /// from the moment the acquire request was sent. Renewal never sets the
+    /// lease to end later than that (its last extend is shortened to end
+    /// exactly there), so the backend frees the lock at most `max_hold`
+    /// after the request; the guard counts the lease as lost a drift
+    /// allowance before that, and [`LockGuard::release`](crate::LockGuard::release)
+    /// then reports [`Release::NotHeld`](crate::Release::NotHeld), like
+    /// [`Lease::lost`](crate::Lease::lost). It caps renewal only: a manual
+    /// [`LockGuard::extend`](crate::LockGuard::extend) is the caller's
+    /// explicit choice and is not shortened.
+    ///
+    /// Must be at least the `ttl`, and needs `auto_renew` (without renewal
+    /// the lease already ends at its TTL): other combinations are
+    /// [`LockError::InvalidOptions`]. Default: no limit.
     #[serde(with = "humantime_serde")]
     pub max_hold: Option<Duration>,
     /// The first retry delay while waiting; later delays grow exponentially
@@ -126,9 +139,10 @@ impl LockOptions {
         self
     }
 
-    /// Sets [`max_hold`](LockOptions::max_hold).
-    pub fn with_max_hold(mut self, max_hold: Option<Duration>) -> Self {
-        self.max_hold = max_hold;
+    /// Sets [`max_hold`](LockOptions::max_hold) (set the field to `None`
+    /// to remove the limit).
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
         self
     }
 
@@ -176,6 +190,20 @@ impl LockOptions {
                     "max_hold {max_hold:?} must be above zero and at most a year"
                 )));
             }
+            if !self.auto_renew {
+                return Err(LockError::InvalidOptions(format!(
+                    "max_hold {max_hold:?} limits renewal and needs auto_renew \
+                     (without it the lease ends at its ttl {:?})",
+                    self.ttl
+                )));
+            }
+            if max_hold < self.ttl {
+                return Err(LockError::InvalidOptions(format!(
+                    "max_hold {max_hold:?} is shorter than the ttl {:?}: the first \
+                     lease would already hold the lock longer",
+                    self.ttl
+                )));
+            }
         }
         Ok(())
     }
@@ -212,6 +240,11 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         LockOptions::default().validate().unwrap();
+        LockOptions::default()
+            .with_auto_renew(true)
+            .with_max_hold(Duration::from_secs(30))
+            .validate()
+            .unwrap();
         assert_eq!(LockOptions::default().ttl, Duration::from_secs(30));
     }
 
@@ -227,7 +260,13 @@ mod tests {
             d().with_owner("x".repeat(MAX_OWNER_LEN + 1)),
             d().with_retry(Duration::ZERO, Duration::from_millis(1)),
             d().with_retry(Duration::from_secs(2), Duration::from_secs(1)),
-            d().with_max_hold(Some(Duration::ZERO)),
+            d().with_auto_renew(true).with_max_hold(Duration::ZERO),
+            // max_hold limits renewal: without it, or below the TTL, it
+            // could not mean what it says.
+            d().with_max_hold(Duration::from_secs(60)),
+            d().with_auto_renew(true)
+                .with_ttl(Duration::from_secs(30))
+                .with_max_hold(Duration::from_secs(10)),
         ];
         for opts in cases {
             assert!(opts.validate().is_err(), "{opts:?} was accepted");
@@ -236,7 +275,9 @@ mod tests {
 
     #[test]
     fn json_round_trip_uses_human_durations() {
-        let opts = LockOptions::default().with_max_hold(Some(Duration::from_secs(90)));
+        let opts = LockOptions::default()
+            .with_auto_renew(true)
+            .with_max_hold(Duration::from_secs(90));
         let json = serde_json::to_string(&opts).unwrap();
         assert!(json.contains("\"30s\""), "{json}");
         assert!(json.contains("\"1m 30s\""), "{json}");

@@ -1,150 +1,316 @@
-//! The one background task per [`Locker`](crate::Locker) that releases
-//! dropped guards.
+//! Background releases: of dropped guards, and of acquisitions whose caller
+//! went away while the request was in flight.
+//!
+//! Each release runs as a small task on the runtime of the code that
+//! submitted it (not on one task tied to whichever runtime came first), and
+//! retries backend failures (all but the permanent kinds) with backoff for
+//! as long as the lease could still be held. Every job stays in a shared table until it finished
+//! or gave up, so that:
+//! - a job with no task (submitted outside a runtime, or whose task was
+//!   dropped because its runtime shut down) is picked up by the next call
+//!   of the `Locker` made inside a runtime ([`Releaser::adopt_orphans`]);
+//! - [`Releaser::flush`] can run jobs whose task has not started (its
+//!   runtime may be idle) and wait for the rest.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
 
 use crate::backend::LockBackend;
+use crate::error::{BackendError, BackendErrorKind};
 use crate::key::LockKey;
 use crate::token::LockToken;
+use crate::wait::Backoff;
 
-/// How many releases the background task runs at once.
+/// How many releases run at once per `Locker` family.
 const CONCURRENCY: usize = 64;
-/// Attempts per release when the backend reports a transient error.
-const ATTEMPTS: u32 = 3;
+/// Added to a lease's latest possible end before a release stops retrying:
+/// a request sent just before a call was cancelled can still be applied a
+/// little later, and the server's clock may run a little slow.
+const GRACE: Duration = Duration::from_secs(1);
+/// Retry delays of a failing release.
+const RETRY_MIN: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 struct Job {
     key: LockKey,
     token: LockToken,
+    /// Retry transient failures until then.
+    until: Instant,
+}
+
+struct Slot {
+    /// The job, until a runner takes it (and while it waits for a runner).
+    job: Option<Job>,
+    /// No task will run it: the next call inside a runtime must.
+    orphan: bool,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    slots: BTreeMap<u64, Slot>,
+}
+
+struct Shared {
+    backend: Arc<dyn LockBackend>,
+    table: Mutex<Table>,
+    /// Some slot is an orphan (the lock-free fast path of `adopt_orphans`).
+    orphans: AtomicBool,
+    /// Woken whenever a job finishes or gives up.
+    finished: Notify,
+    permits: Semaphore,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A handle for queueing releases. Cheap to clone; never blocks.
 #[derive(Clone)]
 pub(crate) struct Releaser {
-    state: Arc<Mutex<State>>,
-    /// True while a task serves the channel (cleared when the task ends or
-    /// is dropped with its runtime): the lock-free fast path of
-    /// [`Releaser::ensure_started`].
-    alive: Arc<AtomicBool>,
-    backend: Arc<dyn LockBackend>,
-}
-
-struct State {
-    tx: mpsc::UnboundedSender<Job>,
-    /// The receiver, until a task takes it.
-    rx: Option<mpsc::UnboundedReceiver<Job>>,
-    /// The task serving the current channel, once started.
-    task: Option<JoinHandle<()>>,
-}
-
-impl State {
-    fn fresh() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        Self {
-            tx,
-            rx: Some(rx),
-            task: None,
-        }
-    }
-
-    /// Starts the task on the current runtime unless one serves the
-    /// channel. A task whose runtime shut down is gone with its receiver:
-    /// then a fresh channel and task replace them.
-    fn ensure_started(&mut self, backend: &Arc<dyn LockBackend>, alive: &Arc<AtomicBool>) {
-        if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
-            *self = State::fresh();
-        }
-        if self.task.is_some() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            // Not inside a runtime: jobs wait in the channel for the next
-            // call made inside one.
-            return;
-        };
-        if let Some(rx) = self.rx.take() {
-            alive.store(true, Ordering::Release);
-            let flag = Alive(alive.clone());
-            self.task = Some(handle.spawn(run(rx, backend.clone(), flag)));
-        }
-    }
+    shared: Arc<Shared>,
 }
 
 impl Releaser {
     pub(crate) fn new(backend: Arc<dyn LockBackend>) -> Self {
         Self {
-            state: Arc::new(Mutex::new(State::fresh())),
-            alive: Arc::default(),
-            backend,
+            shared: Arc::new(Shared {
+                backend,
+                table: Mutex::default(),
+                orphans: AtomicBool::new(false),
+                finished: Notify::new(),
+                permits: Semaphore::new(CONCURRENCY),
+            }),
         }
     }
 
-    /// Starts the background task if none runs. Called whenever a guard is
-    /// created, which always happens inside a tokio runtime; restarts the
-    /// task on the current runtime if an earlier one shut down.
-    pub(crate) fn ensure_started(&self) {
-        if self.alive.load(Ordering::Acquire) {
+    /// Queues a release of `token`'s lease on `key`, retried until `until`
+    /// (the latest moment the lease could still be held) plus a grace.
+    pub(crate) fn submit(&self, key: LockKey, token: LockToken, until: Instant) {
+        let until = until + GRACE;
+        let mut table = self.shared.table();
+        let seq = table.next;
+        table.next += 1;
+        let job = Job { key, token, until };
+        let handle = tokio::runtime::Handle::try_current().ok();
+        table.slots.insert(
+            seq,
+            Slot {
+                job: Some(job),
+                orphan: handle.is_none(),
+                until,
+            },
+        );
+        drop(table);
+        match handle {
+            Some(handle) => spawn(&handle, &self.shared, seq),
+            None => self.shared.orphans.store(true, Ordering::Release),
+        }
+    }
+
+    /// Starts a task, on the current runtime, for every job that has none.
+    /// Cheap when there is nothing to adopt; does nothing outside a runtime.
+    pub(crate) fn adopt_orphans(&self) {
+        if !self.shared.orphans.load(Ordering::Acquire) {
             return;
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ensure_started(&self.backend, &self.alive);
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut table = self.shared.table();
+        self.shared.orphans.store(false, Ordering::Release);
+        let adopted: Vec<u64> = table
+            .slots
+            .iter_mut()
+            .filter(|(_, slot)| slot.orphan && slot.job.is_some())
+            .map(|(seq, slot)| {
+                slot.orphan = false;
+                *seq
+            })
+            .collect();
+        drop(table);
+        for seq in adopted {
+            spawn(&handle, &self.shared, seq);
+        }
     }
 
-    /// Queues a release of `token`'s lease on `key`. If no runtime can run
-    /// the task, the lease simply expires at its TTL.
-    pub(crate) fn submit(&self, key: LockKey, token: LockToken) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.ensure_started(&self.backend, &self.alive);
-        let _ = state.tx.send(Job { key, token });
+    /// Waits until every release submitted before this call has finished
+    /// or given up. Jobs not started yet run here; jobs running elsewhere
+    /// are waited for, at most until their leases could have ended (plus a
+    /// grace), which bounds the wait even when their runtime is idle.
+    pub(crate) async fn flush(&self) {
+        self.adopt_orphans();
+        let shared = &self.shared;
+        let (upto, unstarted) = {
+            let table = shared.table();
+            let upto = table.next;
+            let unstarted: Vec<u64> = table
+                .slots
+                .iter()
+                .filter(|(_, slot)| slot.job.is_some())
+                .map(|(seq, _)| *seq)
+                .collect();
+            drop(table);
+            (upto, unstarted)
+        };
+        let runs = unstarted
+            .into_iter()
+            .map(|seq| run(Ticket::new(shared.clone(), seq)));
+        futures::future::join_all(runs).await;
+        loop {
+            // A job whose task went away meanwhile (its runtime shut down)
+            // gets a new one here instead of waiting out its lease.
+            self.adopt_orphans();
+            let finished = shared.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let latest = {
+                let table = shared.table();
+                table.slots.range(..upto).map(|(_, slot)| slot.until).max()
+            };
+            let Some(latest) = latest else { return };
+            if Instant::now() >= latest {
+                return;
+            }
+            tokio::select! {
+                _ = finished => {}
+                _ = tokio::time::sleep_until(latest) => {}
+            }
+        }
     }
 }
 
-/// Clears the `alive` flag when the task ends or is dropped (its runtime
-/// shut down).
-struct Alive(Arc<AtomicBool>);
+fn spawn(handle: &tokio::runtime::Handle, shared: &Arc<Shared>, seq: u64) {
+    // The ticket moves into the task now: if the runtime drops the task
+    // before or while it runs, the ticket hands the job back as an orphan.
+    let ticket = Ticket::new(shared.clone(), seq);
+    handle.spawn(run(ticket));
+}
 
-impl Drop for Alive {
+/// The right to run one job. Dropped before the job finished (the task or
+/// a `flush` was dropped), it hands the job back as an orphan.
+struct Ticket {
+    shared: Arc<Shared>,
+    seq: u64,
+    job: Option<Job>,
+    done: bool,
+}
+
+impl Ticket {
+    fn new(shared: Arc<Shared>, seq: u64) -> Self {
+        Self {
+            shared,
+            seq,
+            job: None,
+            done: false,
+        }
+    }
+
+    /// Takes the job from its slot, unless another runner has it.
+    fn take(&mut self) -> Option<&Job> {
+        let mut table = self.shared.table();
+        self.job = table.slots.get_mut(&self.seq).and_then(|s| s.job.take());
+        drop(table);
+        self.job.as_ref()
+    }
+
+    fn finish(mut self) {
+        self.done = true;
+        self.shared.table().slots.remove(&self.seq);
+        self.shared.finished.notify_waiters();
+    }
+}
+
+impl Drop for Ticket {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        if self.done {
+            return;
+        }
+        let mut table = self.shared.table();
+        if let Some(slot) = table.slots.get_mut(&self.seq) {
+            if let Some(job) = self.job.take() {
+                slot.job = Some(job);
+            }
+            if slot.job.is_some() {
+                slot.orphan = true;
+                self.shared.orphans.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
-async fn run(mut rx: mpsc::UnboundedReceiver<Job>, backend: Arc<dyn LockBackend>, _alive: Alive) {
-    let mut running = FuturesUnordered::new();
+async fn run(mut ticket: Ticket) {
+    let shared = ticket.shared.clone();
+    let Ok(_permit) = shared.permits.acquire().await else {
+        return;
+    };
+    let Some(job) = ticket.take() else {
+        // Another runner (a flush) has it.
+        ticket.done = true;
+        return;
+    };
+    release(shared.backend.as_ref(), job).await;
+    ticket.finish();
+}
+
+/// Releases one lease, retrying failures ([`worth_retrying`]) with backoff
+/// until the lease could no longer be held.
+async fn release(backend: &dyn LockBackend, job: &Job) {
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut attempts = 0u32;
     loop {
-        tokio::select! {
-            job = rx.recv(), if running.len() < CONCURRENCY => match job {
-                Some(job) => running.push(release(backend.clone(), job)),
-                None => break,
-            },
-            Some(()) = running.next(), if !running.is_empty() => {}
+        attempts += 1;
+        // Never wait past the job's end for one attempt either (the backend
+        // bounds its calls too); the first attempt always gets a grace.
+        let attempt_until = job.until.max(Instant::now() + GRACE);
+        let error =
+            match tokio::time::timeout_at(attempt_until, backend.release(&job.key, &job.token))
+                .await
+            {
+                Ok(Ok(outcome)) => {
+                    tracing::debug!(key = %job.key, token = %job.token, ?outcome, attempts,
+                    "background release");
+                    return;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => crate::error::BackendError::new(
+                    crate::error::BackendErrorKind::Timeout,
+                    "background release did not answer before the lease could have ended",
+                ),
+            };
+        let now = Instant::now();
+        if !worth_retrying(&error) || now >= job.until {
+            tracing::warn!(key = %job.key, token = %job.token, error = %error, attempts,
+                "background release failed; the lease will expire at its TTL");
+            return;
         }
+        let delay = backoff.next_delay();
+        tokio::time::sleep_until(job.until.min(now + delay)).await;
     }
-    while running.next().await.is_some() {}
 }
 
-async fn release(backend: Arc<dyn LockBackend>, job: Job) {
-    for attempt in 1..=ATTEMPTS {
-        match backend.release(&job.key, &job.token).await {
-            Ok(outcome) => {
-                tracing::debug!(key = %job.key, token = %job.token, ?outcome, "background release");
-                return;
-            }
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
-            }
-            Err(e) => {
-                tracing::warn!(key = %job.key, token = %job.token, error = %e,
-                    "background release failed; the lease will expire at its TTL");
-                return;
-            }
-        }
-    }
+/// Whether a failed release may succeed later. Retrying a release is
+/// harmless (it only ever deletes our own lease), so every error is retried
+/// while the lease could be held, except those that no retry can fix: bad
+/// credentials, missing permissions, bad configuration, a key of another
+/// type. Server states that pass (Redis `BUSY`, `LOADING`, a failover) may
+/// surface as transient kinds or as `Other`; both are retried.
+fn worth_retrying(error: &BackendError) -> bool {
+    !matches!(
+        error.kind(),
+        BackendErrorKind::Auth
+            | BackendErrorKind::Permission
+            | BackendErrorKind::Config
+            | BackendErrorKind::WrongType
+    )
 }
 
 /// Queues a release of a possibly-taken lease if dropped while armed. Wraps
@@ -153,13 +319,25 @@ async fn release(backend: Arc<dyn LockBackend>, job: Job) {
 pub(crate) struct PendingRelease<'a> {
     releaser: &'a Releaser,
     job: Option<(&'a LockKey, &'a LockToken)>,
+    /// The lease may be held until the later of `held_at_most` and `ttl`
+    /// after the moment this is dropped armed.
+    held_at_most: Instant,
+    ttl: Duration,
 }
 
 impl<'a> PendingRelease<'a> {
-    pub(crate) fn arm(releaser: &'a Releaser, key: &'a LockKey, token: &'a LockToken) -> Self {
+    pub(crate) fn arm(
+        releaser: &'a Releaser,
+        key: &'a LockKey,
+        token: &'a LockToken,
+        held_at_most: Instant,
+        ttl: Duration,
+    ) -> Self {
         Self {
             releaser,
             job: Some((key, token)),
+            held_at_most,
+            ttl,
         }
     }
 
@@ -171,7 +349,8 @@ impl<'a> PendingRelease<'a> {
 impl Drop for PendingRelease<'_> {
     fn drop(&mut self) {
         if let Some((key, token)) = self.job.take() {
-            self.releaser.submit(key.clone(), token.clone());
+            let until = self.held_at_most.max(Instant::now() + self.ttl);
+            self.releaser.submit(key.clone(), token.clone(), until);
         }
     }
 }

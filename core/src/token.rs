@@ -4,10 +4,19 @@ use std::fmt;
 
 /// The random secret that identifies one acquisition of a lock.
 ///
-/// A new token is drawn for every acquisition from a cryptographically secure
-/// generator (`rand`'s thread-local ChaCha generator, seeded from the operating
-/// system). It holds 128 bits, so another client cannot guess it, and a
-/// stale holder's token never equals a newer holder's.
+/// A new token is drawn for every acquisition straight from the operating
+/// system's random source (`getrandom`: the `getrandom(2)` system call on
+/// Linux), never from a user-space generator. It holds 128 bits, so another
+/// client cannot guess it, and a stale holder's token never equals a newer
+/// holder's.
+///
+/// Drawing from the OS every time makes tokens unique across `fork()`: a
+/// user-space generator (such as `rand`'s thread-local one, which has no
+/// fork protection) is copied into the child with its state, so parent and
+/// child would draw the same next token and could release or extend each
+/// other's locks. Only if the OS source fails (it does not on supported
+/// platforms once the system booted) does `generate` fall back to `rand`'s
+/// thread-local generator, and logs a warning.
 ///
 /// `Debug` and `Display` show only the first four hex digits, so tokens do not
 /// leak into logs; backends store it as [`LockToken::as_hex`] (32 ASCII
@@ -33,7 +42,14 @@ pub struct LockToken {
 impl LockToken {
     /// Draws a new random token.
     pub fn generate() -> Self {
-        Self::from_u128(rand::random::<u128>())
+        let mut bytes = [0u8; 16];
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => Self::from_u128(u128::from_le_bytes(bytes)),
+            Err(e) => {
+                tracing::warn!(error = %e, "OS randomness failed; lock token drawn from rand's thread generator");
+                Self::from_u128(rand::random::<u128>())
+            }
+        }
     }
 
     /// Builds a token from a known value. Meant for tests and backend authors

@@ -34,6 +34,18 @@ impl Backoff {
     }
 }
 
+/// Runs `fut` to its end, or until `deadline` if there is one (`None`
+/// when it is dropped there).
+pub(crate) async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 /// The first-come-first-served queue of the tasks of one process that wait
 /// for the same key. Only the task at the head talks to the backend; the
 /// others wait for their turn locally, so a release wakes one task per

@@ -33,7 +33,7 @@ async fn refused_everywhere<B: distlock::LockBackend>(
     let ran = l.with_lock_with(name, |_| opts.clone(), |_| async {}).await;
     assert!(
         ran.as_ref().is_err_and(expected),
-        "with_lock_opts {what}: {ran:?}"
+        "with_lock_with {what}: {ran:?}"
     );
     let rebuilt = l.clone().with_defaults(opts.clone());
     assert!(
@@ -113,7 +113,8 @@ pub async fn invalid_ttl_rejected_before_backend<H: Harness>(h: &H) {
 }
 
 /// Options outside their limits (wait timeout above `MAX_WAIT_TIMEOUT`,
-/// an over-long owner, bad retry delays, a zero `max_hold`) and an
+/// an over-long owner, bad retry delays, a zero `max_hold`, a `max_hold`
+/// without `auto_renew` or shorter than the TTL) and an
 /// over-long prefix are refused with `InvalidOptions`, before the backend.
 pub async fn invalid_options_rejected_before_backend<H: Harness>(h: &H) {
     let counting = Counted::new(client(h).await);
@@ -128,7 +129,10 @@ pub async fn invalid_options_rejected_before_backend<H: Harness>(h: &H) {
         d().with_retry(Duration::ZERO, Duration::from_millis(1)),
         d().with_retry(Duration::from_secs(2), Duration::from_secs(1)),
         d().with_retry(Duration::from_millis(1), MAX_WAIT_TIMEOUT * 2),
-        d().with_max_hold(Some(Duration::ZERO)),
+        d().with_auto_renew(true).with_max_hold(Duration::ZERO),
+        d().with_max_hold(Duration::from_secs(60)),
+        d().with_auto_renew(true)
+            .with_max_hold(Duration::from_secs(1)),
     ];
     for opts in &bad {
         refused_everywhere(&l, &name, opts, is_invalid_options).await;

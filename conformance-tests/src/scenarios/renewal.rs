@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use distlock::{LockError, LockOptions, Locker, Release};
+use distlock::{LeaseEnd, LockError, LockOptions, Locker, Release};
 use futures::FutureExt;
 use tokio::time::Instant;
 
@@ -124,12 +124,14 @@ pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
     assert_eq!(guard.release().await.unwrap(), Release::NotHeld);
 }
 
-/// The lost signal does not fire after a normal release or drop, even
-/// long after the lease would have ended.
-pub async fn lost_does_not_fire_on_release<H: Harness>(h: &H) {
+/// A normal release or drop ends the lease without losing it: every lease
+/// clone then reports not held with zero remaining, `ended()` completes
+/// with `Released`, `is_lost()` stays false, and `lost()` (which means loss)
+/// does not fire, even long after the lease would have ended.
+pub async fn release_ends_lease_without_loss<H: Harness>(h: &H) {
     let a = locker(h).await;
-    let released_name = unique_name("not-lost-release");
-    let dropped_name = unique_name("not-lost-drop");
+    let released_name = unique_name("end-release");
+    let dropped_name = unique_name("end-drop");
     let t = renew_ttl(h);
     let released = a
         .try_lock_with(&released_name, |_| renewing(t))
@@ -142,8 +144,29 @@ pub async fn lost_does_not_fire_on_release<H: Harness>(h: &H) {
         .unwrap()
         .expect("free");
     let (lease1, lease2) = (released.lease(), dropped.lease());
+    assert!(lease1.is_held() && lease2.is_held());
+    let watcher = tokio::spawn({
+        let lease = lease2.clone();
+        async move { lease.ended().await }
+    });
     assert_eq!(released.release().await.unwrap(), Release::Released);
     drop(dropped);
+    for (lease, how) in [(&lease1, "release"), (&lease2, "drop")] {
+        assert!(!lease.is_held(), "{how}: the lease still claims the lock");
+        assert_eq!(lease.remaining(), Duration::ZERO, "{how}: remaining");
+        assert_eq!(
+            lease.ended().now_or_never(),
+            Some(LeaseEnd::Released),
+            "{how}: ended()"
+        );
+    }
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("ended() wakes a waiting task")
+            .unwrap(),
+        LeaseEnd::Released
+    );
     let (fired1, fired2) = tokio::join!(
         tokio::time::timeout(t * 2, lease1.lost()),
         tokio::time::timeout(t * 2, lease2.lost()),
@@ -208,7 +231,7 @@ pub async fn max_hold_stops_renewal<H: Harness>(h: &H) {
     let max_hold = t * 2;
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, |_| renewing(t).with_max_hold(Some(max_hold)))
+        .try_lock_with(&name, |_| renewing(t).with_max_hold(max_hold))
         .await
         .unwrap()
         .expect("free");

@@ -6,6 +6,7 @@ use distlock::{LockBackend, LockError, LockOptions, Locker, Release};
 use tokio::time::Instant;
 
 use crate::counting::Counted;
+use crate::stalling::Stalling;
 use crate::support::{
     assert_within, client, drop_bound, free_within, is_held, locker, short_ttl, skipped_for,
 };
@@ -265,4 +266,67 @@ pub async fn waiter_takes_over_abandoned_lock<H: Harness>(h: &H) {
     );
     assert_within("take-over after the TTL", took, t + slack);
     assert_eq!(got.release().await.unwrap(), Release::Released);
+}
+
+/// The wait deadline bounds the whole `lock()` call (issue 10, kind 2):
+/// with the name held elsewhere, a waiter whose acquire attempts stall for
+/// longer than its wait (as during a server stall), or whose release
+/// subscription stalls, gets `TimedOut` at the deadline plus the slack, not
+/// when the stalled call returns. Built from a wrapper around the harness's
+/// client, so every backend runs it.
+pub async fn wait_deadline_bounds_stalled_backend_calls<H: Harness>(h: &H) {
+    let holder = locker(h).await;
+    let name = unique_name("stalled-wait");
+    let guard = holder.try_lock(&name).await.unwrap().expect("free");
+    let wait = Duration::from_millis(300);
+    let stall = Duration::from_secs(3).max(h.timing_slack() * 4);
+    let mut attempts = Stalling::new(client(h).await);
+    attempts.before_acquire = stall;
+    let mut subscription = Stalling::new(client(h).await);
+    subscription.before_watch = stall;
+    for (what, backend) in [("acquire", attempts), ("subscription", subscription)] {
+        let waiter = Locker::new(backend);
+        let start = Instant::now();
+        let result = waiter.lock_with(&name, |_| waiting(wait)).await;
+        let took = start.elapsed();
+        assert!(
+            matches!(result, Err(LockError::TimedOut { .. })),
+            "a stalled {what} with a {wait:?} wait: {result:?}"
+        );
+        assert!(took >= wait, "{what}: gave up after {took:?}");
+        assert_within(
+            &format!("TimedOut with a stalled {what}"),
+            took,
+            wait + h.timing_slack(),
+        );
+    }
+    assert!(is_held(&holder, &name).await, "the holder is unaffected");
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+}
+
+/// An acquisition whose reply is still on its way at the wait deadline is
+/// given back: the caller gets `TimedOut` at the deadline, and once the
+/// background releases are flushed nobody holds the lock.
+pub async fn acquisition_cut_at_wait_deadline_is_given_back<H: Harness>(h: &H) {
+    let observer = locker(h).await;
+    let name = unique_name("cut-acquire");
+    let wait = Duration::from_millis(300);
+    let mut slow = Stalling::new(client(h).await);
+    slow.after_acquire = Duration::from_secs(3).max(h.timing_slack() * 4);
+    let waiter = Locker::new(slow);
+    let start = Instant::now();
+    let result = waiter.lock_with(&name, |_| waiting(wait)).await;
+    let took = start.elapsed();
+    assert!(
+        matches!(result, Err(LockError::TimedOut { .. })),
+        "a reply stuck past the wait deadline: {result:?}"
+    );
+    assert_within("TimedOut at the deadline", took, wait + h.timing_slack());
+    tokio::time::timeout(Duration::from_secs(30), waiter.flush())
+        .await
+        .expect("flush returns");
+    assert!(
+        !is_held(&observer, &name).await,
+        "the acquisition cut at the deadline was not given back"
+    );
 }
