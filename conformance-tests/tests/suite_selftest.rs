@@ -350,10 +350,10 @@ fn release_of_an_expired_lease_saying_released_is_caught() {
             stale_guard_cannot_touch_new_holder
         ),
         case!(ReleaseOfExpiredSaysReleased, double_release_is_harmless),
-        case!(
-            ReleaseOfExpiredSaysReleased,
-            extend_after_expiry_is_not_held
-        ),
+        // extend_after_expiry_is_not_held no longer sees it: a guard that
+        // counted its lease as lost reports NotHeld whatever the backend's
+        // release says; stale_guard_cannot_touch_new_holder asks the
+        // backend directly.
     ]);
 }
 

@@ -87,6 +87,30 @@ pub async fn stale_guard_cannot_touch_new_holder<H: Harness>(h: &H) {
         "A's release must not free B's lock"
     );
     assert_eq!(fresh.release().await.unwrap(), Release::Released);
+
+    // The same at the backend itself: the guard above already knew its
+    // lease was over and reports NotHeld whatever the backend says, so ask
+    // the backend directly about a token whose lease ran out.
+    let backend = a.backend();
+    let key = a.key(&name).unwrap();
+    let old = LockToken::generate();
+    let got = backend.try_acquire(&key, &old, t, None).await.unwrap();
+    assert!(
+        matches!(got, Acquire::Acquired { .. }),
+        "free again: {got:?}"
+    );
+    tokio::time::sleep(t + h.timing_slack()).await;
+    let newer = b
+        .try_lock_with(&name, |_| ttl(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the backend-level lease ran out, so B acquires");
+    assert_eq!(
+        backend.release(&key, &old).await.unwrap(),
+        Release::NotHeld,
+        "the backend's release of a lease that ran out (and was taken over) reports NotHeld"
+    );
+    assert_eq!(newer.release().await.unwrap(), Release::Released);
 }
 
 /// Releasing twice is harmless: the second release reports not held, and a
