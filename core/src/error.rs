@@ -93,6 +93,10 @@ pub enum BackendErrorKind {
     Config,
     /// The server answered something this backend does not understand.
     Protocol,
+    /// Fewer replicas than required acknowledged a write in time (Redis
+    /// `WAIT`, see distlock-redis's `ReplicaAck`); an acquisition was given
+    /// back (transient).
+    ReplicationIncomplete,
     /// Anything else.
     Other,
 }
@@ -105,6 +109,7 @@ impl BackendErrorKind {
             BackendErrorKind::Unavailable
                 | BackendErrorKind::Timeout
                 | BackendErrorKind::PoolExhausted
+                | BackendErrorKind::ReplicationIncomplete
         )
     }
 }
@@ -120,6 +125,7 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::WrongType => "key holds the wrong type",
             BackendErrorKind::Config => "invalid backend configuration",
             BackendErrorKind::Protocol => "unexpected backend reply",
+            BackendErrorKind::ReplicationIncomplete => "too few replicas acknowledged",
             BackendErrorKind::Other => "backend error",
         })
     }
