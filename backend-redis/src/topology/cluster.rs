@@ -101,10 +101,28 @@ impl ClusterRemote {
         let limit = self.settings.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
         match tokio::time::timeout(limit, super::invoke(&mut conn, invocation, wait)).await {
             Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) if redirected(&e) => Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "{}: the slot is moving (a failover or resharding) and the client ran out \
+                     of redirections: {e}",
+                    what()
+                ),
+            )
+            .with_source(e)),
             Ok(Err(e)) => Err(from_redis(&what(), e)),
             Err(_) => Err(timed_out(&what(), limit)),
         }
     }
+}
+
+/// A `MOVED`/`ASK` that reached us: the crate's retries ran out while the
+/// slot changed hands (transient).
+fn redirected(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask)
+    )
 }
 
 /// A failure to open the cluster connection: seeds that are not cluster
