@@ -128,20 +128,19 @@ fn redirected(e: &redis::RedisError) -> bool {
 /// A failure to open the cluster connection: seeds that are not cluster
 /// nodes are a configuration error.
 pub(crate) fn not_a_cluster(what: &str, e: redis::RedisError) -> BackendError {
-    let text = e.to_string();
-    if text.contains("cluster support disabled")
-        || text.contains("This instance has cluster support disabled")
-    {
-        return BackendError::new(
-            BackendErrorKind::Config,
-            format!(
-                "{what}: the seed nodes are not in cluster mode (use the single or sentinel \
-                 topology for them): {e}"
-            ),
-        )
-        .with_source(e);
+    let err = from_redis(what, e);
+    if err.kind().is_transient() || err.kind() != distlock::BackendErrorKind::Other {
+        return err;
     }
-    from_redis(what, e)
+    // Refused for another reason (`cluster support disabled`, a sentinel
+    // that does not know `CLUSTER SLOTS`): the seeds are not a cluster.
+    BackendError::new(
+        BackendErrorKind::Config,
+        format!(
+            "{what}: the seed nodes are not Redis Cluster nodes (use the single or sentinel \
+             topology for them): {err}"
+        ),
+    )
 }
 
 /// Refuses servers without sharded pub/sub (before Redis 7.0): the release
