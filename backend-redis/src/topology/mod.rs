@@ -157,7 +157,7 @@ impl std::fmt::Debug for Topology {
 /// A non-single topology's way to the lock's primary.
 pub(crate) enum Remote {
     Sentinel(std::sync::Arc<sentinel::SentinelRemote>),
-    Cluster(cluster::ClusterRemote),
+    Cluster(Box<cluster::ClusterRemote>),
 }
 
 impl Remote {
@@ -343,7 +343,10 @@ pub(crate) fn build(config: &crate::RedisConfig) -> Result<(Remote, pubsub::Sour
                 command_timeout: config.command_timeout,
             };
             let remote = cluster::ClusterRemote::new(settings.clone())?;
-            Ok((Remote::Cluster(remote), pubsub::Source::Cluster(settings)))
+            Ok((
+                Remote::Cluster(Box::new(remote)),
+                pubsub::Source::Cluster(settings),
+            ))
         }
     }
 }
