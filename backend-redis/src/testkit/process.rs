@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, wait_for_listen, wait_for_ping};
 
-/// Extra settings for [`RedisServer::start_process`].
+/// Extra settings for [`RedisServer::start_process`](super::RedisServer::start_process).
 #[derive(Clone, Debug, Default)]
 pub struct ProcessOptions {
     /// Appended to the testkit's own arguments (`--port`, `--bind
@@ -17,7 +17,7 @@ pub struct ProcessOptions {
     pub args: Vec<String>,
     /// Serve TLS only: the port is given as `--tls-port` (with `--port 0`)
     /// and the URL is `rediss://`. The certificate arguments go in
-    /// [`args`](Self::args) (see [`TestCertificates::server_args`]).
+    /// [`args`](Self::args) (see [`TestCertificates::server_args`](super::TestCertificates::server_args)).
     pub tls_only: bool,
     /// A configuration file passed as the first argument (before the
     /// testkit's own), e.g. a sentinel's writable `sentinel.conf`.
