@@ -228,6 +228,27 @@ impl SentinelGroup {
     }
 }
 
+impl SentinelGroup {
+    /// Waits until the current primary has `replicas` replicas online
+    /// (`INFO replication`), e.g. after [`restart_node`](Self::restart_node)
+    /// once the sentinels made the restarted node a replica.
+    ///
+    /// # Panics
+    ///
+    /// When that does not happen within `within`.
+    pub fn wait_for_replicas(&self, replicas: usize, within: Duration) {
+        let found = wait_until("replicas online", within, || {
+            let primary = self
+                .sentinel_urls()
+                .iter()
+                .find_map(|s| reported_primary(s).ok())?;
+            let info: String = query(&primary, redis::cmd("INFO").arg("replication")).ok()?;
+            (info.matches("state=online").count() >= replicas).then_some(())
+        });
+        found.unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
 impl std::fmt::Debug for SentinelGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentinelGroup")
