@@ -62,6 +62,10 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for i in 0..6 {
             let bus = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+            // Its own directory: a replica writes the RDB it syncs to disk.
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("creating {}: {e}", node_dir.display()))?;
             let options = ProcessOptions::new().args([
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
@@ -75,7 +79,7 @@ impl RedisCluster {
                 "--cluster-node-timeout".to_owned(),
                 NODE_TIMEOUT.as_millis().to_string(),
                 "--dir".to_owned(),
-                dir.path().display().to_string(),
+                node_dir.display().to_string(),
             ]);
             nodes.push(ProcessServer::start_with(options)?);
         }

@@ -379,6 +379,9 @@ impl ScratchDir {
     pub(crate) fn new(what: &str) -> Result<Self, String> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static NEXT: AtomicUsize = AtomicUsize::new(0);
+        if NEXT.load(Ordering::Relaxed) == 0 {
+            Self::remove_stale();
+        }
         let path = std::env::temp_dir().join(format!(
             "distlock-{what}-{}-{}",
             std::process::id(),
@@ -386,6 +389,34 @@ impl ScratchDir {
         ));
         std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
         Ok(Self { path })
+    }
+
+    /// Removes the directories of test processes that have exited
+    /// (topologies kept in statics are never dropped). Linux only: it
+    /// checks `/proc/PID`.
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix("distlock-") else {
+                continue;
+            };
+            // distlock-WHAT-PID-N
+            let mut parts = rest.rsplit('-');
+            let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            if std::path::Path::new("/proc/self").exists()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     pub(crate) fn path(&self) -> &std::path::Path {

@@ -57,7 +57,13 @@ impl SentinelGroup {
             // A (rewritable) configuration file, so that sentinels can
             // `CONFIG REWRITE` the role they give a node.
             let conf = dir.write(&format!("node{i}.conf"), "")?;
-            let mut options = ProcessOptions::new().config_file(conf);
+            // Its own directory: a replica writes the RDB it syncs to disk.
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| format!("creating {}: {e}", node_dir.display()))?;
+            let mut options = ProcessOptions::new()
+                .config_file(conf)
+                .args(["--dir".to_owned(), node_dir.display().to_string()]);
             if let Some(primary) = nodes.first() {
                 options = options.args([
                     "--replicaof".to_owned(),
