@@ -96,7 +96,10 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://…` for
     /// TLS. A user name selects a Redis ACL user; the password is never
-    /// shown by `Debug` or `Display`.
+    /// shown by `Debug` or `Display`. With the Sentinel topology only its
+    /// credentials, database and scheme are used (the sentinels name the
+    /// primary); with the Cluster topology it is a seed node whose
+    /// credentials and scheme apply to every node (see [`Topology`]).
     pub url: String,
     /// Prepended to every key and to the release channel. Default
     /// `"distlock:"`; must not contain `{` or `}`.
