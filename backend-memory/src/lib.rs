@@ -1,18 +1,22 @@
 //! An in-process [`LockBackend`] for distlock.
 //!
 //! Use it to test code that takes locks, and for locks that only one process
-//! needs. Expiry follows tokio's clock, so under `tokio::time::pause()` a
-//! test can let leases run out without sleeping:
+//! needs. It re-exports distlock's API ([`Locker`], [`LockOptions`], …), so
+//! it can be the only distlock dependency of such code.
+//!
+//! Expiry follows tokio's clock, so under `tokio::time::pause()` a test can
+//! let leases run out without sleeping (tests need tokio's `test-util`
+//! feature for the paused clock, and `macros` + `rt` for `#[tokio::test]`):
 //!
 //! ```
 //! use std::time::Duration;
-//! use distlock::{LockOptions, Locker, Release};
-//! use distlock_memory::MemoryBackend;
+//! use distlock_memory::{Locker, MemoryBackend, Release};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 //! let locker = Locker::new(MemoryBackend::new());
-//! let opts = LockOptions::default().with_ttl(Duration::from_secs(30));
-//! let stale = locker.try_lock_with("job", &opts).await.unwrap().unwrap();
+//! let stale = locker
+//!     .try_lock_with("job", |o| o.with_ttl(Duration::from_secs(30)))
+//!     .await.unwrap().unwrap();
 //!
 //! tokio::time::advance(Duration::from_secs(31)).await; // no real waiting
 //! let fresh = locker.try_lock("job").await.unwrap().expect("the lease ran out");
@@ -28,6 +32,10 @@
 //! from one counter per store, so they strictly increase for every name
 //! without keeping a counter per name.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock-memory/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -35,5 +43,14 @@ mod store;
 
 pub use store::MemoryBackend;
 
+// distlock's API, so tests and single-process programs need only this crate.
 #[doc(no_inline)]
-pub use distlock::LockBackend;
+pub use distlock::{
+    async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
+    Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
+    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, MAX_NAME_LEN, MAX_OWNER_LEN,
+    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL,
+};
+
+/// The distlock core crate, for everything not re-exported above.
+pub use distlock;

@@ -113,6 +113,8 @@ struct Inner {
     command_timeout: Duration,
     subscriber: Subscriber,
     description: String,
+    /// `host:port` (or the socket path) for connection errors.
+    endpoint: String,
 }
 
 impl RedisBackend {
@@ -205,6 +207,7 @@ impl RedisBackend {
                 command_timeout: config.command_timeout,
                 subscriber,
                 description: config.redacted_url(),
+                endpoint: endpoint(&config.connection_info()?),
             }),
         })
     }
@@ -281,7 +284,9 @@ impl RedisBackend {
         if let Some(conn) = pool.ready() {
             return Ok(conn);
         }
-        let what = || format!("{op} {lock_key}");
+        // Connecting fails here: name the server ("Connection refused" alone
+        // does not say which host and port were refused).
+        let what = || format!("{op} {lock_key} (Redis at {})", inner.endpoint);
         let started = tokio::time::Instant::now();
         match tokio::time::timeout(inner.checkout_timeout, pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
@@ -360,6 +365,19 @@ impl RedisBackend {
                 Err(timed_out(&what(), limit))
             }
         }
+    }
+}
+
+/// The server a connection goes to, as `host:port` (or the socket path);
+/// never the credentials.
+fn endpoint(info: &redis::ConnectionInfo) -> String {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
+        redis::ConnectionAddr::Unix(path) => path.display().to_string(),
+        _ => "the configured server".to_owned(),
     }
 }
 

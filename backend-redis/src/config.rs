@@ -373,6 +373,7 @@ impl RedisConfig {
     /// Parses the URL.
     pub(crate) fn connection_info(&self) -> Result<redis::ConnectionInfo, BackendError> {
         use redis::IntoConnectionInfo;
+        check_scheme(&self.url)?;
         self.url.as_str().into_connection_info().map_err(|e| {
             config(format!(
                 "invalid Redis URL {}: {}",
@@ -383,21 +384,64 @@ impl RedisConfig {
     }
 }
 
+/// The URL schemes the `redis` client accepts.
+const SCHEMES: [&str; 7] = [
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "unix",
+    "redis+unix",
+    "valkey+unix",
+];
+
+/// Refuses a URL without a scheme (`localhost:6379`, `127.0.0.1:6402`) or
+/// with one the client does not speak (`http://…`), naming the problem.
+fn check_scheme(url: &str) -> Result<(), BackendError> {
+    let shown = redact(url);
+    // `host:port` parses as scheme `host`; a scheme is only what precedes `://`.
+    let Some((scheme, _)) = url.trim().split_once("://") else {
+        return Err(config(format!(
+            "invalid Redis URL {shown}: missing scheme, use redis://host:port \
+             (rediss://host:port for TLS)"
+        )));
+    };
+    if !SCHEMES.contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(config(format!(
+            "invalid Redis URL {shown}: unsupported scheme {scheme:?}, use redis://host:port \
+             (rediss://host:port for TLS, unix:///path/to/socket for a Unix socket)"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a PEM file named in the configuration.
 fn read_pem(path: &Path) -> Result<Vec<u8>, BackendError> {
     std::fs::read(path).map_err(|e| config(format!("cannot read {}: {e}", path.display())))
 }
 
-/// `url` with any password replaced by `***`; unparseable URLs are not shown.
+/// `url` with any password replaced by `***`. A URL that does not parse
+/// (or has no `scheme://`) is shown without its user information (what
+/// precedes the last `@`) and without a query or fragment, which could hold
+/// credentials.
 pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
+    if url.contains("://") {
+        if let Ok(mut parsed) = url::Url::parse(url) {
             if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
                 return "<url hidden>".to_owned();
             }
-            parsed.to_string()
+            return parsed.to_string();
         }
-        Err(_) => "<unparseable url hidden>".to_owned(),
+    }
+    let url = url.trim();
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}***@{host}"),
+        None => format!("{scheme}{rest}"),
     }
 }
 
@@ -461,6 +505,39 @@ mod tests {
             .validate()
             .unwrap();
         RedisConfig::new("rediss://localhost").validate().unwrap();
+    }
+
+    #[test]
+    fn url_errors_name_the_scheme_problem_and_hide_passwords() {
+        let message = |url: &str| {
+            let err = RedisConfig::new(url).validate().unwrap_err();
+            assert_eq!(err.kind(), BackendErrorKind::Config, "{url}");
+            err.to_string()
+        };
+        // No scheme: the same message whether or not the host looks like one.
+        for url in ["127.0.0.1:6402", "localhost:6379"] {
+            let m = message(url);
+            assert!(m.contains("missing scheme, use redis://host:port"), "{m}");
+            assert!(m.contains(url), "{m}");
+        }
+        for url in ["http://localhost:6379", "HTTPS://user:hunter2@host"] {
+            let m = message(url);
+            assert!(m.contains("unsupported scheme"), "{m}");
+            assert!(m.contains("use redis://host:port"), "{m}");
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+        for url in [
+            "user:hunter2@localhost:6379",
+            "redis://user:hunter2@bad host:6379",
+            "localhost:6379?password=hunter2",
+        ] {
+            let m = message(url);
+            assert!(!m.contains("hunter2"), "{m}");
+        }
+        assert!(message("user:hunter2@localhost:6379").contains("***@localhost:6379"));
+        RedisConfig::new("unix:///run/redis.sock")
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -42,6 +42,10 @@
 //! server: `DISTLOCK_REDIS_URL`, else a Docker container of
 //! `DISTLOCK_REDIS_IMAGE`, else `redis-server` from `PATH`.
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock-redis/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -72,8 +76,10 @@ pub use topology::{ReplicaAck, Topology, DEFAULT_REPLICA_ACK_TIMEOUT};
 
 #[doc(no_inline)]
 pub use distlock::{
-    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, Lease, LockBackend, LockError,
-    LockGuard, LockInfo, LockKey, LockOptions, LockToken, Locker, Release,
+    async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
+    Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
+    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, MAX_NAME_LEN, MAX_OWNER_LEN,
+    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL,
 };
 
 /// The distlock core crate, for everything not re-exported above.

@@ -188,7 +188,7 @@ macro_rules! row {
 /// `try_lock` with options; a lock that was (wrongly) taken is released so
 /// the row reports "accepted" and the leftover check still runs.
 async fn try_lock_opts(cx: &Cx, name: &[u8], opts: LockOptions) -> Result<(), Failure> {
-    if let Some(guard) = cx.locker().try_lock_with(name, &opts).await? {
+    if let Some(guard) = cx.locker().try_lock_with(name, |_| opts.clone()).await? {
         guard.release().await?;
     }
     Ok(())
@@ -288,7 +288,7 @@ fn rows() -> Vec<Row> {
         }),
         row!("TTL zero through lock() (waiting path)", InvalidTtl, |cx| {
             cx.locker()
-                .lock_with(&cx.name, &opts().with_ttl(Duration::ZERO))
+                .lock_with(&cx.name, |_| opts().with_ttl(Duration::ZERO))
                 .await?
                 .release()
                 .await?;
@@ -353,7 +353,7 @@ fn rows() -> Vec<Row> {
             |cx| {
                 let wait = MAX_WAIT_TIMEOUT + Duration::from_secs(1);
                 cx.locker()
-                    .lock_with(&cx.name, &opts().with_wait_timeout(wait))
+                    .lock_with(&cx.name, |_| opts().with_wait_timeout(wait))
                     .await?
                     .release()
                     .await?;
@@ -365,7 +365,7 @@ fn rows() -> Vec<Row> {
             InvalidOptions,
             |cx| {
                 cx.locker()
-                    .lock_with(&cx.name, &opts().with_wait_timeout(Duration::MAX))
+                    .lock_with(&cx.name, |_| opts().with_wait_timeout(Duration::MAX))
                     .await?
                     .release()
                     .await?;

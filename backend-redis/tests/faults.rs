@@ -141,7 +141,7 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         let mut first = None;
         for n in 0..3 {
             let g = locker
-                .try_lock_with(&name, &opts(TTL))
+                .try_lock_with(&name, |_| opts(TTL))
                 .await
                 .unwrap()
                 .unwrap();
@@ -153,14 +153,14 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         assert!(first > 1_600_000_000_000_000, "not a microsecond clock: {first}");
         let ttl = Duration::from_secs(8);
         let renewing = locker
-            .lock_with(&name, &opts(ttl).with_auto_renew(true))
+            .lock_with(&name, |_| opts(ttl).with_auto_renew(true))
             .await
             .unwrap();
         let fence_before = renewing.fence();
         assert_eq!(fence_before, first + 3);
         resource.write(fence_before, "before the restart").unwrap();
         let plain_name = unique("restart-plain");
-        let mut plain = locker.lock_with(&plain_name, &opts(ttl)).await.unwrap();
+        let mut plain = locker.lock_with(&plain_name, |_| opts(ttl)).await.unwrap();
         let lease = renewing.lease();
         // Another client of the same server with eight idle connections.
         let idle = RedisBackend::from_config(&fault_config(server.url())).unwrap();
@@ -231,7 +231,7 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         // The same client acquires again. The fence counter was lost with
         // the data, but restarts from the server clock (microseconds), so
         // fences still increase across the restart.
-        let again = no_hang("acquire", locker.try_lock_with(&name, &opts(TTL)))
+        let again = no_hang("acquire", locker.try_lock_with(&name, |_| opts(TTL)))
             .await
             .unwrap()
             .expect("free after the restart");
@@ -271,11 +271,11 @@ fn fault_redis_paused_calls_time_out_within_bound() {
         let backend = RedisBackend::from_config(&fault_config(server.url())).unwrap();
         let locker = Locker::new(backend.clone()).with_prefix("faults").unwrap();
         let held_name = unique("pause-held");
-        let mut held = locker.lock_with(&held_name, &opts(TTL)).await.unwrap();
+        let mut held = locker.lock_with(&held_name, |_| opts(TTL)).await.unwrap();
         let short_name = unique("pause-short");
         let short_ttl = Duration::from_millis(1200);
         let renewing = locker
-            .lock_with(&short_name, &opts(short_ttl).with_auto_renew(true))
+            .lock_with(&short_name, |_| opts(short_ttl).with_auto_renew(true))
             .await
             .unwrap();
         let short_fence = renewing.fence();
@@ -339,7 +339,7 @@ fn fault_redis_paused_calls_time_out_within_bound() {
                 "Locker::lock (wait 10 s)",
                 timed(Box::pin(async move {
                     let o = LockOptions::default().with_wait_timeout(Duration::from_secs(10));
-                    l2.lock_with(&wait_name, &o)
+                    l2.lock_with(&wait_name, |_| o.clone())
                         .await
                         .err()
                         .as_ref()
@@ -388,7 +388,7 @@ fn fault_redis_paused_calls_time_out_within_bound() {
             no_hang("release", renewing.release()).await.unwrap(),
             Release::NotHeld
         );
-        let again = no_hang("acquire", locker.try_lock_with(&short_name, &opts(TTL)))
+        let again = no_hang("acquire", locker.try_lock_with(&short_name, |_| opts(TTL)))
             .await
             .unwrap()
             .expect("the expired lock is free");
@@ -428,7 +428,7 @@ async fn fault_holder_paused_past_ttl_stale_write_rejected_by_fence() {
                     .with_prefix("faults")
                     .unwrap();
                 let guard = locker
-                    .lock_with(&name, &opts(ttl).with_auto_renew(true))
+                    .lock_with(&name, |_| opts(ttl).with_auto_renew(true))
                     .await
                     .unwrap();
                 resource
@@ -456,7 +456,7 @@ async fn fault_holder_paused_past_ttl_stale_write_rejected_by_fence() {
         .with_prefix("faults")
         .unwrap();
     let wait = opts(TTL).with_wait_timeout(Duration::from_secs(10));
-    let guard_b = no_hang("B's acquisition", b.lock_with(&name, &wait))
+    let guard_b = no_hang("B's acquisition", b.lock_with(&name, |_| wait.clone()))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -582,7 +582,7 @@ fn fault_holder_process_sigstopped_past_ttl_stale_write_rejected_by_fence() {
         .unwrap();
     let wait = opts(TTL).with_wait_timeout(Duration::from_secs(10));
     let guard_b = rt
-        .block_on(async { no_hang("B's acquisition", b.lock_with(&name, &wait)).await })
+        .block_on(async { no_hang("B's acquisition", b.lock_with(&name, |_| wait.clone())).await })
         .unwrap();
     let fence_b = guard_b.fence();
     println!(
@@ -627,7 +627,7 @@ fn holder_process(spec: &str) {
             .with_prefix("faults")
             .unwrap();
         let guard = locker
-            .lock_with(name, &opts(ttl).with_auto_renew(true))
+            .lock_with(name, |_| opts(ttl).with_auto_renew(true))
             .await
             .unwrap();
         println!("holder: acquired {}", guard.fence());
@@ -674,7 +674,7 @@ fn fault_script_flush_and_client_kill_recovered() {
                         let (mut done, mut errors) = (0, Vec::new());
                         while done < rounds {
                             let step = async {
-                                let mut g = locker.lock_with(&name, &wait).await?;
+                                let mut g = locker.lock_with(&name, |_| wait.clone()).await?;
                                 g.extend(TTL).await?;
                                 assert!(locker.inspect(&name).await?.held);
                                 g.release().await
@@ -749,7 +749,7 @@ fn fault_script_flush_and_client_kill_recovered() {
 
         // The release subscriber reconnects after its connection is killed.
         let holder = locker
-            .try_lock_with(&name, &opts(TTL))
+            .try_lock_with(&name, |_| opts(TTL))
             .await
             .unwrap()
             .unwrap();
@@ -881,11 +881,18 @@ fn fault_unreachable_at_startup_gives_clear_error() {
             assert_eq!(err.kind(), BackendErrorKind::Unavailable, "{err}");
             assert!(err.is_transient());
             assert!(err.to_string().contains("acquire"), "{err}");
+            // Names the server that refused: host and port.
+            let host_port = url.rsplit("://").next().unwrap().trim_end_matches('/');
+            let host_port = host_port.split('/').next().unwrap();
+            assert!(
+                err.to_string().contains(host_port),
+                "{err} lacks {host_port}"
+            );
             assert!(took < limit, "{took:?}");
 
             let started = Instant::now();
             let wait = LockOptions::default().with_wait_timeout(Duration::from_secs(20));
-            let err = no_hang("lock", locker.lock_with(&name, &wait))
+            let err = no_hang("lock", locker.lock_with(&name, |_| wait.clone()))
                 .await
                 .unwrap_err();
             let took = started.elapsed();

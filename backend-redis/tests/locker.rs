@@ -38,12 +38,16 @@ async fn mutual_exclusion_across_clients() {
                 opts.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                l.with_lock_opts(&name, &opts, |_| async {
-                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "overlap");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    inside.fetch_sub(1, Ordering::SeqCst);
-                    entered.fetch_add(1, Ordering::SeqCst);
-                })
+                l.with_lock_with(
+                    &name,
+                    |_| opts.clone(),
+                    |_| async {
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "overlap");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        entered.fetch_add(1, Ordering::SeqCst);
+                    },
+                )
                 .await
                 .unwrap();
             }));
@@ -60,7 +64,11 @@ async fn expiry_takeover_and_fences() {
     let (a, b) = (locker(), locker());
     let name = name("expiry");
     let short = LockOptions::default().with_ttl(Duration::from_millis(200));
-    let stale = a.try_lock_with(&name, &short).await.unwrap().unwrap();
+    let stale = a
+        .try_lock_with(&name, |_| short.clone())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(b.try_lock(&name).await.unwrap().is_none());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let fresh = b.try_lock(&name).await.unwrap().expect("the lease ran out");
@@ -92,7 +100,7 @@ async fn cancelled_and_timed_out_waiters_leave_nothing_behind() {
     let guard = a.try_lock(&name).await.unwrap().unwrap();
     let opts = LockOptions::default().with_wait_timeout(Duration::from_millis(300));
     let started = Instant::now();
-    let err = b.lock_with(&name, &opts).await.unwrap_err();
+    let err = b.lock_with(&name, |_| opts.clone()).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
     assert!(started.elapsed() < Duration::from_millis(300 + 400));
     assert_eq!(b.backend().registered_waiters(), 0);
@@ -129,7 +137,11 @@ async fn odd_names_and_extreme_ttls() {
     ] {
         let opts = LockOptions::default().with_ttl(ttl);
         let n = name("ttl");
-        let g = l.try_lock_with(&n, &opts).await.unwrap().unwrap();
+        let g = l
+            .try_lock_with(&n, |_| opts.clone())
+            .await
+            .unwrap()
+            .unwrap();
         g.release().await.unwrap();
     }
 }

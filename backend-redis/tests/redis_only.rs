@@ -269,7 +269,7 @@ async fn a_release_wakes_a_waiter_on_another_client() {
         .with_wait_timeout(Duration::from_secs(20))
         .with_retry(Duration::from_secs(10), Duration::from_secs(10));
     let waiting = tokio::spawn(async move {
-        let guard = b.lock_with(&name, &opts).await.unwrap();
+        let guard = b.lock_with(&name, |_| opts.clone()).await.unwrap();
         (Instant::now(), guard)
     });
     let deadline = Instant::now() + Duration::from_secs(5);

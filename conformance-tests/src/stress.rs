@@ -13,8 +13,7 @@ use tokio::time::Instant;
 
 use crate::history::{Hold, HolderId, Stamp};
 
-/// The error type of [`SharedCounter`] operations.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::harness::BoxError;
 
 /// A counter per lock name that the stress tasks increment with a plain
 /// read, a pause and a write: only the lock keeps increments from being
@@ -356,7 +355,10 @@ async fn run_task<B: LockBackend>(
         };
 
         let asked = Stamp::now();
-        let mut guard = locker.lock_with(name, &opts).await.map_err(lock_err)?;
+        let mut guard = locker
+            .lock_with(name, |_| opts.clone())
+            .await
+            .map_err(lock_err)?;
         let mut hold = Hold::from_guard(holder, asked, Stamp::now(), &guard);
 
         // The critical section: a read-modify-write only the lock protects.

@@ -176,7 +176,7 @@ fn guards_errors_and_logs_never_show_a_full_token() {
             .with_auto_renew(true)
             .with_owner("tester");
 
-        let mut guard = locker.lock_with("a", &opts).await.unwrap();
+        let mut guard = locker.lock_with("a", |_| opts.clone()).await.unwrap();
         guard.extend(Duration::from_secs(1)).await.unwrap();
         shown.push(format!("{guard:?} {guard:#?}"));
         shown.push(format!("{:?}", guard.lease()));

@@ -246,6 +246,11 @@ impl LockGuard {
         self.lease.valid_until()
     }
 
+    /// How much of the lease is certainly left; see [`Lease::remaining`].
+    pub fn remaining(&self) -> Duration {
+        self.lease.remaining()
+    }
+
     /// True while the lease is certainly ours (not lost, deadline not passed).
     pub fn is_valid(&self) -> bool {
         !self.lease.is_lost()
@@ -301,6 +306,33 @@ impl LockGuard {
         let outcome = self.backend.release(&state.key, &self.token).await?;
         pending.disarm();
         Ok(outcome)
+    }
+
+    /// Ends the guard **without releasing**: the lock stays held until its
+    /// lease runs out, so nobody (this process included) takes it before
+    /// then. Renewal stops. For "run once per period": see
+    /// [`LockGuard::keep_for`].
+    pub fn keep(mut self) {
+        // Finished: the drop that follows queues no release.
+        self.finish();
+    }
+
+    /// Sets the lease to end `ttl` from now (like [`LockGuard::extend`]),
+    /// then ends the guard without releasing ([`LockGuard::keep`]): the lock
+    /// stays held for `ttl` (at most [`MAX_TTL`](crate::MAX_TTL)), so a
+    /// later run within that time finds it held.
+    ///
+    /// The recipe for "run tonight's report once": lock a name keyed by the
+    /// date (`report:2026-11-30`) with a short, renewed lease while the work
+    /// runs, so a crashed run frees it quickly for a retry; after success,
+    /// `keep_for` a TTL that covers the rest of the day.
+    ///
+    /// Errors as [`LockGuard::extend`]; then the guard is dropped and
+    /// released in the background, so a later run may do the work again.
+    pub async fn keep_for(mut self, ttl: Duration) -> Result<(), LockError> {
+        self.extend(ttl).await?;
+        self.keep();
+        Ok(())
     }
 
     fn not_held(&self) -> LockError {

@@ -38,6 +38,11 @@
 //! let mut guard = locker.lock("nightly-report").await?;
 //! guard.extend(Duration::from_secs(60)).await?;
 //! guard.release().await?;
+//!
+//! // Options for one call start from the locker's defaults (the 30 s TTL
+//! // stays); here: one attempt, no waiting.
+//! let once = locker.lock_with("nightly-report", |o| o.with_wait_timeout(Duration::ZERO)).await?;
+//! once.release().await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -54,32 +59,50 @@
 //! resource itself must remember the highest [`Lease::fence`] it has seen and
 //! refuse writes that carry a lower one.
 //!
+//! # Choosing the backend at run time
+//!
+//! [`LockBackend`] is implemented for `Arc<T>` and `Box<T>`, forwarding
+//! every method (release notifications included), so
+//! `Locker<Arc<dyn LockBackend>>` works.
+//!
 //! # Writing a backend
 //!
 //! Implement [`LockBackend`] and run the conformance suite of the
-//! `distlock-conformance` crate against it; see that crate's documentation.
+//! `distlock-conformance` crate against it; its `guide` module covers key
+//! sizes ([`MAX_ENCODED_KEY_LEN`], [`LockKey::digest`]), fencing designs
+//! that survive cleanup ([`MAX_FENCE`]), the error-kind mapping
+//! ([`BackendErrorKind`]) and release notifications ([`ReleaseHub`]).
 
+// Where other crates' docs link to this crate's items when its docs are
+// not built beside theirs (otherwise rustdoc prints such links as plain
+// text, without a warning).
+#![doc(html_root_url = "https://docs.rs/distlock/0.1.0")]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backend;
+mod calls;
 mod error;
+mod forward;
 mod guard;
 mod key;
 mod locker;
 mod notify;
 mod options;
+mod owner;
 mod releaser;
 mod token;
 mod wait;
 
 pub use async_trait::async_trait;
 
-pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release, MAX_FENCE};
+pub use calls::{Guarded, Holder, TryLock};
 pub use error::{BackendError, BackendErrorKind, LockError};
 pub use guard::{Lease, LockGuard};
-pub use key::{LockKey, MAX_NAME_LEN, MAX_PREFIX_LEN};
+pub use key::{LockKey, MAX_ENCODED_KEY_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};
 pub use options::{validate_ttl, LockOptions, MAX_OWNER_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL};
+pub use owner::default_owner;
 pub use token::LockToken;

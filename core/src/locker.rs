@@ -1,14 +1,13 @@
 //! The application-facing entry point.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Acquire, LockBackend, LockInfo, Release};
+use crate::backend::{Acquire, LockBackend, LockInfo};
 use crate::error::{BackendError, BackendErrorKind, LockError};
-use crate::guard::{Lease, LockGuard};
+use crate::guard::LockGuard;
 use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
@@ -148,12 +147,14 @@ impl<B: LockBackend> Locker<B> {
 
     /// One attempt with the default options: `Ok(Some(guard))` if the lock
     /// was free, `Ok(None)` if somebody holds it (including this process).
+    /// [`Locker::try_lock_with`] changes options for one call;
+    /// [`Locker::try_lock_or_holder`] also tells how long the holder keeps it.
     pub async fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
-        self.try_lock_with(name, &self.inner.defaults).await
+        self.try_lock_opts(name, &self.inner.defaults).await
     }
 
-    /// [`Locker::try_lock`] with other options.
-    pub async fn try_lock_with(
+    /// [`Locker::try_lock`] with complete options (already merged).
+    pub(crate) async fn try_lock_opts(
         &self,
         name: impl AsRef<[u8]>,
         opts: &LockOptions,
@@ -186,11 +187,11 @@ impl<B: LockBackend> Locker<B> {
     /// [`BackendErrorKind::Timeout`] error, never as a guard that is invalid
     /// from birth. The same holds for [`Locker::try_lock`].
     pub async fn lock(&self, name: impl AsRef<[u8]>) -> Result<LockGuard, LockError> {
-        self.lock_with(name, &self.inner.defaults).await
+        self.lock_opts(name, &self.inner.defaults).await
     }
 
-    /// [`Locker::lock`] with other options.
-    pub async fn lock_with(
+    /// [`Locker::lock`] with complete options (already merged).
+    pub(crate) async fn lock_opts(
         &self,
         name: impl AsRef<[u8]>,
         opts: &LockOptions,
@@ -251,53 +252,6 @@ impl<B: LockBackend> Locker<B> {
         }
     }
 
-    /// Runs `f` while holding the lock (waiting as [`Locker::lock`] does),
-    /// then releases it, also when `f` panics (the guard is dropped while
-    /// unwinding and released in the background).
-    ///
-    /// `f` gets a [`Lease`] to check for loss and to read the fencing token.
-    /// If the lock turned out to be lost when `f` finished, the result is
-    /// [`LockError::NotHeld`]: `f` ran, but exclusion was not guaranteed
-    /// until its end.
-    pub async fn with_lock<F, Fut, T>(&self, name: impl AsRef<[u8]>, f: F) -> Result<T, LockError>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        self.with_lock_opts(name, &self.inner.defaults, f).await
-    }
-
-    /// [`Locker::with_lock`] with other options.
-    pub async fn with_lock_opts<F, Fut, T>(
-        &self,
-        name: impl AsRef<[u8]>,
-        opts: &LockOptions,
-        f: F,
-    ) -> Result<T, LockError>
-    where
-        F: FnOnce(Lease) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let guard = self.lock_with(name, opts).await?;
-        let lease = guard.lease();
-        let value = f(lease.clone()).await;
-        let name = guard.name().to_owned();
-        // Lost before the work ended (renewal found it gone, or the deadline
-        // passed): exclusion was not guaranteed, whatever release says.
-        let lost = lease.is_lost();
-        match guard.release().await {
-            Ok(Release::Released) if !lost => Ok(value),
-            Ok(_) => Err(LockError::NotHeld { name }),
-            Err(_) if lost => Err(LockError::NotHeld { name }),
-            Err(e) => {
-                // The release is retried in the background; the work is done
-                // and the lease was valid until it ended.
-                tracing::warn!(lock = %name, error = %e, "release after with_lock failed");
-                Ok(value)
-            }
-        }
-    }
-
     /// The backend's view of a lock, for debugging.
     pub async fn inspect(&self, name: impl AsRef<[u8]>) -> Result<LockInfo, LockError> {
         let key = self.key(name)?;
@@ -305,7 +259,7 @@ impl<B: LockBackend> Locker<B> {
     }
 
     /// One acquisition attempt: the guard, or the holder's remaining lease.
-    async fn attempt(
+    pub(crate) async fn attempt(
         &self,
         key: &LockKey,
         opts: &LockOptions,
@@ -366,7 +320,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backend::{Capabilities, Extend};
+    use crate::backend::{Capabilities, Extend, Release};
     use crate::error::BackendError;
     use crate::notify::{ReleaseHub, ReleaseWatch};
 

@@ -18,8 +18,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest wait accepted by [`Locker::lock`](crate::Locker::lock): 24 hours.
 pub const MAX_WAIT_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Options for taking one lock. A [`Locker`](crate::Locker) has defaults;
-/// every `*_with` call can override them.
+/// Options for taking one lock. A [`Locker`](crate::Locker) has defaults
+/// ([`Locker::with_defaults`](crate::Locker::with_defaults)); every `*_with`
+/// call starts from them and changes what it names
+/// (`locker.lock_with("x", |o| o.with_wait_timeout(Duration::ZERO))`).
 ///
 /// In configuration files durations are human-readable (`"30s"`, `"250ms"`,
 /// `"1h 30m"`) and unknown fields are rejected:
@@ -110,6 +112,12 @@ impl LockOptions {
     pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
+    }
+
+    /// Sets the [`owner`](LockOptions::owner) label to this machine and
+    /// process, `hostname:pid` ([`default_owner`](crate::default_owner)).
+    pub fn with_owner_host_pid(self) -> Self {
+        self.with_owner(crate::default_owner())
     }
 
     /// Turns [`auto_renew`](LockOptions::auto_renew) on or off.

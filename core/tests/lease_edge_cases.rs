@@ -17,7 +17,11 @@ use support::Faulty;
 async fn lost_fires_by_a_deadline_moved_earlier() {
     let locker = Locker::new(MemoryBackend::new());
     let opts = LockOptions::default().with_ttl(Duration::from_secs(30));
-    let mut guard = locker.try_lock_with("s", &opts).await.unwrap().unwrap();
+    let mut guard = locker
+        .try_lock_with("s", |_| opts.clone())
+        .await
+        .unwrap()
+        .unwrap();
     let lease = guard.lease();
     let waiter = tokio::spawn(async move { lease.lost().await });
     tokio::task::yield_now().await;
@@ -72,7 +76,7 @@ fn dropped_guards_are_released_on_a_later_runtime() {
 fn auto_renew_outside_a_runtime_is_refused_and_takes_nothing() {
     let locker = Locker::new(MemoryBackend::new());
     let opts = LockOptions::default().with_auto_renew(true);
-    let result = futures::executor::block_on(locker.try_lock_with("x", &opts));
+    let result = futures::executor::block_on(locker.try_lock_with("x", |_| opts.clone()));
     assert!(
         matches!(result, Err(LockError::InvalidOptions(ref why)) if why.contains("runtime")),
         "{result:?}"
@@ -98,11 +102,15 @@ async fn with_lock_reports_not_held_when_lost_and_release_fails() {
         .with_ttl(Duration::from_secs(3))
         .with_auto_renew(true);
     let result = locker
-        .with_lock_opts("w", &opts, |lease| async move {
-            down.store(true, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            lease.is_lost()
-        })
+        .with_lock_with(
+            "w",
+            |_| opts.clone(),
+            |lease| async move {
+                down.store(true, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                lease.is_lost()
+            },
+        )
         .await;
     assert!(
         matches!(result, Err(LockError::NotHeld { .. })),

@@ -23,7 +23,10 @@ async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
     });
     let observer = Locker::new(store.clone());
 
-    let err = slow.try_lock_with("report", &opts).await.unwrap_err();
+    let err = slow
+        .try_lock_with("report", |_| opts.clone())
+        .await
+        .unwrap_err();
     match &err {
         LockError::Backend(e) => {
             assert_eq!(e.kind(), BackendErrorKind::Timeout, "{err}");
@@ -47,7 +50,7 @@ async fn an_acquire_answered_after_the_lease_ran_out_is_given_back() {
         ..Faulty::default()
     });
     let guard = quick_enough
-        .try_lock_with("report", &opts)
+        .try_lock_with("report", |_| opts.clone())
         .await
         .unwrap()
         .expect("free");

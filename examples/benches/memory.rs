@@ -63,7 +63,10 @@ fn contended(c: &mut Criterion) {
                 let locker = locker.clone();
                 let opts = opts.clone();
                 async move {
-                    let guard = locker.lock_with("contended", &opts).await.unwrap();
+                    let guard = locker
+                        .lock_with("contended", |_| opts.clone())
+                        .await
+                        .unwrap();
                     guard.release().await.unwrap();
                 }
             }))

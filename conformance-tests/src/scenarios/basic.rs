@@ -49,7 +49,8 @@ pub async fn not_reentrant<H: Harness>(h: &H) {
         "nor can a clone of it"
     );
     let once = LockOptions::default().with_wait_timeout(Duration::ZERO);
-    let second = tokio::time::timeout(Duration::from_secs(10), l.lock_with(&name, &once))
+    let limit = Duration::from_secs(10) + h.timing_slack();
+    let second = tokio::time::timeout(limit, l.lock_with(&name, |_| once.clone()))
         .await
         .expect("a second lock() of a held name must not deadlock");
     assert!(
@@ -70,7 +71,11 @@ pub async fn inspect_reports_owner_and_remaining<H: Harness>(h: &H) {
     let opts = LockOptions::default()
         .with_ttl(t)
         .with_owner("worker-7 (pid 42)");
-    let guard = a.try_lock_with(&name, &opts).await.unwrap().expect("free");
+    let guard = a
+        .try_lock_with(&name, |_| opts.clone())
+        .await
+        .unwrap()
+        .expect("free");
     let info = b.inspect(&name).await.unwrap();
     assert!(info.held);
     assert_eq!(info.owner.as_deref(), Some("worker-7 (pid 42)"));
@@ -82,7 +87,7 @@ pub async fn inspect_reports_owner_and_remaining<H: Harness>(h: &H) {
         "remaining {remaining:?} of a {t:?} lease"
     );
     let plain = a
-        .try_lock_with(&anonymous, &LockOptions::default().with_ttl(t))
+        .try_lock_with(&anonymous, |_| LockOptions::default().with_ttl(t))
         .await
         .unwrap()
         .expect("free");

@@ -17,7 +17,7 @@ pub async fn lock_expires_after_ttl_not_before<H: Harness>(h: &H) {
     let (t, slack) = (short_ttl(h), h.timing_slack());
     let before = Instant::now();
     let guard = a
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
@@ -49,7 +49,7 @@ pub async fn extend_really_extends<H: Harness>(h: &H) {
     let longer = t * 3;
     let start = Instant::now();
     let mut guard = a
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
@@ -89,7 +89,7 @@ pub async fn extend_after_expiry_is_not_held<H: Harness>(h: &H) {
     let by_backend = unique_name("extend-expired-backend");
     let (t, slack) = (short_ttl(h), h.timing_slack());
     let mut guard = a
-        .try_lock_with(&by_guard, &ttl(t))
+        .try_lock_with(&by_guard, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");

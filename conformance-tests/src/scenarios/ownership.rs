@@ -15,7 +15,7 @@ pub async fn wrong_token_changes_nothing<H: Harness>(h: &H) {
     let name = unique_name("wrong-token");
     let lease = Duration::from_secs(5);
     let guard = holder
-        .try_lock_with(&name, &ttl(lease))
+        .try_lock_with(&name, |_| ttl(lease))
         .await
         .unwrap()
         .expect("free");
@@ -60,13 +60,13 @@ pub async fn stale_guard_cannot_touch_new_holder<H: Harness>(h: &H) {
     let name = unique_name("stale-guard");
     let t = short_ttl(h);
     let mut stale = a
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
     tokio::time::sleep(t + h.timing_slack()).await;
     let fresh = b
-        .try_lock_with(&name, &ttl(Duration::from_secs(10)))
+        .try_lock_with(&name, |_| ttl(Duration::from_secs(10)))
         .await
         .unwrap()
         .expect("the first lease ran out, so B acquires");

@@ -6,9 +6,10 @@ use distlock::{LockError, LockOptions, Locker, Release};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::counting::Counting;
+use crate::counting::Counted;
 use crate::support::{
-    assert_within, drop_bound, free_within, is_held, locker, renew_ttl, short_ttl, ttl,
+    assert_within, client, drop_bound, expire, free_within, is_held, locker, renew_ttl, short_ttl,
+    ttl,
 };
 use crate::{unique_name, Harness};
 
@@ -20,14 +21,14 @@ fn renewing(t: Duration) -> LockOptions {
 /// With `auto_renew`, a lock stays held across more than three TTLs (no
 /// other client can take it); after release it is free and renewal stops.
 pub async fn auto_renew_keeps_lock_across_ttls<H: Harness>(h: &H) {
-    let counting = Counting::new(h.client().await);
-    let a = Locker::new(counting.clone());
+    let counting = Counted::new(client(h).await);
+    let a = Locker::new(counting.backend.clone());
     let b = locker(h).await;
     let name = unique_name("renew");
     let t = renew_ttl(h);
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -51,13 +52,13 @@ pub async fn auto_renew_keeps_lock_across_ttls<H: Harness>(h: &H) {
 /// Dropping a renewing guard stops its renewal, and the lock frees within
 /// the drop bound and stays free.
 pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
-    let counting = Counting::new(h.client().await);
-    let a = Locker::new(counting.clone());
+    let counting = Counted::new(client(h).await);
+    let a = Locker::new(counting.backend.clone());
     let b = locker(h).await;
     let name = unique_name("renew-drop");
     let t = renew_ttl(h);
     let guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -82,12 +83,12 @@ pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
 /// before the lease's own deadline); the guard then can neither extend nor
 /// release.
 pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
-    let client = h.client().await;
+    let client = client(h).await;
     let a = Locker::new(client.clone());
     let name = unique_name("lost");
     let t = Duration::from_secs(1).max(h.timing_slack() * 3);
     let mut guard = a
-        .try_lock_with(&name, &renewing(t))
+        .try_lock_with(&name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -95,7 +96,7 @@ pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
     tokio::time::sleep(t / 2).await;
     assert!(!lease.is_lost(), "renewal keeps the lease");
 
-    h.expire_now(&client, &a.key(&name).unwrap()).await;
+    expire(h, &client, &a.key(&name).unwrap()).await;
     let taken_at = Instant::now();
     let deadline = guard.valid_until();
     let bound = t / 3 + h.timing_slack();
@@ -131,12 +132,12 @@ pub async fn lost_does_not_fire_on_release<H: Harness>(h: &H) {
     let dropped_name = unique_name("not-lost-drop");
     let t = renew_ttl(h);
     let released = a
-        .try_lock_with(&released_name, &renewing(t))
+        .try_lock_with(&released_name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
     let dropped = a
-        .try_lock_with(&dropped_name, &renewing(t))
+        .try_lock_with(&dropped_name, |_| renewing(t))
         .await
         .unwrap()
         .expect("free");
@@ -164,12 +165,12 @@ pub async fn lost_fires_at_deadline_without_renewal<H: Harness>(h: &H) {
     let extended_name = unique_name("deadline-extended");
     let (t, slack) = (short_ttl(h), h.timing_slack());
     let guard = a
-        .try_lock_with(&name, &ttl(t))
+        .try_lock_with(&name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
     let mut extended = a
-        .try_lock_with(&extended_name, &ttl(t))
+        .try_lock_with(&extended_name, |_| ttl(t))
         .await
         .unwrap()
         .expect("free");
@@ -207,7 +208,7 @@ pub async fn max_hold_stops_renewal<H: Harness>(h: &H) {
     let max_hold = t * 2;
     let start = Instant::now();
     let guard = a
-        .try_lock_with(&name, &renewing(t).with_max_hold(Some(max_hold)))
+        .try_lock_with(&name, |_| renewing(t).with_max_hold(Some(max_hold)))
         .await
         .unwrap()
         .expect("free");

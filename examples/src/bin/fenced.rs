@@ -15,7 +15,7 @@
 use std::error::Error;
 use std::time::Duration;
 
-use distlock::{LockBackend, LockOptions, Locker, Release};
+use distlock::{LockBackend, Locker, Release};
 use distlock_conformance::fenced::FencedResource;
 use distlock_memory::MemoryBackend;
 use distlock_redis::{RedisBackend, RedisConfig};
@@ -46,9 +46,7 @@ async fn run<B: LockBackend>(locker: Locker<B>) -> Result<(), BoxError> {
     let account = FencedResource::new();
 
     // A takes the lock and writes, sending its fencing token along.
-    let a = locker
-        .lock_with(name, &LockOptions::default().with_ttl(TTL))
-        .await?;
+    let a = locker.lock_with(name, |o| o.with_ttl(TTL)).await?;
     account.write(a.fence(), "balance 100, written by A")?;
     println!(
         "A holds {name:?} with fencing token {} and writes: balance 100",
@@ -59,8 +57,10 @@ async fn run<B: LockBackend>(locker: Locker<B>) -> Result<(), BoxError> {
     let b_task = {
         let (locker, account) = (locker.clone(), account.clone());
         tokio::spawn(async move {
-            let wait = LockOptions::default().with_wait_timeout(Duration::from_secs(10));
-            let b = locker.lock_with(name, &wait).await?;
+            let wait = Duration::from_secs(10);
+            let b = locker
+                .lock_with(name, |o| o.with_wait_timeout(wait))
+                .await?;
             println!(
                 "B gets the lock once A's lease ran out, fencing token {}, and writes: balance 250",
                 b.fence()

@@ -1,0 +1,67 @@
+//! `LockBackend` for smart pointers, so a backend chosen at run time works:
+//! `Locker<Arc<dyn LockBackend>>` or `Locker<Box<dyn LockBackend>>`.
+//!
+//! Every method is forwarded, the optional ones included (`watch`,
+//! `capabilities`): a wrapper that kept the trait's default `watch` would
+//! compile and silently lose release notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+use crate::error::BackendError;
+use crate::key::LockKey;
+use crate::notify::ReleaseWatch;
+use crate::token::LockToken;
+
+macro_rules! forward_lock_backend {
+    ($pointer:ident) => {
+        /// Forwards every method to the pointed-to backend.
+        #[async_trait]
+        impl<T: LockBackend + ?Sized> LockBackend for $pointer<T> {
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+
+            async fn try_acquire(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+                ttl: Duration,
+                owner: Option<&str>,
+            ) -> Result<Acquire, BackendError> {
+                (**self).try_acquire(key, token, ttl, owner).await
+            }
+
+            async fn extend(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+                ttl: Duration,
+            ) -> Result<Extend, BackendError> {
+                (**self).extend(key, token, ttl).await
+            }
+
+            async fn release(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+            ) -> Result<Release, BackendError> {
+                (**self).release(key, token).await
+            }
+
+            async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+                (**self).inspect(key).await
+            }
+
+            async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+                (**self).watch(key).await
+            }
+        }
+    };
+}
+
+forward_lock_backend!(Arc);
+forward_lock_backend!(Box);
