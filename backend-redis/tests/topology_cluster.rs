@@ -233,3 +233,42 @@ async fn killing_the_primary_of_a_held_lock() {
     }
     second.release().await.unwrap();
 }
+
+/// A clean `CLUSTER FAILOVER` (the replica catches up before it takes
+/// over): the held lock survives, the holder extends it on the new
+/// primary, and the next acquisition gets a higher fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_cluster_failover_keeps_the_lock() {
+    let cluster = RedisCluster::start();
+    let ttl = Duration::from_secs(20);
+    let locker = Locker::new(backend(&cluster))
+        .with_defaults(LockOptions::default().with_ttl(ttl))
+        .unwrap();
+    let mut held = locker.lock("clean-failover").await.unwrap();
+    let key = locker.key("clean-failover").unwrap();
+    let slot = cluster.key_slot(&locker.backend().keys(&key).lock);
+    let primary = cluster.primary_of_slot(slot);
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        cluster.failover(&primary.url);
+        cluster.wait_for_new_primary(slot, &primary.url, Duration::from_secs(60));
+    });
+    let extended = loop {
+        match held.extend(ttl).await {
+            Err(distlock_redis::LockError::Backend(e)) if e.kind().is_transient() => {
+                assert!(started.elapsed() < Duration::from_secs(60), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    eprintln!(
+        "FIGURE cluster CLUSTER FAILOVER: the holder's extend succeeds {:?} after the request",
+        started.elapsed()
+    );
+    extended.unwrap();
+    let first = held.fence();
+    held.release().await.unwrap();
+    let next = locker.lock("clean-failover").await.unwrap();
+    assert!(next.fence() > first);
+}
