@@ -7,12 +7,14 @@
 # DISTLOCK_REDIS_URL, a Docker container of DISTLOCK_REDIS_IMAGE, redis-server
 # from PATH.
 # redis-server: the fallback server and the TLS/ACL tests' dedicated
-# servers; openssl: the TLS tests' throwaway certificates.
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
-  echo "== installing redis-server and openssl (Debian packages)"
+# servers; redis-sentinel and redis-cli: the Sentinel group and the Cluster
+# of the topology tests; openssl: the TLS tests' throwaway certificates.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-sentinel >/dev/null 2>&1 \
+  || ! command -v redis-cli >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  echo "== installing redis-server, redis-sentinel, redis-tools and openssl (Debian packages)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-sentinel redis-tools openssl >/dev/null
 fi
 if [ -z "${DISTLOCK_REDIS_URL:-}" ]; then
   if docker info >/dev/null 2>&1; then

@@ -14,11 +14,12 @@ use distlock::{
 use redis::{AsyncConnectionConfig, Value};
 
 use crate::config::RedisConfig;
-use crate::errors::{config, from_pool, from_redis, redis_kind, timed_out};
+use crate::errors::{config, config as config_error, from_pool, from_redis, redis_kind, timed_out};
 use crate::keys::{KeyLayout, LockKeys};
 use crate::pool::{CheckIdleManager, Conn, Pools};
 use crate::scripts;
 use crate::subscriber::Subscriber;
+use crate::topology::{pubsub::Source, Remote};
 
 /// A distlock backend on one Redis server (or a Redis-compatible one).
 ///
@@ -98,7 +99,14 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    pool: Pools,
+    /// The single server's pool; `None` for the other topologies.
+    pool: Option<Pools>,
+    /// Sentinel or Cluster (see `crate::topology`).
+    remote: Option<Remote>,
+    /// `WAIT` after acquire and extend: (replicas, timeout).
+    replica_ack: Option<(u32, Duration)>,
+    /// Release with `SPUBLISH` (cluster: sharded pub/sub).
+    sharded: bool,
     layout: KeyLayout,
     /// Bound on getting a pooled connection (wait + connect).
     checkout_timeout: Duration,
@@ -121,6 +129,10 @@ impl RedisBackend {
     pub fn from_config(config: &RedisConfig) -> Result<Self, BackendError> {
         config.validate()?;
         install_crypto_provider();
+        if !config.topology.is_single() {
+            let (remote, source) = crate::topology::build(config)?;
+            return Self::assemble(None, Some(remote), Some(source), config);
+        }
         // With TLS files (CA, client certificate) read into the settings.
         let info = config.client_connection_info()?;
         let connection = AsyncConnectionConfig::new()
@@ -138,31 +150,58 @@ impl RedisBackend {
             .map_err(|e| crate::errors::config(format!("building the connection pool: {e}")))?;
         let client =
             redis::Client::open(info).map_err(|e| from_redis("building the pub/sub client", e))?;
-        Self::assemble(Pools::Own(pool), Some(client), config)
+        Self::assemble(
+            Some(Pools::Own(pool)),
+            None,
+            Some(Source::Client(client)),
+            config,
+        )
     }
 
     /// A backend over an existing pool. The key prefix and the timeouts come
     /// from `config` (its `pool_size` is ignored: the pool keeps its own
     /// size and timeouts, and this backend adds its own bounds on top), and
     /// the release subscriber connects to `config.url`.
+    ///
+    /// Single servers only: a `config` with another
+    /// [`topology`](RedisConfig::topology) is refused with a
+    /// [`Config`](BackendErrorKind::Config) error (use
+    /// [`from_config`](Self::from_config); a deadpool-redis pool cannot
+    /// follow a failover or route by slot).
     pub fn from_pool(pool: Pool, config: &RedisConfig) -> Result<Self, BackendError> {
         config.validate()?;
+        if !config.topology.is_single() {
+            return Err(config_error(format!(
+                "from_pool serves a single server; the {} topology needs from_config",
+                config.topology.name()
+            )));
+        }
         install_crypto_provider();
         let client = redis::Client::open(config.client_connection_info()?)
             .map_err(|e| from_redis("building the pub/sub client", e))?;
-        Self::assemble(Pools::Given(pool), Some(client), config)
+        Self::assemble(
+            Some(Pools::Given(pool)),
+            None,
+            Some(Source::Client(client)),
+            config,
+        )
     }
 
     fn assemble(
-        pool: Pools,
-        client: Option<redis::Client>,
+        pool: Option<Pools>,
+        remote: Option<Remote>,
+        client: Option<Source>,
         config: &RedisConfig,
     ) -> Result<Self, BackendError> {
+        let sharded = matches!(remote, Some(Remote::Cluster(_)));
         let layout = KeyLayout::new(&config.key_prefix)?;
         let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                remote,
+                replica_ack: config.replica_ack.map(|a| (a.replicas, a.timeout)),
+                sharded,
                 layout,
                 checkout_timeout: config.pool_wait_timeout + config.connect_timeout,
                 command_timeout: config.command_timeout,
@@ -173,9 +212,29 @@ impl RedisBackend {
         })
     }
 
-    /// The connection pool's state (shared by all clones).
+    /// The connection pool's state (shared by all clones). For the
+    /// Sentinel and Cluster topologies: size 1 once the (multiplexed)
+    /// connection is open, else 0.
     pub fn pool_status(&self) -> Status {
-        self.inner.pool.status()
+        match (&self.inner.pool, &self.inner.remote) {
+            (Some(pool), _) => pool.status(),
+            (None, Some(remote)) => remote.status(),
+            (None, None) => Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+        }
+    }
+
+    /// The deployment this backend talks to.
+    pub fn topology_name(&self) -> &'static str {
+        match &self.inner.remote {
+            None => "single",
+            Some(Remote::Sentinel(_)) => "sentinel",
+            Some(Remote::Cluster(_)) => "cluster",
+        }
     }
 
     /// The key layout: prefix, key names and release channel.
@@ -215,22 +274,27 @@ impl RedisBackend {
 
     /// Gets a pooled connection, within the checkout bound. `what` names
     /// the operation in errors (`"{op} {lock_key}"`).
-    async fn connection(&self, op: &str, lock_key: &str) -> Result<Conn, BackendError> {
+    async fn connection(
+        &self,
+        pool: &Pools,
+        op: &str,
+        lock_key: &str,
+    ) -> Result<Conn, BackendError> {
         let inner = &self.inner;
-        if let Some(conn) = inner.pool.ready() {
+        if let Some(conn) = pool.ready() {
             return Ok(conn);
         }
         // Connecting fails here: name the server ("Connection refused" alone
         // does not say which host and port were refused).
         let what = || format!("{op} {lock_key} (Redis at {})", inner.endpoint);
         let started = tokio::time::Instant::now();
-        match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
+        match tokio::time::timeout(inner.checkout_timeout, pool.get()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(from_pool(&what(), e, started.elapsed())),
             Err(_) => {
                 // A pool without its own wait timeout (from_pool) ends here
                 // when every connection stays checked out.
-                let status = inner.pool.status();
+                let status = pool.status();
                 if status.available == 0 && status.size >= status.max_size {
                     Err(BackendError::new(
                         BackendErrorKind::PoolExhausted,
@@ -247,7 +311,7 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one script invocation on a pooled connection, within bounds.
+    /// Runs one script invocation on the lock's primary, within bounds.
     /// `op` and `lock_key` name the call in errors (formatted only then).
     async fn run(
         &self,
@@ -255,10 +319,31 @@ impl RedisBackend {
         lock_key: &str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<Value, BackendError> {
-        let mut conn = self.connection(op, lock_key).await?;
-        let limit = self.inner.command_timeout;
+        Ok(self.run_acked(op, lock_key, invocation, None).await?.0)
+    }
+
+    /// [`run`](Self::run), then `WAIT replicas timeout` on the same
+    /// connection when `wait` is given; also returns the replicas that
+    /// acknowledged.
+    async fn run_acked(
+        &self,
+        op: &str,
+        lock_key: &str,
+        invocation: &redis::ScriptInvocation<'_>,
+        wait: Option<(u32, Duration)>,
+    ) -> Result<(Value, Option<u32>), BackendError> {
         let what = || format!("{op} {lock_key}");
-        match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
+        let Some(pool) = &self.inner.pool else {
+            let Some(remote) = &self.inner.remote else {
+                return Err(config_error("a backend without a connection"));
+            };
+            return remote.run(&what, invocation, wait).await;
+        };
+        let mut conn = self.connection(pool, op, lock_key).await?;
+        let limit = self.inner.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
+        match tokio::time::timeout(limit, crate::topology::invoke(&mut *conn, invocation, wait))
+            .await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let kind = redis_kind(&e);
@@ -269,9 +354,10 @@ impl RedisBackend {
                     // What broke this connection (a restart, `CLIENT KILL`,
                     // a failover) most likely broke the idle ones too: open
                     // fresh ones instead of failing once per idle connection.
-                    self.inner.pool.drop_idle();
+                    pool.drop_idle();
                 }
-                Err(from_redis(&what(), e))
+                Err(crate::topology::misrouted(&what(), &e)
+                    .unwrap_or_else(|| from_redis(&what(), e)))
             }
             Err(_) => {
                 // The connection may hang forever: never hand it out again.
@@ -347,7 +433,26 @@ impl LockBackend for RedisBackend {
         if let Some(owner) = owner {
             inv.arg(owner);
         }
-        let outcome = scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)?;
+        let wait = self.inner.replica_ack;
+        let (reply, acked) = self.run_acked("acquire", &keys.lock, &inv, wait).await?;
+        let outcome = scripts::parse_acquire(&reply)?;
+        if let (Acquire::Acquired { .. }, Some((needed, timeout)), Some(acked)) =
+            (&outcome, wait, acked)
+        {
+            if acked < needed {
+                // Not safe across a failover: give it back (best effort;
+                // the lease expires anyway).
+                let given_back = self.release(key, token).await;
+                return Err(crate::topology::replication_incomplete(
+                    "acquire",
+                    &keys.lock,
+                    acked,
+                    needed,
+                    timeout,
+                    given_back.is_ok(),
+                ));
+            }
+        }
         if matches!(outcome, Acquire::Acquired { .. })
             && self.inner.subscriber.hub().is_watched(key.encoded())
         {
@@ -370,13 +475,21 @@ impl LockBackend for RedisBackend {
             .key(&keys.owner)
             .arg(token.as_hex())
             .arg(ttl_ms(ttl)?);
-        Ok(
-            if scripts::parse_flag("extend", &self.run("extend", &keys.lock, &inv).await?)? {
-                Extend::Extended
-            } else {
-                Extend::NotHeld
-            },
-        )
+        let wait = self.inner.replica_ack;
+        let (reply, acked) = self.run_acked("extend", &keys.lock, &inv, wait).await?;
+        let extended = scripts::parse_flag("extend", &reply)?;
+        if let (true, Some((needed, timeout)), Some(acked)) = (extended, wait, acked) {
+            if acked < needed {
+                return Err(crate::topology::replication_incomplete(
+                    "extend", &keys.lock, acked, needed, timeout, false,
+                ));
+            }
+        }
+        Ok(if extended {
+            Extend::Extended
+        } else {
+            Extend::NotHeld
+        })
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
@@ -388,6 +501,10 @@ impl LockBackend for RedisBackend {
             .arg(token.as_hex())
             .arg(&channel)
             .arg(key.encoded());
+        if self.inner.sharded {
+            // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
+            inv.arg("s");
+        }
         Ok(
             if scripts::parse_flag("release", &self.run("release", &keys.lock, &inv).await?)? {
                 Release::Released
@@ -411,9 +528,10 @@ impl LockBackend for RedisBackend {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.inner.pool.status();
+        let status = self.pool_status();
         f.debug_struct("RedisBackend")
             .field("url", &self.inner.description)
+            .field("topology", &self.topology_name())
             .field("prefix", &self.inner.layout.prefix())
             .field("pool_size", &status.size)
             .field("pool_max_size", &status.max_size)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::errors::config;
 use crate::keys::{KeyLayout, DEFAULT_KEY_PREFIX};
+use crate::topology::{ReplicaAck, Topology};
 
 /// Default [`RedisConfig::pool_size`].
 pub const DEFAULT_POOL_SIZE: usize = 16;
@@ -95,7 +96,10 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct RedisConfig {
     /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://…` for
     /// TLS. A user name selects a Redis ACL user; the password is never
-    /// shown by `Debug` or `Display`.
+    /// shown by `Debug` or `Display`. With the Sentinel topology only its
+    /// credentials, database and scheme are used (the sentinels name the
+    /// primary); with the Cluster topology it is a seed node whose
+    /// credentials and scheme apply to every node (see [`Topology`]).
     pub url: String,
     /// Prepended to every key and to the release channel. Default
     /// `"distlock:"`; must not contain `{` or `}`.
@@ -136,6 +140,14 @@ pub struct RedisConfig {
     /// [`tls_client_cert`](RedisConfig::tls_client_cert). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_key: Option<PathBuf>,
+    /// The deployment: one server (the default), a Sentinel group or a
+    /// Cluster. See [`Topology`] for what [`url`](Self::url) means in each.
+    #[serde(default, skip_serializing_if = "Topology::is_single")]
+    pub topology: Topology,
+    /// Wait for replicas to acknowledge acquisitions and extensions
+    /// (`WAIT`). Default: off. See [`ReplicaAck`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_ack: Option<ReplicaAck>,
 }
 
 fn default_prefix() -> String {
@@ -167,7 +179,46 @@ impl RedisConfig {
             tls_ca_cert: None,
             tls_client_cert: None,
             tls_client_key: None,
+            topology: Topology::Single,
+            replica_ack: None,
         }
+    }
+
+    /// Sets [`topology`](RedisConfig::topology).
+    pub fn with_topology(mut self, topology: Topology) -> Self {
+        self.topology = topology;
+        self
+    }
+
+    /// A Sentinel topology: the primary monitored as `master_name` by the
+    /// `sentinels` (see [`Topology::Sentinel`]).
+    pub fn with_sentinel<I, S>(self, master_name: impl Into<String>, sentinels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with_topology(Topology::Sentinel {
+            master_name: master_name.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// A Cluster topology: `url` and `nodes` are seed nodes (see
+    /// [`Topology::Cluster`]).
+    pub fn with_cluster<I, S>(self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.with_topology(Topology::Cluster {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Sets [`replica_ack`](RedisConfig::replica_ack).
+    pub fn with_replica_ack(mut self, ack: ReplicaAck) -> Self {
+        self.replica_ack = Some(ack);
+        self
     }
 
     /// Sets [`tls_ca_cert`](RedisConfig::tls_ca_cert): trust only the CA
@@ -238,6 +289,16 @@ impl RedisConfig {
             ));
         }
         KeyLayout::new(&self.key_prefix)?;
+        self.topology.validate()?;
+        if tls_files && matches!(self.topology, Topology::Sentinel { .. }) {
+            return Err(config(
+                "tls_ca_cert, tls_client_cert and tls_client_key are not supported with the \
+                 sentinel topology (rediss:// with the system roots is)",
+            ));
+        }
+        if let Some(ack) = &self.replica_ack {
+            ack.validate()?;
+        }
         if self.pool_size == 0 {
             return Err(config("pool_size must be at least 1"));
         }
@@ -288,6 +349,25 @@ impl RedisConfig {
             ))
         })?;
         Ok(client.get_connection_info().clone())
+    }
+
+    /// The TLS files, read (`None` without any).
+    pub(crate) fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, BackendError> {
+        if self.tls_ca_cert.is_none() && self.tls_client_cert.is_none() {
+            return Ok(None);
+        }
+        let root_cert = self.tls_ca_cert.as_deref().map(read_pem).transpose()?;
+        let client_tls = match (&self.tls_client_cert, &self.tls_client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert)?,
+                client_key: read_pem(key)?,
+            }),
+            _ => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
     }
 
     /// Parses the URL.
@@ -377,6 +457,8 @@ impl fmt::Debug for RedisConfig {
             .field("tls_ca_cert", &self.tls_ca_cert)
             .field("tls_client_cert", &self.tls_client_cert)
             .field("tls_client_key", &self.tls_client_key)
+            .field("topology", &self.topology)
+            .field("replica_ack", &self.replica_ack)
             .finish()
     }
 }

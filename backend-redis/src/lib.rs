@@ -56,6 +56,7 @@ mod keys;
 mod pool;
 mod scripts;
 mod subscriber;
+mod topology;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -71,6 +72,7 @@ pub use keys::{
 };
 pub use pool::CHECK_IDLE_AFTER;
 pub use scripts::{ACQUIRE_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};
+pub use topology::{ReplicaAck, Topology, DEFAULT_REPLICA_ACK_TIMEOUT};
 
 #[doc(no_inline)]
 pub use distlock::{

@@ -23,9 +23,8 @@ use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::topology::pubsub::{Event, Sink as PubSubSink, Source, Stream as PubSubStream};
 use distlock::{LockKey, ReleaseHub, ReleaseWatch};
-use futures::StreamExt;
-use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -77,7 +76,7 @@ struct Running {
 
 /// Owns the hub and, once the first waiter watches, the subscriber task.
 pub(crate) struct Subscriber {
-    client: Option<redis::Client>,
+    client: Option<Source>,
     layout: KeyLayout,
     hub: ReleaseHub,
     connect_timeout: Duration,
@@ -88,7 +87,7 @@ impl Subscriber {
     /// A subscriber of the release channels of `layout` through `client`
     /// (`None`: no notifications).
     pub(crate) fn new(
-        client: Option<redis::Client>,
+        client: Option<Source>,
         layout: KeyLayout,
         connect_timeout: Duration,
     ) -> Self {
@@ -172,7 +171,7 @@ impl Subscriber {
     /// restarted on the current one).
     fn ensure_running(
         &self,
-        client: &redis::Client,
+        client: &Source,
     ) -> Option<(watch::Receiver<Status>, mpsc::UnboundedSender<Request>)> {
         let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = running.as_ref() {
@@ -220,7 +219,7 @@ impl Drop for Subscriber {
 
 /// The subscriber task's state.
 struct Task {
-    client: redis::Client,
+    client: Source,
     layout: KeyLayout,
     hub: ReleaseHub,
     timeout: Duration,
@@ -245,10 +244,7 @@ impl Task {
         let mut backoff = BACKOFF_MIN;
         let mut reconnecting = false;
         loop {
-            let connect = async {
-                let pubsub = self.client.get_async_pubsub().await?;
-                Ok::<_, redis::RedisError>(pubsub.split())
-            };
+            let connect = self.client.connect();
             match tokio::time::timeout(self.timeout, connect).await {
                 Ok(Ok((sink, stream))) => {
                     backoff = BACKOFF_MIN;
@@ -292,7 +288,7 @@ impl Task {
     async fn serve(
         &mut self,
         mut sink: PubSubSink,
-        mut stream: redis::aio::PubSubStream,
+        mut stream: PubSubStream,
         reconnected: bool,
     ) -> Ended {
         // encoded key -> its channel, for every subscribed channel.
@@ -326,10 +322,12 @@ impl Task {
         loop {
             tokio::select! {
                 msg = stream.next() => match msg {
-                    Some(msg) => match msg.get_payload::<String>() {
-                        Ok(encoded_key) => self.hub.notify(&encoded_key),
-                        Err(e) => tracing::debug!(error = %e, "ignoring a malformed release message"),
-                    },
+                    Some(Event::Released(encoded_key)) => self.hub.notify(&encoded_key),
+                    Some(Event::Malformed(e)) => tracing::debug!(error = %e, "ignoring a malformed release message"),
+                    // The cluster client reconnected a node and subscribes
+                    // again by itself; a release may have been missed.
+                    Some(Event::Reconnected) => self.hub.notify_all(),
+                    Some(Event::Other) => {}
                     None => return Ended::Lost,
                 },
                 done = async {
@@ -442,7 +440,7 @@ async fn unsubscribe(
 }
 
 async fn ping_sink(mut sink: PubSubSink, timeout: Duration) -> (PubSubSink, Outcome, After) {
-    let ok = call(timeout, sink.ping::<redis::Value>()).await;
+    let ok = call(timeout, sink.ping()).await;
     (sink, ok, After::Nothing)
 }
 
@@ -458,7 +456,7 @@ async fn move_to_back(
     timeout: Duration,
 ) -> (PubSubSink, Outcome, After) {
     let steps = async {
-        sink.unsubscribe(&channel).await?;
+        sink.unsubscribe(std::slice::from_ref(&channel)).await?;
         sink.subscribe(&channel).await
     };
     let outcome = call(timeout, steps).await;

@@ -125,6 +125,10 @@ pub enum BackendErrorKind {
     Config,
     /// The server answered something this backend does not understand.
     Protocol,
+    /// Fewer replicas than required acknowledged a write in time (Redis
+    /// `WAIT`, see distlock-redis's `ReplicaAck`); an acquisition was given
+    /// back (transient).
+    ReplicationIncomplete,
     /// Anything else.
     Other,
 }
@@ -140,6 +144,7 @@ impl BackendErrorKind {
                 | BackendErrorKind::Timeout
                 | BackendErrorKind::PoolExhausted
                 | BackendErrorKind::Conflict
+                | BackendErrorKind::ReplicationIncomplete
         )
     }
 }
@@ -156,6 +161,7 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::WrongType => "lock storage has an unexpected shape",
             BackendErrorKind::Config => "invalid backend configuration",
             BackendErrorKind::Protocol => "unexpected backend reply",
+            BackendErrorKind::ReplicationIncomplete => "too few replicas acknowledged",
             BackendErrorKind::Other => "backend error",
         })
     }

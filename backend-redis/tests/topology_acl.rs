@@ -1,0 +1,94 @@
+//! The minimal ACLs the README gives for the Sentinel and Cluster
+//! topologies are enough: a restricted user acquires, releases, and wakes a
+//! waiter of another backend through the release channel.
+
+use std::time::Duration;
+
+use distlock_redis::testkit::{RedisCluster, SentinelGroup};
+use distlock_redis::{redis, LockOptions, Locker, RedisBackend, RedisConfig};
+
+/// The single-server ACL of `RedisConfig`'s docs (default prefix).
+const SINGLE: &str = "+evalsha +script|load +get +set +del +incr +time +pttl +pexpire +type \
+                      +publish +subscribe +unsubscribe +ping +unwatch";
+/// The Cluster ACL of the README: sharded pub/sub instead of plain, the
+/// slot map and the version check.
+const CLUSTER: &str = "+evalsha +script|load +get +set +del +incr +time +pttl +pexpire +type \
+                       +spublish +ssubscribe +sunsubscribe +ping +cluster|slots +command|info \
+                       +asking +wait";
+
+fn set_user(url: &str, commands: &str) {
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER")
+        .arg("locker")
+        .arg("reset")
+        .arg("on")
+        .arg(">pw")
+        .arg("~distlock:*")
+        .arg("&distlock:*")
+        .arg("-@all");
+    for c in commands.split_whitespace() {
+        cmd.arg(c);
+    }
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let () = cmd.query(&mut con).unwrap();
+}
+
+async fn exercise(config: RedisConfig) {
+    let holder = Locker::new(RedisBackend::from_config(&config).unwrap());
+    let waiter = Locker::new(RedisBackend::from_config(&config).unwrap())
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(10), Duration::from_secs(10))
+                .with_wait_timeout(Duration::from_secs(30)),
+        )
+        .unwrap();
+    let held = holder.lock("acl").await.unwrap();
+    let backend = waiter.backend().clone();
+    let task = tokio::spawn(async move { waiter.lock("acl").await.map(|g| g.fence()) });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.subscribed_channels() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiter never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = held.fence();
+    held.release().await.unwrap();
+    let fence = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the release did not wake the waiter")
+        .unwrap()
+        .unwrap();
+    assert!(fence > first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimal_cluster_acl_suffices() {
+    let cluster = RedisCluster::start();
+    for url in cluster.node_urls() {
+        set_user(&url, CLUSTER);
+    }
+    let nodes: Vec<String> = cluster.node_urls();
+    let with_user = |u: &str| u.replace("redis://", "redis://locker:pw@");
+    let config = RedisConfig::new(with_user(&nodes[0]))
+        .with_cluster(nodes[1..].iter().map(|u| with_user(u)))
+        .with_replica_ack(distlock_redis::ReplicaAck::new(1));
+    exercise(config).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_minimal_sentinel_acl_suffices() {
+    let group = SentinelGroup::start();
+    for url in group.node_urls() {
+        // The primary check of the Sentinel lookup: ROLE.
+        set_user(&url, &format!("{SINGLE} +role"));
+    }
+    let config = RedisConfig::new("redis://locker:pw@primary")
+        .with_sentinel(group.master_name(), group.sentinel_urls());
+    exercise(config).await;
+}

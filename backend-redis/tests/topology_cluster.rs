@@ -1,0 +1,274 @@
+//! Redis Cluster behaviour beyond the conformance suite: routing of every
+//! name, sharded release notifications, resharding and failover while a
+//! lock is held (real processes: 3 primaries + 3 replicas).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use distlock_redis::testkit::RedisCluster;
+use distlock_redis::{redis, LockOptions, Locker, RedisBackend, RedisConfig, ReplicaAck};
+use tokio::time::Instant;
+
+fn backend(cluster: &RedisCluster) -> RedisBackend {
+    let nodes = cluster.node_urls();
+    RedisBackend::from_config(&RedisConfig::new(nodes[0].clone()).with_cluster(nodes[1..].to_vec()))
+        .unwrap()
+}
+
+fn get(url: &str, key: &str) -> Option<String> {
+    let mut con = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    redis::cmd("GET").arg(key).query(&mut con).unwrap()
+}
+
+/// Every name routes: names spread over all three primaries, and names
+/// with odd braces never give CROSSSLOT or unrouted errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_spread_over_all_primaries_and_odd_braces_route() {
+    let cluster = RedisCluster::start();
+    let backend = backend(&cluster);
+    let locker = Locker::new(backend.clone());
+    let mut names: Vec<String> = (0..48).map(|i| format!("spread-{i}")).collect();
+    for odd in [
+        "{", "}", "a}b{c}", "{}", "{{}}", "x{}y", "}{", "{a}{b}", "a{b",
+    ] {
+        names.push(odd.to_owned());
+    }
+    let mut primaries = HashSet::new();
+    for name in &names {
+        let guard = locker
+            .try_lock(name)
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"))
+            .unwrap_or_else(|| panic!("{name:?} is held"));
+        let key = locker.key(name).unwrap();
+        let info = locker.inspect(name).await.unwrap();
+        assert!(info.held, "{name:?}");
+        let lock_key = backend.keys(&key).lock;
+        let slot = cluster.key_slot(&lock_key);
+        assert_eq!(
+            slot,
+            cluster.key_slot(&backend.keys(&key).fence),
+            "{name:?}"
+        );
+        assert_eq!(
+            slot,
+            cluster.key_slot(&backend.release_channel(&key)),
+            "{name:?}"
+        );
+        primaries.insert(cluster.primary_of_slot(slot).id);
+        guard
+            .release()
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+    }
+    assert_eq!(primaries.len(), 3, "the names did not reach every primary");
+}
+
+/// A release reaches a waiter of another backend through sharded pub/sub
+/// (`SPUBLISH` from the release script, `SSUBSCRIBE` on the subscriber):
+/// the waiter's retries are 10 s apart, so only the message wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_wakes_a_waiter_through_sharded_pubsub() {
+    let cluster = RedisCluster::start();
+    let holder = Locker::new(backend(&cluster));
+    let waiting = backend(&cluster);
+    let opts = LockOptions::default()
+        .with_retry(Duration::from_secs(10), Duration::from_secs(10))
+        .with_wait_timeout(Duration::from_secs(30));
+    let waiter = Locker::new(waiting.clone()).with_defaults(opts).unwrap();
+    let held = holder.lock("sharded-wake").await.unwrap();
+    let task = tokio::spawn(async move { waiter.lock("sharded-wake").await.map(|g| g.fence()) });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting.subscribed_channels() == 0 {
+        assert!(Instant::now() < deadline, "the waiter never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = holder.key("sharded-wake").unwrap();
+    let channel = waiting.release_channel(&key);
+    let primary = cluster.primary_of_slot(cluster.key_slot(&channel));
+    let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(&channel)
+        .query(
+            &mut redis::Client::open(primary.url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        subscribers, 1,
+        "no sharded subscriber on the slot's primary"
+    );
+    let first = held.fence();
+    held.release().await.unwrap();
+    let fence = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the release message did not wake the waiter")
+        .unwrap()
+        .unwrap();
+    assert!(fence > first);
+}
+
+/// Moving the slot of a held, auto-renewed lock to another primary: the
+/// lock stays held (renewals follow the slot), and a waiter that waited
+/// across the move is woken by the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_follows_its_slot_to_another_primary() {
+    let cluster = RedisCluster::start();
+    let ttl = Duration::from_millis(1200);
+    let holder = Locker::new(backend(&cluster))
+        .with_defaults(LockOptions::default().with_ttl(ttl).with_auto_renew(true))
+        .unwrap();
+    let waiting = backend(&cluster);
+    let waiter = Locker::new(waiting.clone())
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(10), Duration::from_secs(10))
+                .with_wait_timeout(Duration::from_secs(60)),
+        )
+        .unwrap();
+    let held = holder.lock("reshard").await.unwrap();
+    let key = holder.key("reshard").unwrap();
+    let lock_key = waiting.keys(&key).lock;
+    let slot = cluster.key_slot(&lock_key);
+    let source = cluster.primary_of_slot(slot);
+    let task = tokio::spawn(async move { waiter.lock("reshard").await.map(|g| g.fence()) });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting.subscribed_channels() == 0 {
+        assert!(Instant::now() < deadline, "the waiter never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let target = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.id != source.id)
+        .unwrap();
+    let migrate = {
+        let target = target.url.clone();
+        let cluster = &cluster;
+        move || cluster.migrate_slot(slot, &target)
+    };
+    tokio::task::block_in_place(migrate);
+    assert_eq!(cluster.primary_of_slot(slot).id, target.id);
+    // Several TTLs: only renewals on the new primary keep it.
+    tokio::time::sleep(ttl * 3).await;
+    assert!(held.is_valid(), "the lease was lost after the slot moved");
+    assert!(
+        get(&target.url, &lock_key).is_some(),
+        "the lock is not on the new primary"
+    );
+    assert!(!task.is_finished(), "the waiter got a held lock");
+    let first = held.fence();
+    held.release().await.unwrap();
+    let fence = tokio::time::timeout(Duration::from_secs(8), task)
+        .await
+        .expect("the waiter was not woken after the slot moved")
+        .unwrap()
+        .unwrap();
+    assert!(fence > first);
+}
+
+/// Kill (SIGKILL) the primary serving a lock acquired with replica
+/// acknowledgement: measures how long until the slot answers again and
+/// until the lock is granted again, what the holder's extend reports, and
+/// checks that it is not granted twice (the acknowledged write survives
+/// the promotion) and that fencing tokens keep increasing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_of_a_held_lock() {
+    let cluster = RedisCluster::start();
+    let ttl = Duration::from_secs(10);
+    let opts = LockOptions::default()
+        .with_ttl(ttl)
+        .with_retry(Duration::from_millis(50), Duration::from_millis(200))
+        .with_wait_timeout(Duration::from_secs(60));
+    let nodes = cluster.node_urls();
+    let acked = RedisConfig::new(nodes[0].clone())
+        .with_cluster(nodes[1..].to_vec())
+        .with_replica_ack(ReplicaAck::new(1));
+    let holder = Locker::new(RedisBackend::from_config(&acked).unwrap())
+        .with_defaults(opts.clone())
+        .unwrap();
+    let other = Locker::new(backend(&cluster)).with_defaults(opts).unwrap();
+    let mut held = holder.lock("failover{f}").await.unwrap();
+    let key = holder.key("failover{f}").unwrap();
+    let slot = cluster.key_slot(&holder.backend().keys(&key).lock);
+    let primary = cluster.primary_of_slot(slot);
+    let killed_at = Instant::now();
+    cluster.kill_node(&primary.url);
+    // The slot answers again once the replica is promoted.
+    while other.inspect("failover{f}").await.is_err() {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unavailable_for = killed_at.elapsed();
+    let during = held.extend(ttl).await;
+    let lease_end = held.valid_until();
+    let second = other.lock("failover{f}").await.unwrap();
+    let granted_after = killed_at.elapsed();
+    eprintln!(
+        "FIGURE cluster SIGKILL: new acquisition in the slot after {unavailable_for:?}; \
+         the held lock granted again after {granted_after:?} (ttl {ttl:?}); \
+         holder's extend after the failover: {during:?}"
+    );
+    assert!(second.fence() > held.fence(), "fences went backwards");
+    assert!(
+        Instant::now() >= lease_end,
+        "granted twice: the acknowledged lease was still valid"
+    );
+    // Extended on the promoted replica; with the old primary dead it has
+    // no replica of its own, so the acknowledgement is reported missing.
+    match &during {
+        Ok(()) => {}
+        Err(distlock_redis::LockError::Backend(e))
+            if e.kind() == distlock_redis::BackendErrorKind::ReplicationIncomplete => {}
+        Err(e) => panic!("the acknowledged lock was lost: {e}"),
+    }
+    second.release().await.unwrap();
+}
+
+/// A clean `CLUSTER FAILOVER` (the replica catches up before it takes
+/// over): the held lock survives, the holder extends it on the new
+/// primary, and the next acquisition gets a higher fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_cluster_failover_keeps_the_lock() {
+    let cluster = RedisCluster::start();
+    let ttl = Duration::from_secs(20);
+    let locker = Locker::new(backend(&cluster))
+        .with_defaults(LockOptions::default().with_ttl(ttl))
+        .unwrap();
+    let mut held = locker.lock("clean-failover").await.unwrap();
+    let key = locker.key("clean-failover").unwrap();
+    let slot = cluster.key_slot(&locker.backend().keys(&key).lock);
+    let primary = cluster.primary_of_slot(slot);
+    let started = Instant::now();
+    tokio::task::block_in_place(|| {
+        cluster.failover(&primary.url);
+        cluster.wait_for_new_primary(slot, &primary.url, Duration::from_secs(60));
+    });
+    let extended = loop {
+        match held.extend(ttl).await {
+            Err(distlock_redis::LockError::Backend(e)) if e.kind().is_transient() => {
+                assert!(started.elapsed() < Duration::from_secs(60), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    eprintln!(
+        "FIGURE cluster CLUSTER FAILOVER: the holder's extend succeeds {:?} after the request",
+        started.elapsed()
+    );
+    extended.unwrap();
+    let first = held.fence();
+    held.release().await.unwrap();
+    let next = locker.lock("clean-failover").await.unwrap();
+    assert!(next.fence() > first);
+}
