@@ -5,6 +5,7 @@ use std::path::Path;
 
 use distlock::Locker;
 use distlock_redis::{RedisBackend, RedisConfig};
+use serde::Deserialize as _;
 
 use crate::args::Connection;
 use crate::exit::{Failure, CONFIG};
@@ -50,8 +51,6 @@ pub fn settings(url: Option<&str>, file: Option<(&Path, String)>) -> Result<Redi
     config.validate()?;
     Ok(config)
 }
-
-use serde::Deserialize as _;
 
 /// A locker on the configured Redis with `prefix`.
 pub fn locker(config: &RedisConfig, prefix: &str) -> Result<Locker<RedisBackend>, Failure> {

@@ -5,8 +5,8 @@
 //! | the child's | `run`: the command's own exit status; `128 + N` if a signal N killed it (as shells report it) |
 //! | 0 | `inspect`, `wait`: success (`wait`: the lock is free) |
 //! | [`USAGE`] 64 | bad arguments or options (`EX_USAGE`) |
-//! | [`INTERNAL`] 70 | distlock itself failed (cannot handle signals, lost track of the command) (`EX_SOFTWARE`) |
 //! | [`BACKEND`] 69 | the backend failed: Redis unreachable, timed out, refused the credentials…; the message names the kind (`EX_UNAVAILABLE`) |
+//! | [`INTERNAL`] 70 | distlock itself failed (cannot handle signals, lost track of the command) (`EX_SOFTWARE`) |
 //! | [`CONFLICT`] 75 | the lock was not acquired within the wait (`run`), or stayed held (`wait`); `-E/--conflict-exit-code` changes it (`EX_TEMPFAIL`) |
 //! | [`CONFIG`] 78 | unusable connection settings: no URL, a bad URL, an unreadable or invalid config file (`EX_CONFIG`) |
 //! | [`LOST`] 79 | `run`: the lease was lost while the command ran; the command was stopped |
