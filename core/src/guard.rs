@@ -13,6 +13,7 @@ use crate::error::LockError;
 use crate::key::LockKey;
 use crate::options::{validate_ttl, LockOptions, MIN_TTL};
 use crate::releaser::{PendingRelease, Releaser};
+use crate::telemetry;
 use crate::token::LockToken;
 
 /// The lease is (as far as we know) ours.
@@ -49,6 +50,9 @@ impl LeaseState {
             .compare_exchange(HELD, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            if to == LOST {
+                telemetry::lease_lost(&self.key, self.fence);
+            }
             self.changed.notify_waiters();
         }
     }
@@ -191,6 +195,7 @@ pub struct LockGuard {
     releaser: Releaser,
     renewal: Option<tokio::task::JoinHandle<()>>,
     finished: bool,
+    held: telemetry::Held,
 }
 
 impl LockGuard {
@@ -228,6 +233,7 @@ impl LockGuard {
             releaser,
             renewal,
             finished: false,
+            held: telemetry::Held::start(),
         }
     }
 
@@ -275,7 +281,13 @@ impl LockGuard {
             return Err(self.not_held());
         }
         let sent_at = Instant::now();
-        match self.backend.extend(&state.key, &self.token, ttl).await? {
+        match telemetry::extend(
+            &state.key,
+            state.fence,
+            self.backend.extend(&state.key, &self.token, ttl),
+        )
+        .await?
+        {
             Extend::Extended => {
                 state.set_valid_until(deadline(sent_at, ttl));
                 Ok(())
@@ -298,7 +310,12 @@ impl LockGuard {
         self.finish();
         let state = &self.lease.state;
         let pending = PendingRelease::arm(&self.releaser, &state.key, &self.token);
-        let outcome = self.backend.release(&state.key, &self.token).await?;
+        let outcome = telemetry::release(
+            &state.key,
+            false,
+            self.backend.release(&state.key, &self.token),
+        )
+        .await?;
         pending.disarm();
         Ok(outcome)
     }
@@ -316,6 +333,7 @@ impl LockGuard {
             return true;
         }
         self.lease.state.settle(ENDED);
+        self.held.end(&self.lease.state.key);
         if let Some(task) = self.renewal.take() {
             task.abort();
         }
@@ -378,7 +396,11 @@ async fn renew(
             }
             next_ttl = next_ttl.min(left);
         }
-        let call = backend.extend(&state.key, &token, next_ttl);
+        let call = telemetry::renewal(
+            &state.key,
+            state.fence,
+            backend.extend(&state.key, &token, next_ttl),
+        );
         match tokio::time::timeout_at(valid_until, call).await {
             Ok(Ok(Extend::Extended)) => {
                 state.set_valid_until(deadline(sent_at, next_ttl));

@@ -70,6 +70,7 @@ mod locker;
 mod notify;
 mod options;
 mod releaser;
+pub mod telemetry;
 mod token;
 mod wait;
 

@@ -12,6 +12,7 @@ use crate::guard::{Lease, LockGuard};
 use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
+use crate::telemetry;
 use crate::token::LockToken;
 use crate::wait::{Backoff, Turns};
 
@@ -160,7 +161,7 @@ impl<B: LockBackend> Locker<B> {
     ) -> Result<Option<LockGuard>, LockError> {
         opts.validate()?;
         let key = self.key(name)?;
-        match self.attempt(&key, opts).await? {
+        match telemetry::acquire(&key, false, self.attempt(&key, opts)).await? {
             Ok(guard) => Ok(Some(guard)),
             Err(_) => Ok(None),
         }
@@ -197,6 +198,11 @@ impl<B: LockBackend> Locker<B> {
     ) -> Result<LockGuard, LockError> {
         opts.validate()?;
         let key = self.key(name)?;
+        telemetry::acquire(&key, true, self.wait_for(&key, opts)).await
+    }
+
+    /// The wait of [`Locker::lock_with`], with validated options.
+    async fn wait_for(&self, key: &LockKey, opts: &LockOptions) -> Result<LockGuard, LockError> {
         let started = Instant::now();
         let deadline = started + opts.wait_timeout;
         let timed_out = || LockError::TimedOut {
@@ -318,6 +324,7 @@ impl<B: LockBackend> Locker<B> {
                 "auto_renew needs a tokio runtime to renew in; call from inside one".to_owned(),
             ));
         }
+        telemetry::attempted();
         let token = LockToken::generate();
         let sent_at = Instant::now();
         // If this future is dropped mid-call, or the call fails after the

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::LockBackend;
 use crate::key::LockKey;
+use crate::telemetry;
 use crate::token::LockToken;
 
 /// How many releases the background task runs at once.
@@ -130,7 +131,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Job>, backend: Arc<dyn LockBackend>
 
 async fn release(backend: Arc<dyn LockBackend>, job: Job) {
     for attempt in 1..=ATTEMPTS {
-        match backend.release(&job.key, &job.token).await {
+        match telemetry::release(&job.key, true, backend.release(&job.key, &job.token)).await {
             Ok(outcome) => {
                 tracing::debug!(key = %job.key, token = %job.token, ?outcome, "background release");
                 return;
