@@ -220,11 +220,11 @@ impl<B: LockBackend> Locker<B> {
             // lock now: register before the first attempt, so that a failed
             // attempt needs no immediate retry (one round trip less per
             // handoff between tasks of one process).
-            watch = self.inner.backend.watch(&key).await?;
+            watch = self.inner.backend.watch(key).await?;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         loop {
-            let remaining = match self.attempt(&key, opts).await? {
+            let remaining = match self.attempt(key, opts).await? {
                 Ok(guard) => return Ok(guard),
                 Err(remaining) => remaining,
             };
@@ -235,7 +235,7 @@ impl<B: LockBackend> Locker<B> {
             if watch.is_none() {
                 // Register before the next attempt so no release is missed;
                 // an immediate retry covers a release in between.
-                watch = self.inner.backend.watch(&key).await?;
+                watch = self.inner.backend.watch(key).await?;
                 if watch.is_some() {
                     continue;
                 }

@@ -3,8 +3,8 @@
 //!
 //! # Tracing
 //!
-//! Every operation is a span of target `distlock::telemetry`, at `DEBUG`
-//! level, so a service that logs at `INFO` sees nothing of normal lock
+//! Every operation is a span (target `distlock::telemetry::spans`) at
+//! `DEBUG` level, so a service that logs at `INFO` sees nothing of normal lock
 //! traffic; only a **lost lease** and a **failed renewal** are `WARN`
 //! events. Enable the spans with a filter such as
 //! `RUST_LOG=distlock=debug` (`tracing-subscriber`'s `EnvFilter`), and log

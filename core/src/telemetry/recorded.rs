@@ -13,9 +13,11 @@ use crate::key::LockKey;
 
 /// `fixed`, plus the `lock` label when per-name labels are on.
 fn labels(key: &LockKey, fixed: &[(&'static str, &'static str)]) -> Vec<Label> {
-    let mut labels = Vec::with_capacity(fixed.len() + 1);
+    let per_name = lock_name_labels();
+    // No allocation for a metric without labels.
+    let mut labels = Vec::with_capacity(fixed.len() + usize::from(per_name));
     labels.extend(fixed.iter().map(|&(k, v)| Label::from_static_parts(k, v)));
-    if lock_name_labels() {
+    if per_name {
         labels.push(Label::new("lock", key.encoded().to_owned()));
     }
     labels
