@@ -1,6 +1,7 @@
 //! Secrets stay secret: lock tokens are 128 random bits from a CSPRNG, and
-//! `Debug`, `Display` and log output never show more than their first four
-//! hex digits. (Passwords are covered in distlock-redis's `security` tests.) It lives
+//! `Debug`, `Display`, log output (events and the fields of every span:
+//! acquire, extend, renewal, release) and metric labels never show more
+//! than their first four hex digits. (Passwords are covered in distlock-redis's `security` tests.) It lives
 //! here, beside `log_capture`, because it needs the core crate and a backend.
 
 use std::collections::HashSet;
@@ -169,43 +170,77 @@ fn guards_errors_and_logs_never_show_a_full_token() {
         .build()
         .unwrap();
     let mut shown = Vec::new();
-    rt.block_on(async {
-        let locker = Locker::new(backend).with_prefix("secrecy").unwrap();
-        let opts = LockOptions::default()
-            .with_ttl(Duration::from_millis(300))
-            .with_auto_renew(true)
-            .with_owner("tester");
+    // Metrics too, with the opt-in per-name labels (the only labels that
+    // carry anything from the lock).
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    distlock::telemetry::set_lock_name_labels(true);
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let locker = Locker::new(backend).with_prefix("secrecy").unwrap();
+            let opts = LockOptions::default()
+                .with_ttl(Duration::from_millis(300))
+                .with_auto_renew(true)
+                .with_owner("tester");
 
-        let mut guard = locker.lock_with("a", |_| opts.clone()).await.unwrap();
-        guard.extend(Duration::from_secs(1)).await.unwrap();
-        shown.push(format!("{guard:?} {guard:#?}"));
-        shown.push(format!("{:?}", guard.lease()));
-        shown.push(format!("{locker:?}"));
-        shown.push(format!("{:?}", locker.inspect("a").await.unwrap()));
-        // Renewals run (every TTL/3) while the guard is held.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        // Lost: the lock is taken away; extend fails with NotHeld.
-        locker.backend().inner.expire_now(&locker.key("a").unwrap());
-        let thief = locker.try_lock("a").await.unwrap().expect("free again");
-        let err = guard.extend(Duration::from_secs(1)).await.unwrap_err();
-        shown.push(format!("{err} {err:?}"));
-        shown.push(format!("{:?}", guard.release().await));
-        // Dropped without release: released in the background, which logs.
-        drop(thief);
-        let g = locker.lock("b").await.unwrap();
-        drop(g);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let value = locker
-            .with_lock("c", |lease| async move { format!("{lease:?}") })
-            .await
-            .unwrap();
-        shown.push(value);
+            let mut guard = locker.lock_with("a", |_| opts.clone()).await.unwrap();
+            guard.extend(Duration::from_secs(1)).await.unwrap();
+            shown.push(format!("{guard:?} {guard:#?}"));
+            shown.push(format!("{:?}", guard.lease()));
+            shown.push(format!("{locker:?}"));
+            shown.push(format!("{:?}", locker.inspect("a").await.unwrap()));
+            // Renewals run (every TTL/3) while the guard is held.
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Lost: the lock is taken away; extend fails with NotHeld.
+            locker.backend().inner.expire_now(&locker.key("a").unwrap());
+            let thief = locker.try_lock("a").await.unwrap().expect("free again");
+            let err = guard.extend(Duration::from_secs(1)).await.unwrap_err();
+            shown.push(format!("{err} {err:?}"));
+            shown.push(format!("{:?}", guard.release().await));
+            // Dropped without release: released in the background, which logs.
+            drop(thief);
+            let g = locker.lock("b").await.unwrap();
+            drop(g);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let value = locker
+                .with_lock("c", |lease| async move { format!("{lease:?}") })
+                .await
+                .unwrap();
+            shown.push(value);
+        })
     });
     drop(rt);
+    distlock::telemetry::set_lock_name_labels(false);
+    for (key, _, _, _) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        shown.push(format!("{} {}", key.name(), labels.join(",")));
+    }
+    assert!(
+        shown.iter().any(|s| s.contains("lock=secrecy{a}")),
+        "the metrics were recorded: {shown:?}"
+    );
     let log = capture.text();
     println!("captured log:\n{log}");
     let tokens = tokens.lock().unwrap().clone();
     assert!(tokens.len() >= 4, "{tokens:?}");
+    // The capture saw every span and the loss (so the checks below cover
+    // their fields).
+    let spans = capture.spans();
+    for name in ["acquire", "extend", "renewal", "release"] {
+        assert!(spans.iter().any(|s| s.name == name), "no {name} span");
+    }
+    assert!(spans.iter().any(|s| s.field("background") == Some("true")));
+    assert!(
+        capture
+            .events()
+            .iter()
+            .any(|e| e.message() == Some("lease lost")),
+        "no lease lost event"
+    );
     assert!(
         log.contains("background release"),
         "the capture must see the library's own events"

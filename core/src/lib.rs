@@ -93,6 +93,7 @@ mod notify;
 mod options;
 mod owner;
 mod releaser;
+pub mod telemetry;
 mod token;
 mod wait;
 

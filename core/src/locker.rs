@@ -161,7 +161,7 @@ impl<B: LockBackend> Locker<B> {
     ) -> Result<Option<LockGuard>, LockError> {
         opts.validate()?;
         let key = self.key(name)?;
-        match self.attempt(&key, opts).await? {
+        match crate::telemetry::acquire(&key, false, self.attempt(&key, opts)).await? {
             Ok(guard) => Ok(Some(guard)),
             Err(_) => Ok(None),
         }
@@ -204,6 +204,11 @@ impl<B: LockBackend> Locker<B> {
     ) -> Result<LockGuard, LockError> {
         opts.validate()?;
         let key = self.key(name)?;
+        crate::telemetry::acquire(&key, true, self.wait_for(&key, opts)).await
+    }
+
+    /// The wait of [`Locker::lock_with`], with validated options.
+    async fn wait_for(&self, key: &LockKey, opts: &LockOptions) -> Result<LockGuard, LockError> {
         let started = Instant::now();
         let deadline = started + opts.wait_timeout;
         let timed_out = || LockError::TimedOut {
@@ -227,13 +232,13 @@ impl<B: LockBackend> Locker<B> {
             // lock now: register before the first attempt, so that a failed
             // attempt needs no immediate retry (one round trip less per
             // handoff between tasks of one process).
-            watch = within(bound, self.inner.backend.watch(&key))
+            watch = within(bound, self.inner.backend.watch(key))
                 .await
                 .ok_or_else(timed_out)??;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         loop {
-            let attempt = within(bound, self.attempt(&key, opts)).await;
+            let attempt = within(bound, self.attempt(key, opts)).await;
             let remaining = match attempt.ok_or_else(timed_out)?? {
                 Ok(guard) => return Ok(guard),
                 Err(remaining) => remaining,
@@ -245,7 +250,7 @@ impl<B: LockBackend> Locker<B> {
             if watch.is_none() {
                 // Register before the next attempt so no release is missed;
                 // an immediate retry covers a release in between.
-                watch = within(bound, self.inner.backend.watch(&key))
+                watch = within(bound, self.inner.backend.watch(key))
                     .await
                     .ok_or_else(timed_out)??;
                 if watch.is_some() {
@@ -327,6 +332,7 @@ impl<B: LockBackend> Locker<B> {
             ));
         }
         inner.releaser.adopt_orphans();
+        crate::telemetry::attempted();
         let token = LockToken::generate();
         let sent_at = Instant::now();
         // If this future is dropped mid-call, or the call fails after the

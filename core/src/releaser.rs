@@ -271,21 +271,23 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
         // Never wait past the job's end for one attempt either (the backend
         // bounds its calls too); the first attempt always gets a grace.
         let attempt_until = job.until.max(Instant::now() + GRACE);
-        let error =
-            match tokio::time::timeout_at(attempt_until, backend.release(&job.key, &job.token))
-                .await
-            {
-                Ok(Ok(outcome)) => {
-                    tracing::debug!(key = %job.key, token = %job.token, ?outcome, attempts,
+        let error = match tokio::time::timeout_at(
+            attempt_until,
+            crate::telemetry::release(&job.key, true, backend.release(&job.key, &job.token)),
+        )
+        .await
+        {
+            Ok(Ok(outcome)) => {
+                tracing::debug!(key = %job.key, token = %job.token, ?outcome, attempts,
                     "background release");
-                    return;
-                }
-                Ok(Err(e)) => e,
-                Err(_) => crate::error::BackendError::new(
-                    crate::error::BackendErrorKind::Timeout,
-                    "background release did not answer before the lease could have ended",
-                ),
-            };
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => crate::error::BackendError::new(
+                crate::error::BackendErrorKind::Timeout,
+                "background release did not answer before the lease could have ended",
+            ),
+        };
         let now = Instant::now();
         if !worth_retrying(&error) || now >= job.until {
             tracing::warn!(key = %job.key, token = %job.token, error = %error, attempts,

@@ -92,6 +92,9 @@ impl LeaseState {
             .compare_exchange(HELD, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            if to == LOST {
+                crate::telemetry::lease_lost(&self.key, self.fence);
+            }
             self.changed.notify_waiters();
         }
     }
@@ -191,12 +194,18 @@ impl LeaseState {
         backend: &dyn LockBackend,
         token: &LockToken,
         ttl: Duration,
+        renewal: bool,
     ) -> Result<Extend, BackendError> {
         let sent_at = Instant::now();
         let new_deadline = deadline(sent_at, ttl);
         self.lower_valid_until(new_deadline);
         let _in_flight = InFlight { state: self, ttl };
-        let outcome = backend.extend(&self.key, token, ttl).await;
+        let call = backend.extend(&self.key, token, ttl);
+        let outcome = if renewal {
+            crate::telemetry::renewal(&self.key, self.fence, call).await
+        } else {
+            crate::telemetry::extend(&self.key, self.fence, call).await
+        };
         match &outcome {
             Ok(Extend::Extended) => self.set_valid_until(new_deadline),
             Ok(Extend::NotHeld) => self.mark_lost(),

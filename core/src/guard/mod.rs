@@ -52,6 +52,7 @@ pub struct LockGuard {
     releaser: Releaser,
     renewal: Option<tokio::task::JoinHandle<()>>,
     finished: bool,
+    held: crate::telemetry::Held,
 }
 
 impl LockGuard {
@@ -81,6 +82,7 @@ impl LockGuard {
             releaser,
             renewal,
             finished: false,
+            held: crate::telemetry::Held::start(),
         }
     }
 
@@ -141,7 +143,7 @@ impl LockGuard {
             return Err(self.not_held());
         }
         match state
-            .extend(self.backend.as_ref(), &self.token, ttl)
+            .extend(self.backend.as_ref(), &self.token, ttl, false)
             .await?
         {
             Extend::Extended => Ok(()),
@@ -172,7 +174,12 @@ impl LockGuard {
             state.held_at_most(),
             Duration::ZERO,
         );
-        let outcome = self.backend.release(state.key(), &self.token).await?;
+        let outcome = crate::telemetry::release(
+            state.key(),
+            false,
+            self.backend.release(state.key(), &self.token),
+        )
+        .await?;
         pending.disarm();
         Ok(if was_lost { Release::NotHeld } else { outcome })
     }
@@ -219,6 +226,7 @@ impl LockGuard {
             return true;
         }
         self.lease.state.mark_ended();
+        self.held.end(self.lease.state.key());
         if let Some(task) = self.renewal.take() {
             task.abort();
         }

@@ -45,7 +45,7 @@ pub(super) async fn renew(
         // No answer before the deadline (lowered by this call if its TTL is
         // shorter): the lease can no longer be counted on.
         let give_up_at = state.valid_until().min(deadline(Instant::now(), next_ttl));
-        let call = state.extend(backend.as_ref(), &token, next_ttl);
+        let call = state.extend(backend.as_ref(), &token, next_ttl, true);
         match tokio::time::timeout_at(give_up_at, call).await {
             Ok(Ok(Extend::Extended)) => wait = period,
             Ok(Ok(Extend::NotHeld)) => return,

@@ -1,0 +1,228 @@
+//! `distlock run`: hold a lock while a child process runs.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use distlock::{LockGuard, LockOptions, Locker, Release};
+use distlock_redis::RedisBackend;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+use crate::args::RunArgs;
+use crate::exit::{self, Failure};
+use crate::wait::acquire;
+
+/// How long a release after the command may take before distlock gives up
+/// (the lease then runs out at its TTL). The backend's own command timeout
+/// normally ends it sooner.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an acquisition cancelled by a signal gets to be given back by
+/// the library's background release before the process exits.
+const CANCEL_GRACE: Duration = Duration::from_millis(300);
+
+/// The signals passed on to the child.
+const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+/// Runs the command under the lock; returns the exit code.
+pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Failure> {
+    let owner = args.owner.clone().unwrap_or_else(default_owner);
+    let opts = LockOptions::default()
+        .with_ttl(args.ttl)
+        .with_owner(owner)
+        .with_auto_renew(true);
+    opts.validate()?;
+    let conflict = args.wait.conflict_exit_code;
+    let mut signals = Signals::new()?;
+
+    // Waiting for the lock: a signal ends the wait (and distlock).
+    let guard = tokio::select! {
+        guard = acquire(locker, &args.name, &opts, args.wait.limit()) => {
+            guard.map_err(|e| Failure::from_lock_error(e, conflict))?
+        }
+        sig = signals.recv() => {
+            // Dropping the acquisition queues the release of a lock taken
+            // in flight; give the background task a moment to send it.
+            tokio::time::sleep(CANCEL_GRACE).await;
+            return Ok(128 + sig as u8);
+        }
+    };
+    let Some(guard) = guard else {
+        return Err(Failure::new(
+            conflict,
+            conflict_message(locker, &args.name, args.wait.limit()).await,
+        ));
+    };
+
+    let mut command = Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("DISTLOCK_NAME", &args.name)
+        .env("DISTLOCK_FENCE", guard.fence().to_string())
+        // A last resort if distlock itself fails: never leave the child
+        // running without the lock.
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                exit::NOT_FOUND
+            } else {
+                exit::NOT_EXECUTABLE
+            };
+            let _ = release(guard).await;
+            return Err(Failure::new(
+                code,
+                format!("cannot run {:?}: {e}", args.command[0]),
+            ));
+        }
+    };
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+
+    let lease = guard.lease();
+    let mut lost = false;
+    let mut kill_at: Option<Instant> = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status,
+            sig = signals.recv() => {
+                if let Some(pid) = pid {
+                    let _ = kill(pid, sig);
+                }
+            }
+            _ = lease.lost(), if !lost => {
+                lost = true;
+                eprintln!(
+                    "distlock: the lease on {:?} was lost; stopping the command (SIGTERM, SIGKILL after {:?})",
+                    args.name, args.kill_grace
+                );
+                if let Some(pid) = pid {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+                kill_at = Some(Instant::now() + args.kill_grace);
+            }
+            _ = sleep_until(kill_at) => {
+                kill_at = None;
+                let _ = child.start_kill();
+            }
+        }
+    };
+    let status = status
+        .map_err(|e| Failure::new(exit::INTERNAL, format!("waiting for the command: {e}")))?;
+    let lost = lost || lease.is_lost();
+    match release(guard).await {
+        Ok(Release::Released) if !lost => Ok(status_code(status)),
+        Ok(_) => Err(lost_failure(&args.name, lost)),
+        Err(_) if lost => Err(lost_failure(&args.name, lost)),
+        Err(message) => {
+            // The command ran with a valid lease; only the release failed.
+            eprintln!("distlock: warning: {message}; the lease will run out at its TTL");
+            Ok(status_code(status))
+        }
+    }
+}
+
+fn lost_failure(name: &str, stopped: bool) -> Failure {
+    let what = if stopped {
+        "the command was stopped"
+    } else {
+        "the command ended, but exclusion was not guaranteed until its end"
+    };
+    Failure::new(exit::LOST, format!("lost the lease on {name:?}; {what}"))
+}
+
+/// Releases with a bound; the error message on failure.
+async fn release(guard: LockGuard) -> Result<Release, String> {
+    match tokio::time::timeout(RELEASE_TIMEOUT, guard.release()).await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(format!("release failed: {e}")),
+        Err(_) => Err(format!("release took longer than {RELEASE_TIMEOUT:?}")),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The child's status as a shell reports it: its exit code, or 128 + the
+/// signal that killed it.
+fn status_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => (code & 0xff) as u8,
+        (None, Some(sig)) => (128 + sig).clamp(0, 255) as u8,
+        (None, None) => 255,
+    }
+}
+
+/// One line about who holds the lock (best effort).
+async fn conflict_message(
+    locker: &Locker<RedisBackend>,
+    name: &str,
+    wait: Option<Duration>,
+) -> String {
+    let waited = match wait {
+        Some(w) if w.is_zero() => "held".to_owned(),
+        Some(w) => format!("still held after {w:?}"),
+        None => "held".to_owned(),
+    };
+    let holder = match locker.inspect(name).await {
+        Ok(info) if info.held => {
+            let owner = info.owner.as_deref().unwrap_or("unknown owner");
+            match info.remaining {
+                Some(r) => format!(" by {owner} (lease {:.1}s left)", r.as_secs_f64()),
+                None => format!(" by {owner}"),
+            }
+        }
+        _ => String::new(),
+    };
+    format!("lock {name:?} is {waited}{holder}; not acquired")
+}
+
+/// `HOST:PID`.
+fn default_owner() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The forwarded signals, registered before the lock is taken so that none
+/// is missed (and none kills distlock with the lock held).
+struct Signals(Vec<(Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        FORWARDED
+            .iter()
+            .map(|&sig| {
+                signal(SignalKind::from_raw(sig as i32))
+                    .map(|s| (sig, s))
+                    .map_err(|e| Failure::new(exit::INTERNAL, format!("cannot handle {sig}: {e}")))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// The next signal received.
+    async fn recv(&mut self) -> Signal {
+        let waits = self.0.iter_mut().map(|(sig, s)| {
+            let sig = *sig;
+            Box::pin(async move {
+                s.recv().await;
+                sig
+            })
+        });
+        futures::future::select_all(waits).await.0
+    }
+}

@@ -1,0 +1,127 @@
+//! Waiting: for the lock (`run`), or until it is free (`wait`), and
+//! `inspect`.
+
+use std::time::Duration;
+
+use distlock::{LockBackend, LockError, LockGuard, LockOptions, Locker, MAX_WAIT_TIMEOUT};
+use distlock_redis::RedisBackend;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::args::{InspectArgs, WaitArgs};
+use crate::exit::Failure;
+
+/// The longest sleep between two looks at a held lock in `wait`, in case a
+/// release notification is missed (the holder crashed: its lease runs out
+/// without a release).
+const POLL_MAX: Duration = Duration::from_millis(500);
+
+/// Takes the lock, waiting at most `limit` (`None`: no limit; zero: one
+/// attempt). `Ok(None)` when it stayed held.
+pub async fn acquire(
+    locker: &Locker<RedisBackend>,
+    name: &str,
+    opts: &LockOptions,
+    limit: Option<Duration>,
+) -> Result<Option<LockGuard>, LockError> {
+    if limit == Some(Duration::ZERO) {
+        return locker.try_lock_with(name, |_| opts.clone()).await;
+    }
+    let deadline = limit.map(|l| Instant::now() + l);
+    loop {
+        // The library waits at most a day per call; longer waits take turns.
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => MAX_WAIT_TIMEOUT,
+        };
+        let opts = opts.clone().with_wait_timeout(left.min(MAX_WAIT_TIMEOUT));
+        match locker.lock_with(name, |_| opts.clone()).await {
+            Ok(guard) => return Ok(Some(guard)),
+            Err(LockError::TimedOut { .. }) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `distlock wait`: 0 once the lock is free, the conflict code if it stays
+/// held for the whole wait.
+pub async fn wait(locker: &Locker<RedisBackend>, args: &WaitArgs) -> Result<u8, Failure> {
+    let key = locker.key(&args.name)?;
+    let deadline = args.wait.limit().map(|l| Instant::now() + l);
+    // Registered before each look, so a release in between is not missed.
+    let mut watch = locker.backend().watch(&key).await?;
+    loop {
+        let info = locker.inspect(&args.name).await?;
+        if !info.held {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(Failure::new(
+                args.wait.conflict_exit_code,
+                format!("lock {:?} is still held; gave up waiting", args.name),
+            ));
+        }
+        let mut wake_at = now + POLL_MAX;
+        if let Some(remaining) = info.remaining {
+            wake_at = wake_at.min(now + remaining + Duration::from_millis(1));
+        }
+        if let Some(d) = deadline {
+            wake_at = wake_at.min(d);
+        }
+        match watch.as_mut() {
+            Some(w) => {
+                tokio::select! {
+                    _ = w.released() => {}
+                    _ = tokio::time::sleep_until(wake_at) => {}
+                }
+            }
+            None => tokio::time::sleep_until(wake_at).await,
+        }
+    }
+}
+
+/// What `inspect --json` prints.
+#[derive(Debug, Serialize)]
+struct Shown<'a> {
+    name: &'a str,
+    held: bool,
+    owner: Option<&'a str>,
+    remaining_ms: Option<u128>,
+    last_fence: Option<u64>,
+}
+
+/// `distlock inspect`: prints the lock's state, exits 0.
+pub async fn inspect(locker: &Locker<RedisBackend>, args: &InspectArgs) -> Result<u8, Failure> {
+    let info = locker.inspect(&args.name).await?;
+    let shown = Shown {
+        name: &args.name,
+        held: info.held,
+        owner: info.owner.as_deref(),
+        remaining_ms: info.remaining.map(|r| r.as_millis()),
+        last_fence: info.last_fence,
+    };
+    if args.json {
+        let line = serde_json::to_string(&shown)
+            .map_err(|e| Failure::new(crate::exit::INTERNAL, e.to_string()))?;
+        println!("{line}");
+    } else {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+        println!("name:       {}", shown.name);
+        println!("held:       {}", if shown.held { "yes" } else { "no" });
+        println!("owner:      {}", or_dash(shown.owner.map(str::to_owned)));
+        println!(
+            "remaining:  {}",
+            or_dash(info.remaining.map(|r| format!("{:.3}s", r.as_secs_f64())))
+        );
+        println!(
+            "last fence: {}",
+            or_dash(shown.last_fence.map(|f| f.to_string()))
+        );
+    }
+    Ok(0)
+}

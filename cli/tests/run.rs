@@ -1,0 +1,347 @@
+//! `distlock run` as a real binary against real Redis: exclusion across
+//! processes, the conflict exit code, the child's environment and status,
+//! signal forwarding, and the lost-lease kill.
+
+mod support;
+
+use std::time::Duration;
+
+use distlock_redis::testkit::RedisServer;
+use distlock_redis::{LockOptions, Locker, RedisBackend};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use support::*;
+
+/// Four `distlock run` of one name started at once: their commands never
+/// overlap (each writes a start and an end timestamp), and each gets a
+/// larger fencing token than the one before.
+#[test]
+fn two_runs_of_one_name_never_overlap() {
+    let url = RedisServer::shared().url();
+    let name = unique("overlap");
+    let dir = scratch("overlap");
+    let log = dir.join("log");
+    let script = format!(
+        "echo \"start $(date +%s%N) $DISTLOCK_FENCE\" >> {log}; sleep 0.2; echo \"end $(date +%s%N)\" >> {log}",
+        log = log.display()
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| spawn(distlock(url).args(["run", "-w", "120", &name, "--", "sh", "-c", &script])))
+        .collect();
+    for child in children {
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(lines.len(), 8, "{text}");
+    let (mut last_end, mut last_fence) = (0u128, 0u64);
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0][0], "start", "{text}");
+        assert_eq!(pair[1][0], "end", "two commands overlapped:\n{text}");
+        let start: u128 = pair[0][1].parse().unwrap();
+        let end: u128 = pair[1][1].parse().unwrap();
+        let fence: u64 = pair[0][2].parse().unwrap();
+        assert!(
+            start >= last_end,
+            "started before the previous end:\n{text}"
+        );
+        assert!(fence > last_fence, "fences must increase:\n{text}");
+        (last_end, last_fence) = (end, fence);
+    }
+    assert!(!inspect(url, &name).held, "released after the last run");
+}
+
+/// `-n` on a held lock exits with the conflict code without running the
+/// command; `-E` changes the code; `-w` gives up after its wait; `wait`
+/// and `inspect` see the holder.
+#[test]
+fn a_held_lock_gives_the_conflict_code() {
+    let url = RedisServer::shared().url();
+    let name = unique("held");
+    let dir = scratch("held");
+    let marker = dir.join("ran");
+    let touch = ["--", "touch", marker.to_str().unwrap()];
+    let rt = runtime();
+    let locker = rt.block_on(async { Locker::new(RedisBackend::from_url(url).unwrap()) });
+    let opts = LockOptions::default()
+        .with_ttl(Duration::from_secs(120))
+        .with_owner("test-holder");
+    let guard = rt
+        .block_on(locker.try_lock_with(&name, |_| opts.clone()))
+        .unwrap()
+        .unwrap();
+
+    let out = output(distlock(url).args(["run", "-n", &name]).args(touch));
+    assert_eq!(code(&out), CONFLICT, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not acquired"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("test-holder"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+
+    let out = output(
+        distlock(url)
+            .args(["run", "-n", "-E", "9", &name])
+            .args(touch),
+    );
+    assert_eq!(code(&out), 9, "{}", stderr(&out));
+    let out = output(distlock(url).args(["run", "-w", "0.3", &name]).args(touch));
+    assert_eq!(code(&out), CONFLICT, "{}", stderr(&out));
+    assert!(
+        !marker.exists(),
+        "the command must not run without the lock"
+    );
+
+    let out = output(distlock(url).args(["wait", "-w", "0.3", &name]));
+    assert_eq!(code(&out), CONFLICT, "{}", stderr(&out));
+    let out = output(distlock(url).args(["inspect", "--json", &name]));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["held"], true);
+    assert_eq!(shown["owner"], "test-holder");
+    assert_eq!(shown["last_fence"], guard.fence());
+    assert!(shown["remaining_ms"].as_u64().unwrap() > 0);
+
+    // `wait` without a limit returns once the holder releases.
+    let waiter = spawn(distlock(url).args(["wait", &name]));
+    wait_for_waiter(url, &name);
+    rt.block_on(guard.release()).unwrap();
+    let out = finish(waiter);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    let out = output(distlock(url).args(["run", "-n", &name]).args(touch));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(marker.exists());
+    let out = output(distlock(url).args(["inspect", &name]));
+    assert!(stdout(&out).contains("held:       no"), "{}", stdout(&out));
+}
+
+/// The command sees DISTLOCK_NAME and DISTLOCK_FENCE; distlock exits with
+/// its status (128 + N for a signal); a missing command gives 127 and
+/// leaves the lock free.
+#[test]
+fn the_command_gets_the_fence_and_distlock_exits_with_its_status() {
+    let url = RedisServer::shared().url();
+    let name = unique("status");
+    let out = output(distlock(url).args([
+        "run",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$DISTLOCK_NAME $DISTLOCK_FENCE\"; exit 3",
+    ]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let fence = inspect(url, &name).last_fence.unwrap();
+    assert_eq!(stdout(&out).trim(), format!("{name} {fence}"));
+
+    let out = output(distlock(url).args(["run", &name, "--", "sh", "-c", "kill -KILL $$"]));
+    assert_eq!(code(&out), 128 + 9, "{}", stderr(&out));
+
+    let out = output(distlock(url).args(["run", &name, "--", "/nonexistent/command"]));
+    assert_eq!(code(&out), 127, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/command"),
+        "{}",
+        stderr(&out)
+    );
+    let info = inspect(url, &name);
+    assert!(!info.held, "{info:?}");
+    assert_eq!(info.last_fence, Some(fence + 2));
+}
+
+/// SIGTERM to distlock reaches the command, which ends (here with status
+/// 7 from its trap); distlock exits with that status and the lock is free.
+#[test]
+fn sigterm_reaches_the_command_and_the_lock_is_freed() {
+    let url = RedisServer::shared().url();
+    let name = unique("sigterm");
+    let dir = scratch("sigterm");
+    let (ready, got) = (dir.join("ready"), dir.join("got"));
+    let script = format!(
+        "trap 'echo term > {got}; exit 7' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let child = spawn(distlock(url).args(["run", &name, "--", "sh", "-c", &script]));
+    let pid: i32 = wait_for_file(&ready).trim().parse().unwrap();
+    assert!(inspect(url, &name).held);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = finish(child);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&got).unwrap().trim(), "term");
+    assert!(!alive(pid), "the command must not outlive distlock");
+    assert!(!inspect(url, &name).held, "the lock must be free");
+}
+
+/// The holder's connections are killed (CLIENT KILL): renewal reconnects
+/// and the command keeps running with the lock. Then the lock is taken
+/// away (its key deleted, as when it expired during a partition and
+/// someone else took it): renewal finds it gone, the command gets SIGTERM
+/// and distlock exits with the lost-lease code.
+#[test]
+fn a_killed_connection_reconnects_and_a_lock_taken_away_stops_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let name = unique("taken");
+    let dir = scratch("taken");
+    let (ready, got) = (dir.join("ready"), dir.join("got"));
+    let script = format!(
+        "trap 'echo term > {got}; exit 0' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let mut child =
+        spawn(distlock(url).args(["run", "--ttl", "3s", &name, "--", "sh", "-c", &script]));
+    wait_for_file(&ready);
+    let fence = inspect(url, &name).last_fence;
+    let killed: i64 = redis_cmd(url, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert!(killed >= 1, "distlock's connection was killed");
+    // Longer than the TTL: only renewal over a new connection keeps it.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "distlock is still running"
+    );
+    let info = inspect(url, &name);
+    assert!(info.held && info.last_fence == fence, "{info:?}");
+    assert!(!got.exists());
+
+    let deleted: i64 = redis_cmd(url, &["DEL", &lock_key(url, &name)]);
+    assert_eq!(deleted, 1);
+    let out = finish(child);
+    assert_eq!(code(&out), LOST, "{}", stderr(&out));
+    assert!(stderr(&out).contains("lost"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&got).unwrap().trim(), "term");
+}
+
+/// Redis is paused past the TTL: renewal cannot reach it, the lease runs
+/// out, the command (which ignores SIGTERM) is killed after --kill-grace,
+/// and distlock exits with the lost-lease code.
+#[test]
+fn a_paused_redis_past_the_ttl_kills_the_command() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let name = unique("paused");
+    let dir = scratch("paused");
+    let ready = dir.join("ready");
+    let script = format!(
+        "trap '' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        ready = ready.display()
+    );
+    let child = spawn(distlock(url).args([
+        "run",
+        "--ttl",
+        "1s",
+        "--kill-grace",
+        "0.5",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let pid: i32 = wait_for_file(&ready).trim().parse().unwrap();
+    server.pause();
+    let out = finish(child);
+    server.unpause();
+    assert_eq!(code(&out), LOST, "{}", stderr(&out));
+    assert!(stderr(&out).contains("lost"), "{}", stderr(&out));
+    assert!(!alive(pid), "the command ignoring SIGTERM was killed");
+}
+
+/// Bad settings and failing backends: the right exit code and a message
+/// that names the kind, never the password.
+#[test]
+fn bad_urls_and_wrong_passwords_give_their_exit_codes() {
+    let name = unique("bad");
+    let out = output(distlock("http://localhost").args(["run", &name, "--", "true"]));
+    assert_eq!(code(&out), CONFIG, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid Redis URL"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing listens on port 1.
+    let out = output(distlock("redis://127.0.0.1:1").args(["run", &name, "--", "true"]));
+    assert_eq!(code(&out), BACKEND, "{}", stderr(&out));
+    assert!(stderr(&out).contains("(Unavailable)"), "{}", stderr(&out));
+
+    let server = RedisServer::start_process(
+        distlock_redis::testkit::ProcessOptions::new().args(["--requirepass", "right-pw-1"]),
+    );
+    let wrong = server.url().replace("redis://", "redis://:wrong-pw-2@");
+    let out = output(distlock(&wrong).args(["run", &name, "--", "true"]));
+    assert_eq!(code(&out), BACKEND, "{}", stderr(&out));
+    assert!(stderr(&out).contains("(Auth)"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-pw-2"), "{}", stderr(&out));
+
+    // The same through a config file, and through REDIS_URL.
+    let dir = scratch("bad");
+    let config = dir.join("distlock.toml");
+    std::fs::write(
+        &config,
+        format!("url = \"{wrong}\"\ncommand_timeout = \"5s\"\n"),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distlock"));
+    command.env_remove("REDIS_URL").arg("--config").arg(&config);
+    let out = output(command.args(["inspect", &name]));
+    assert_eq!(code(&out), BACKEND, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("wrong-pw-2"), "{}", stderr(&out));
+    let right = server.url().replace("redis://", "redis://:right-pw-1@");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distlock"));
+    command
+        .env("REDIS_URL", &right)
+        .arg("--config")
+        .arg(&config);
+    let out = output(command.args(["inspect", &name]));
+    assert_eq!(
+        code(&out),
+        0,
+        "REDIS_URL overrides the file: {}",
+        stderr(&out)
+    );
+
+    let out = output(
+        std::process::Command::new(env!("CARGO_BIN_EXE_distlock"))
+            .env_remove("REDIS_URL")
+            .env_remove("DISTLOCK_CONFIG")
+            .args(["inspect", &name]),
+    );
+    assert_eq!(code(&out), CONFIG, "{}", stderr(&out));
+    let out = output(distlock(&right).args(["run", &name]));
+    assert_eq!(code(&out), USAGE, "no command: {}", stderr(&out));
+    let out = output(distlock(&right).args(["run", "--ttl", "1ms", &name, "--", "true"]));
+    assert_eq!(code(&out), USAGE, "TTL too short: {}", stderr(&out));
+}
+
+/// SIGTERM while distlock waits for the lock: it gives up at once with
+/// 128 + 15, the command never runs, and the holder keeps its lock.
+#[test]
+fn sigterm_while_waiting_ends_the_wait() {
+    let url = RedisServer::shared().url();
+    let name = unique("wait-sigterm");
+    let dir = scratch("wait-sigterm");
+    let marker = dir.join("ran");
+    let rt = runtime();
+    let locker = rt.block_on(async { Locker::new(RedisBackend::from_url(url).unwrap()) });
+    let opts = LockOptions::default().with_ttl(Duration::from_secs(120));
+    let guard = rt
+        .block_on(locker.try_lock_with(&name, |_| opts.clone()))
+        .unwrap()
+        .unwrap();
+    let child = spawn(distlock(url).args(["run", &name, "--", "touch", marker.to_str().unwrap()]));
+    wait_for_waiter(url, &name);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = finish(child);
+    assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+    assert!(!marker.exists());
+    let info = inspect(url, &name);
+    assert!(
+        info.held && info.last_fence == Some(guard.fence()),
+        "{info:?}"
+    );
+    rt.block_on(guard.release()).unwrap();
+}
