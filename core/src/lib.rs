@@ -69,17 +69,19 @@ mod key;
 mod locker;
 mod notify;
 mod options;
+mod quorum;
 mod releaser;
 mod token;
 mod wait;
 
 pub use async_trait::async_trait;
 
-pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release};
 pub use error::{BackendError, BackendErrorKind, LockError};
 pub use guard::{Lease, LockGuard};
 pub use key::{LockKey, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};
 pub use options::{validate_ttl, LockOptions, MAX_OWNER_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL};
+pub use quorum::{Quorum, QuorumConfig, QuorumError, QuorumMember, DEFAULT_MEMBER_TIMEOUT};
 pub use token::LockToken;

@@ -1,0 +1,184 @@
+//! Acquiring on a majority, and giving partial holds back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::calls::{combine, Calls};
+use super::{fencing, Inner};
+use crate::backend::{Acquire, LockBackend};
+use crate::error::{BackendError, BackendErrorKind};
+use crate::key::LockKey;
+use crate::options::LockOptions;
+use crate::token::LockToken;
+
+/// What the members answered to one acquisition, as far as read.
+#[derive(Default)]
+struct Tally {
+    /// (member, fencing token) of every member that acquired.
+    acquired: Vec<(usize, u64)>,
+    /// How many members answered that someone holds the key.
+    held: usize,
+    /// The shortest remaining lease a holding member reported.
+    remaining: Option<Duration>,
+    /// Members that failed or did not answer in time: they may hold the
+    /// key for us (the request may have landed).
+    errors: Vec<(usize, BackendError)>,
+}
+
+/// Acquires `key` on a majority of members; see [`Quorum`](super::Quorum).
+pub(super) async fn acquire(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+) -> Result<Acquire, BackendError> {
+    let started = Instant::now();
+    let limit = q.call_limit(ttl);
+    let mut calls = Calls::new();
+    for (i, member) in q.members.iter().enumerate() {
+        let (member, key, token) = (member.clone(), key.clone(), token.clone());
+        let owner = owner.map(str::to_owned);
+        calls.push(i, limit, async move {
+            member
+                .try_acquire(&key, &token, ttl, owner.as_deref())
+                .await
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some((i, answer)) = calls.next().await {
+        match answer {
+            Ok(Acquire::Acquired { fence }) => tally.acquired.push((i, fence)),
+            Ok(Acquire::Held { remaining }) => {
+                tally.held += 1;
+                if let Some(r) = remaining {
+                    tally.remaining = Some(tally.remaining.map_or(r, |m| m.min(r)));
+                }
+            }
+            Err(e) => tally.errors.push((i, e)),
+        }
+        if tally.acquired.len() >= q.majority || tally.acquired.len() + calls.len() < q.majority {
+            break;
+        }
+    }
+
+    if tally.acquired.len() < q.majority {
+        // No majority: give back every partial hold, including the ones of
+        // members that have not answered yet.
+        give_back(q, key, token, &tally, calls).await;
+        let summary = format!(
+            "{} of {} members acquired, {} hold it, {} failed; a majority is {}",
+            tally.acquired.len(),
+            q.members.len(),
+            tally.held,
+            tally.errors.len(),
+            q.majority
+        );
+        // Held answers mean contention: report the lock as held unless a
+        // majority failed outright (then the outage is the news).
+        if tally.held > 0 && tally.errors.len() < q.majority {
+            return Ok(Acquire::Held {
+                remaining: tally.remaining,
+            });
+        }
+        return Err(combine("acquire", &summary, &tally.errors));
+    }
+    // Members still in flight are dropped: if their request landed, they
+    // hold the key for our token until it is released or expires, which
+    // every later extend and release covers.
+    drop(calls);
+
+    let fence = if q.fencing {
+        match fencing::settle(q, key, token, ttl, &tally.acquired).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                give_back(q, key, token, &tally, Calls::new()).await;
+                return Err(e);
+            }
+        }
+    } else if q.members.len() == 1 {
+        tally.acquired[0].1
+    } else {
+        0
+    };
+
+    let elapsed = started.elapsed();
+    if elapsed >= ttl.saturating_sub(LockOptions::drift(ttl)) {
+        // The majority came too late: its lease may already have run out
+        // on some members. Never report a hold that is invalid from birth.
+        give_back(q, key, token, &tally, Calls::new()).await;
+        return Err(BackendError::new(
+            BackendErrorKind::Timeout,
+            format!(
+                "quorum acquire: a majority took {elapsed:?}, which leaves no validity \
+                 of the TTL {ttl:?} after the drift allowance; the lock was given back"
+            ),
+        ));
+    }
+    Ok(Acquire::Acquired { fence })
+}
+
+/// Releases `key` for `token` on every member that acquired (waiting for
+/// the answers, each within the member timeout), and in the background on
+/// every member that failed or has not answered yet (their request may
+/// have landed).
+async fn give_back(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    tally: &Tally,
+    in_flight: Calls<Acquire>,
+) {
+    let mut now = Calls::new();
+    for &(i, _) in &tally.acquired {
+        now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+    }
+    let mut later = Calls::new();
+    for (i, _) in &tally.errors {
+        later.push(
+            *i,
+            q.member_timeout,
+            release_call(&q.members[*i], key, token),
+        );
+    }
+    later.finish_in_background();
+    if in_flight.len() > 0 {
+        // Wait (in the background) for the late answers, then release.
+        let q = q.clone();
+        let (key, token) = (key.clone(), token.clone());
+        let mut in_flight = in_flight;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut releases = Calls::new();
+                while let Some((i, answer)) = in_flight.next().await {
+                    if !matches!(answer, Ok(Acquire::Held { .. })) {
+                        releases.push(
+                            i,
+                            q.member_timeout,
+                            release_call(&q.members[i], &key, &token),
+                        );
+                    }
+                }
+                while releases.next().await.is_some() {}
+            });
+        }
+    }
+    while let Some((i, answer)) = now.next().await {
+        if let Err(e) = answer {
+            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
+        }
+    }
+}
+
+/// A release of `key` for `token` on `member`, as an owned future.
+pub(super) fn release_call(
+    member: &Arc<dyn LockBackend>,
+    key: &LockKey,
+    token: &LockToken,
+) -> impl std::future::Future<Output = Result<crate::backend::Release, BackendError>> + Send + 'static
+{
+    let (member, key, token) = (member.clone(), key.clone(), token.clone());
+    async move { member.release(&key, &token).await }
+}
