@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use distlock::{
     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
+    RaiseFence, Release, ReleaseWatch,
 };
 
 /// Wraps a backend and counts the calls that could change lock state.
@@ -98,5 +98,18 @@ impl<B: LockBackend> LockBackend for Counting<B> {
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.inner.watch(key).await
+    }
+
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        self.inner.raise_fence(key, token, at_least).await
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
     }
 }

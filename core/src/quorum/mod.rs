@@ -17,7 +17,7 @@ use async_trait::async_trait;
 
 pub use config::{QuorumConfig, QuorumError, QuorumMember, DEFAULT_MEMBER_TIMEOUT};
 
-use crate::backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+use crate::backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release};
 use crate::error::BackendError;
 use crate::key::LockKey;
 use crate::notify::ReleaseWatch;
@@ -81,7 +81,9 @@ use crate::token::LockToken;
 ///   by the waiter's backoff.
 /// - [`capabilities`](LockBackend::capabilities): what **all** members
 ///   offer; `fencing` needs every member to have fencing and (with more
-///   than one member) [`raise_fence`](LockBackend::raise_fence).
+///   than one member) [`raise_fence`](LockBackend::raise_fence). A quorum
+///   of several members does not itself offer `raise_fence` (quorums do
+///   not nest).
 ///
 /// # Fencing tokens
 ///
@@ -169,11 +171,15 @@ impl Quorum {
         config::validate(&members, &config)?;
         let all = |f: fn(&Capabilities) -> bool| members.iter().all(|m| f(&m.capabilities()));
         let fencing = all(|c| c.fencing) && (members.len() == 1 || all(|c| c.raise_fence));
-        let capabilities = Capabilities::none()
-            .with_fencing(fencing)
-            .with_release_notify(all(|c| c.release_notify))
-            .with_distributed(all(|c| c.distributed))
-            .with_tokio_clock(all(|c| c.tokio_clock));
+        let capabilities = match members.as_slice() {
+            // Calls pass straight through to the one member.
+            [only] => only.capabilities(),
+            _ => Capabilities::none()
+                .with_fencing(fencing)
+                .with_release_notify(all(|c| c.release_notify))
+                .with_distributed(all(|c| c.distributed))
+                .with_tokio_clock(all(|c| c.tokio_clock)),
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 majority: members.len() / 2 + 1,
@@ -282,5 +288,19 @@ impl LockBackend for Quorum {
             return only.watch(key).await;
         }
         watch::watch(&self.inner, key).await
+    }
+
+    /// With one member, that member's; otherwise unsupported (a quorum is
+    /// not meant to be a member of another quorum).
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        match self.single() {
+            Some(only) => only.raise_fence(key, token, at_least).await,
+            None => Ok(RaiseFence::Unsupported),
+        }
     }
 }

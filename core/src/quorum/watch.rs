@@ -3,7 +3,8 @@
 //!
 //! The quorum has its own [`ReleaseHub`]. The first waiter of a key
 //! registers with every member that notifies, and a forwarding task turns
-//! each member's release event into one event of the quorum's hub. The task
+//! release events from a majority of members into one event of the
+//! quorum's hub (see [`forward`]). The task
 //! ends (dropping the member registrations) within [`IDLE_CHECK`] once the
 //! quorum has no waiter of the key left. Members that do not notify are
 //! covered by the waiter's backoff polling, as for any such backend.
@@ -76,16 +77,34 @@ pub(super) async fn watch(
 
 /// Forwards member release events of `key` to the quorum's hub until no
 /// waiter of the quorum is left.
+///
+/// One quorum waiter is woken once release events came from a majority of
+/// members (counted since the last wake-up, forgotten after a quiet
+/// [`IDLE_CHECK`]). A real release frees the lock on at least a majority,
+/// so it wakes a waiter; a partial hold given back by a failed attempt
+/// covers less than a majority, so it does not: otherwise every failed
+/// attempt would wake the next waiter, whose failed attempt would wake the
+/// next, in a storm of useless retries while the holder keeps the lock.
 async fn forward(q: Arc<Inner>, key: String, mut members: Vec<ReleaseWatch>) {
+    if members.len() < q.majority {
+        // Too few members notify to ever see a majority: rely on polling.
+        members.clear();
+    }
+    let mut fired = vec![false; members.len()];
     loop {
         if members.is_empty() {
             tokio::time::sleep(IDLE_CHECK).await;
         } else {
             let any = select_all(members.iter_mut().map(|w| Box::pin(w.released())));
-            if tokio::time::timeout(IDLE_CHECK, any).await.is_ok() {
-                q.watches.hub.notify(&key);
+            if let Ok(((), which, _)) = tokio::time::timeout(IDLE_CHECK, any).await {
+                fired[which] = true;
+                if fired.iter().filter(|&&f| f).count() >= q.majority {
+                    fired.iter_mut().for_each(|f| *f = false);
+                    q.watches.hub.notify(&key);
+                }
                 continue;
             }
+            fired.iter_mut().for_each(|f| *f = false);
         }
         let mut forwarding = q
             .watches
