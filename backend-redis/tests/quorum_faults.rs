@@ -78,7 +78,9 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
         .with_auto_renew(true)
         .with_wait_timeout(HANG);
 
-    let held = bounded("lock", holder.lock_with(&name, &opts)).await.unwrap();
+    let held = bounded("lock", holder.lock_with(&name, &opts))
+        .await
+        .unwrap();
     let first = held.fence();
     let waiting = {
         let (waiter, name, opts) = (waiter.clone(), name.clone(), opts.clone());
@@ -94,13 +96,18 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
     assert!(holder.inspect(&name).await.unwrap().held);
 
     assert_eq!(held.release().await.unwrap(), Release::Released);
-    let taken = bounded("the waiter's lock", waiting).await.unwrap().unwrap();
+    let taken = bounded("the waiter's lock", waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(taken.fence() > first, "{} after {first}", taken.fence());
     servers[0].unpause();
     assert_eq!(taken.release().await.unwrap(), Release::Released);
 
     // The woken member takes part again; tokens still increase.
-    let again = bounded("lock", holder.lock_with(&name, &opts)).await.unwrap();
+    let again = bounded("lock", holder.lock_with(&name, &opts))
+        .await
+        .unwrap();
     assert!(again.fence() > taken.fence());
     again.release().await.unwrap();
 }
@@ -240,7 +247,11 @@ async fn a_slow_member_counts_against_the_majority_but_never_blocks() {
     let opts = LockOptions::default().with_ttl(Duration::from_secs(10));
     for _ in 0..3 {
         let start = Instant::now();
-        let mut guard = locker.try_lock_with(&name, &opts).await.unwrap().expect("free");
+        let mut guard = locker
+            .try_lock_with(&name, &opts)
+            .await
+            .unwrap()
+            .expect("free");
         guard.extend(Duration::from_secs(10)).await.unwrap();
         assert!(locker.inspect(&name).await.unwrap().held);
         assert_eq!(guard.release().await.unwrap(), Release::Released);
@@ -271,7 +282,11 @@ async fn fences_increase_when_a_different_member_fails_each_time() {
             .await
             .unwrap()
             .expect("two live members grant it");
-        assert!(guard.fence() > last, "round {round}: {} after {last}", guard.fence());
+        assert!(
+            guard.fence() > last,
+            "round {round}: {} after {last}",
+            guard.fence()
+        );
         last = guard.fence();
         assert_eq!(locker.inspect(&name).await.unwrap().last_fence, Some(last));
         assert_eq!(guard.release().await.unwrap(), Release::Released);

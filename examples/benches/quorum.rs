@@ -106,7 +106,9 @@ impl Client {
     async fn acquire(&self, name: &str) -> Held {
         match self {
             Client::Distlock(l) => Held::Distlock(l.lock(name).await.expect("lock")),
-            Client::Rslock(lm) => Held::Rslock(lm.acquire_no_guard(name, TTL).await.expect("acquire")),
+            Client::Rslock(lm) => {
+                Held::Rslock(lm.acquire_no_guard(name, TTL).await.expect("acquire"))
+            }
         }
     }
 
@@ -180,7 +182,10 @@ fn child(which: Impl) {
             let _: () = data.set(&counter, n + 1).await.expect("SET");
             let released = now_ns();
             client.release(held).await;
-            out.push_str(&format!("hold {acquired} {released} {}\n", waited.as_nanos()));
+            out.push_str(&format!(
+                "hold {acquired} {released} {}\n",
+                waited.as_nanos()
+            ));
             tokio::time::sleep(WORK).await;
         }
         print!("{out}");
@@ -253,9 +258,7 @@ fn contended(which: Impl, urls: &[String], procs: usize, secs: Duration, run: &s
         admin.get(&counter).await.unwrap()
     });
     holds.sort_unstable();
-    let wall = Duration::from_nanos(
-        (holds.last().map_or(end, |h| h.1.max(end)) - start) as u64,
-    );
+    let wall = Duration::from_nanos((holds.last().map_or(end, |h| h.1.max(end)) - start) as u64);
     let held: u128 = holds.iter().map(|h| h.1 - h.0).sum();
     let gaps: Vec<u128> = holds
         .windows(2)

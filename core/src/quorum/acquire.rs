@@ -144,7 +144,7 @@ async fn give_back(
         );
     }
     later.finish_in_background();
-    if in_flight.len() > 0 {
+    if !in_flight.is_empty() {
         // Wait (in the background) for the late answers, then release.
         let q = q.clone();
         let (key, token) = (key.clone(), token.clone());

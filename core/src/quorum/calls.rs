@@ -56,6 +56,11 @@ impl<T: Send + 'static> Calls<T> {
         self.pending.len()
     }
 
+    /// Whether every member has answered.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// Lets the calls still in flight run to their end (each within its
     /// bound) on the current tokio runtime, so every member receives the
     /// request even though the outcome is already decided. Without a
