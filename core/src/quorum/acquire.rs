@@ -27,6 +27,21 @@ struct Tally {
     errors: Vec<(usize, BackendError)>,
 }
 
+impl Tally {
+    fn count(&mut self, i: usize, answer: Result<Acquire, BackendError>) {
+        match answer {
+            Ok(Acquire::Acquired { fence }) => self.acquired.push((i, fence)),
+            Ok(Acquire::Held { remaining }) => {
+                self.held += 1;
+                if let Some(r) = remaining {
+                    self.remaining = Some(self.remaining.map_or(r, |m| m.min(r)));
+                }
+            }
+            Err(e) => self.errors.push((i, e)),
+        }
+    }
+}
+
 /// Acquires `key` on a majority of members; see [`Quorum`](super::Quorum).
 pub(super) async fn acquire(
     q: &Arc<Inner>,
@@ -49,41 +64,35 @@ pub(super) async fn acquire(
     }
     let mut tally = Tally::default();
     while let Some((i, answer)) = calls.next().await {
-        match answer {
-            Ok(Acquire::Acquired { fence }) => tally.acquired.push((i, fence)),
-            Ok(Acquire::Held { remaining }) => {
-                tally.held += 1;
-                if let Some(r) = remaining {
-                    tally.remaining = Some(tally.remaining.map_or(r, |m| m.min(r)));
-                }
-            }
-            Err(e) => tally.errors.push((i, e)),
-        }
+        tally.count(i, answer);
         if tally.acquired.len() >= q.majority || tally.acquired.len() + calls.len() < q.majority {
             break;
         }
     }
 
     if tally.acquired.len() < q.majority {
+        if !tally.acquired.is_empty() {
+            // Perhaps a split vote, retried below with the same token: hear
+            // every member first (each within its bound), so no late answer
+            // is handled in the background while the retry runs.
+            while let Some((i, answer)) = calls.next().await {
+                tally.count(i, answer);
+            }
+        }
         // No majority: give back every partial hold, including the ones of
         // members that have not answered yet.
         give_back(q, key, token, &tally, calls).await;
-        let summary = format!(
-            "{} of {} members acquired, {} hold it, {} failed; a majority is {}",
-            tally.acquired.len(),
-            q.members.len(),
-            tally.held,
-            tally.errors.len(),
-            q.majority
-        );
-        // Held answers mean contention: report the lock as held unless a
-        // majority failed outright (then the outage is the news).
-        if tally.held > 0 && tally.errors.len() < q.majority {
-            return Ok(Acquire::Held {
-                remaining: tally.remaining,
-            });
+        let split = !tally.acquired.is_empty() && tally.held > 0 && tally.errors.len() < q.majority;
+        let retried = if split {
+            ordered(q, key, token, ttl, owner, &tally).await
+        } else {
+            None
+        };
+        match retried {
+            Some(won) => tally = won,
+            None => return failure(q, tally),
         }
-        return Err(combine("acquire", &summary, &tally.errors));
+        calls = Calls::new();
     }
     // Members still in flight are dropped: if their request landed, they
     // hold the key for our token until it is released or expires, which
@@ -118,6 +127,91 @@ pub(super) async fn acquire(
         ));
     }
     Ok(Acquire::Acquired { fence })
+}
+
+/// The answer of an acquisition that found no majority: `Ok(Held)` when
+/// members reported the key held (contention) unless a majority failed
+/// outright (then the outage is the news), else the combined error.
+fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
+    if tally.held > 0 && tally.errors.len() < q.majority {
+        return Ok(Acquire::Held {
+            remaining: tally.remaining,
+        });
+    }
+    let summary = format!(
+        "{} of {} members acquired, {} hold it, {} failed; a majority is {}",
+        tally.acquired.len(),
+        q.members.len(),
+        tally.held,
+        tally.errors.len(),
+        q.majority
+    );
+    Err(combine("acquire", &summary, &tally.errors))
+}
+
+/// How often the winner of the first member retries a later member that
+/// answered "held" during an ordered attempt (a racer's partial hold is
+/// given back within about one round trip).
+const ORDERED_RETRIES: u32 = 3;
+
+/// The second try after a split vote (we got some members, racers got the
+/// others, nobody a majority: with concurrent requests that can leave every
+/// racer empty-handed). Members are tried one at a time in list order,
+/// skipping the ones that failed: whoever wins the first member has
+/// priority and waits briefly for the racers' partial holds on the others
+/// to be given back; whoever finds the first member held gives up. So a
+/// race of simultaneous `try_acquire`s still has a winner.
+async fn ordered(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    first: &Tally,
+) -> Option<Tally> {
+    let limit = q.call_limit(ttl);
+    let mut tally = Tally::default();
+    for (i, member) in q.members.iter().enumerate() {
+        if first.errors.iter().any(|(e, _)| *e == i) {
+            continue;
+        }
+        let mut tries = 0;
+        loop {
+            let answer =
+                tokio::time::timeout(limit, member.try_acquire(key, token, ttl, owner)).await;
+            match answer {
+                Ok(Ok(Acquire::Acquired { fence })) => tally.acquired.push((i, fence)),
+                Ok(Ok(Acquire::Held { remaining })) => {
+                    if !tally.acquired.is_empty() && tries < ORDERED_RETRIES {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
+                        continue;
+                    }
+                    tally.held += 1;
+                    if let Some(r) = remaining {
+                        tally.remaining = Some(tally.remaining.map_or(r, |m| m.min(r)));
+                    }
+                }
+                Ok(Err(e)) => tally.errors.push((i, e)),
+                Err(_) => tally.errors.push((
+                    i,
+                    BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!("no answer within the member timeout {limit:?}"),
+                    ),
+                )),
+            }
+            break;
+        }
+        if tally.acquired.len() >= q.majority || (tally.acquired.is_empty() && tally.held > 0) {
+            break;
+        }
+    }
+    if tally.acquired.len() >= q.majority {
+        return Some(tally);
+    }
+    give_back(q, key, token, &tally, Calls::new()).await;
+    None
 }
 
 /// Releases `key` for `token` on every member that acquired (waiting for
