@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::calls::{combine, Calls};
@@ -94,10 +95,17 @@ pub(super) async fn acquire(
         }
         calls = Calls::new();
     }
-    // Members still in flight are dropped: if their request landed, they
-    // hold the key for our token until it is released or expires, which
-    // every later extend and release covers.
-    drop(calls);
+    // Answers already there count too (an in-process member answers at
+    // once); the calls still in flight finish in the background: a late
+    // hold is ours, and every later extend and release covers it. Holding
+    // every member that could be reached keeps the lease alive when one of
+    // the first majority fails later.
+    while let Some(Some((i, answer))) = calls.next().now_or_never() {
+        if let Ok(Acquire::Acquired { fence }) = answer {
+            tally.acquired.push((i, fence));
+        }
+    }
+    calls.finish_in_background();
 
     let fence = if q.fencing {
         match fencing::settle(q, key, token, ttl, &tally.acquired).await {
