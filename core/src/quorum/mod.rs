@@ -66,12 +66,18 @@ use crate::token::LockToken;
 ///   is [`Acquire::Held`] if members reported the key held, or an error if
 ///   a majority of members failed (or no member reported it held), or a
 ///   [`Timeout`](crate::BackendErrorKind::Timeout) error if the majority
-///   came too late.
+///   came too late. A split vote (racers each got some members, nobody a
+///   majority) is retried once, member by member in list order, where the
+///   winner of the first member has priority: simultaneous `try_acquire`s
+///   still have a winner.
 /// - [`extend`](LockBackend::extend): [`Extend::Extended`] if a majority
-///   extended, [`Extend::NotHeld`] if it cannot have (the guard then treats
-///   the lease as lost), an error if failed members leave it undecided.
+///   extended, otherwise [`Extend::NotHeld`] (the guard then treats the
+///   lease as lost), even when failed members might still hold it; an
+///   error only when no member answered at all (an outage the guard
+///   retries until its deadline).
 /// - [`release`](LockBackend::release): [`Release::Released`] if a
-///   majority released; same rules otherwise.
+///   majority released; same rules otherwise (holds left on failed
+///   members expire with their TTL).
 /// - [`inspect`](LockBackend::inspect): the majority view (held if a
 ///   majority holds it; the remaining lease a majority still has; the
 ///   highest fencing token a majority reached). An error if fewer than a

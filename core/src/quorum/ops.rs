@@ -15,10 +15,9 @@ use crate::token::LockToken;
 enum Vote {
     /// A majority said yes.
     Yes,
-    /// A majority can no longer say yes, and members that failed could not
-    /// have changed that.
+    /// No majority said yes, and at least one member answered.
     No,
-    /// No majority either way because members failed.
+    /// Every member that was heard from failed: nothing is known.
     Failed(BackendError),
 }
 
@@ -45,7 +44,10 @@ async fn vote<T: Send + 'static>(
     calls.finish_in_background();
     if ayes >= q.majority {
         Vote::Yes
-    } else if ayes + errors.len() < q.majority {
+    } else if ayes + noes > 0 {
+        // Some members answered, but not a majority yes: the lease cannot
+        // be counted on (the guard treats it as lost; holds left on
+        // members expire with their TTL).
         Vote::No
     } else {
         let summary = format!(
