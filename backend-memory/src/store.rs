@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, Release, ReleaseHub, ReleaseWatch,
+    LockToken, RaiseFence, Release, ReleaseHub, ReleaseWatch,
 };
 use tokio::time::Instant;
 
@@ -139,6 +139,7 @@ impl LockBackend for MemoryBackend {
             .with_fencing(true)
             .with_release_notify(true)
             .with_tokio_clock(true)
+            .with_raise_fence(true)
     }
 
     async fn try_acquire(
@@ -225,6 +226,34 @@ impl LockBackend for MemoryBackend {
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.reachable()?;
         Ok(Some(self.inner.hub.watch(key)))
+    }
+
+    /// Raises the hold's token and the store's counter (shared by every
+    /// name, so raising it for one name only makes the others skip
+    /// numbers).
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let fence = match state.live(key.encoded(), now) {
+            Some(e) if e.token == *token => {
+                e.fence = e.fence.max(at_least);
+                e.fence
+            }
+            _ => return Ok(RaiseFence::NotHeld),
+        };
+        state.last_fence = state.last_fence.max(fence);
+        Ok(RaiseFence::Raised { fence })
+    }
+
+    /// `memory:` and the address of the shared store: clones of one store
+    /// report the same identity.
+    fn identity(&self) -> Option<String> {
+        Some(format!("memory:{:p}", Arc::as_ptr(&self.inner)))
     }
 }
 

@@ -9,7 +9,7 @@ use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, Release, ReleaseWatch,
+    LockToken, RaiseFence, Release, ReleaseWatch,
 };
 use redis::{AsyncConnectionConfig, Value};
 
@@ -115,6 +115,8 @@ struct Inner {
     description: String,
     /// `host:port` (or the socket path) for connection errors.
     endpoint: String,
+    /// The server address, for [`LockBackend::identity`].
+    identity: String,
 }
 
 impl RedisBackend {
@@ -208,6 +210,7 @@ impl RedisBackend {
                 subscriber,
                 description: config.redacted_url(),
                 endpoint: endpoint(&config.connection_info()?),
+                identity: config.server_identity()?,
             }),
         })
     }
@@ -414,6 +417,7 @@ impl LockBackend for RedisBackend {
             .with_release_notify(self.inner.subscriber.enabled())
             .with_distributed(true)
             .with_tokio_clock(false)
+            .with_raise_fence(true)
     }
 
     async fn try_acquire(
@@ -523,6 +527,36 @@ impl LockBackend for RedisBackend {
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         Ok(self.inner.subscriber.watch(key).await)
+    }
+
+    /// One round trip (`raise_fence.lua`): only while `token` holds the
+    /// lock, sets the fence key to `max(fence, at_least)`. `at_least` must
+    /// fit Redis integers (at most `i64::MAX`).
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        if i64::try_from(at_least).is_err() {
+            return Err(config(format!(
+                "fencing token {at_least} is above what a Redis counter holds"
+            )));
+        }
+        let keys = self.keys(key);
+        let mut inv = scripts::RAISE_FENCE.prepare_invoke();
+        inv.key(&keys.lock)
+            .key(&keys.fence)
+            .arg(token.as_hex())
+            .arg(at_least.to_string());
+        scripts::parse_raise_fence(&self.run("raise_fence", &keys.lock, &inv).await?)
+    }
+
+    /// `redis://host:port` (or `redis+unix://path`) of the server, without
+    /// credentials, database or key prefix: two backends on one server are
+    /// one failure domain, whatever their prefixes.
+    fn identity(&self) -> Option<String> {
+        Some(self.inner.identity.clone())
     }
 }
 

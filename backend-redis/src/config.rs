@@ -371,6 +371,15 @@ impl RedisConfig {
     }
 
     /// Parses the URL.
+    /// The server address without credentials: `redis://host:port` or
+    /// `redis+unix://path` (see `RedisBackend`'s `identity`).
+    pub(crate) fn server_identity(&self) -> Result<String, BackendError> {
+        Ok(match self.connection_info()?.addr() {
+            redis::ConnectionAddr::Unix(path) => format!("redis+unix://{}", path.display()),
+            addr => format!("redis://{}", addr.to_string().to_ascii_lowercase()),
+        })
+    }
+
     pub(crate) fn connection_info(&self) -> Result<redis::ConnectionInfo, BackendError> {
         use redis::IntoConnectionInfo;
         check_scheme(&self.url)?;

@@ -7,7 +7,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo};
+use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence};
 use redis::{Script, Value};
 
 /// The source of the acquire script.
@@ -18,11 +18,14 @@ pub const EXTEND_LUA: &str = include_str!("../lua/extend.lua");
 pub const RELEASE_LUA: &str = include_str!("../lua/release.lua");
 /// The source of the inspect script.
 pub const INSPECT_LUA: &str = include_str!("../lua/inspect.lua");
+/// The source of the raise_fence script (quorum fencing).
+pub const RAISE_FENCE_LUA: &str = include_str!("../lua/raise_fence.lua");
 
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
 pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(INSPECT_LUA));
+pub(crate) static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_FENCE_LUA));
 
 fn protocol(op: &str, reply: &Value) -> BackendError {
     BackendError::new(
@@ -78,6 +81,24 @@ pub(crate) fn parse_flag(op: &str, reply: &Value) -> Result<bool, BackendError> 
         Some(1) => Ok(true),
         Some(0) => Ok(false),
         _ => Err(protocol(op, reply)),
+    }
+}
+
+/// Parses `{1, fence}` / `{0}` of raise_fence.
+pub(crate) fn parse_raise_fence(reply: &Value) -> Result<RaiseFence, BackendError> {
+    let bad = || protocol("raise_fence", reply);
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    match items.as_slice() {
+        [flag] if int(flag) == Some(0) => Ok(RaiseFence::NotHeld),
+        [flag, fence] if int(flag) == Some(1) => {
+            let fence = int(fence)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(bad)?;
+            Ok(RaiseFence::Raised { fence })
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -163,5 +184,26 @@ mod tests {
             );
         }
         assert!(parse_flag("extend", &Value::Int(2)).is_err());
+        for v in [
+            Value::Nil,
+            Value::Array(vec![]),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Int(1), bulk("-4")]),
+            Value::Array(vec![Value::Int(2), bulk("4")]),
+        ] {
+            let e = parse_raise_fence(&v).unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Protocol, "{v:?}");
+        }
+        assert_eq!(
+            parse_raise_fence(&Value::Array(vec![Value::Int(1), bulk("1764000000000123")]))
+                .unwrap(),
+            RaiseFence::Raised {
+                fence: 1_764_000_000_000_123
+            }
+        );
+        assert_eq!(
+            parse_raise_fence(&Value::Array(vec![Value::Int(0)])).unwrap(),
+            RaiseFence::NotHeld
+        );
     }
 }

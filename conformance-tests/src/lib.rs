@@ -177,6 +177,7 @@ macro_rules! suite {
             // fencing
             fences_strictly_increase,
             fences_increase_per_name,
+            raise_fence_lifts_the_counter,
             // waiting
             lock_times_out_while_held,
             zero_wait_timeout_is_one_attempt,

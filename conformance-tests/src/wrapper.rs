@@ -174,4 +174,19 @@ impl<B: LockBackend> LockBackend for Wrapped<B> {
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.hooks.watch(&self.inner, key).await
     }
+
+    // Not hooked: forwarded as they are, so a wrapped backend can still be
+    // a quorum member.
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<distlock::RaiseFence, BackendError> {
+        self.inner.raise_fence(key, token, at_least).await
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
 }

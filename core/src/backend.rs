@@ -83,6 +83,66 @@ pub trait LockBackend: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+
+    /// Raises the fencing counter of `key` to at least `at_least`, only
+    /// while `token` holds `key` (optional; for [`Quorum`](crate::Quorum)).
+    ///
+    /// A quorum takes one lock on several independent backends; each hands
+    /// out its own fencing token. The quorum gives the application the
+    /// highest of them and raises the others to it, so that the next
+    /// acquisition (whose majority shares at least one member with this
+    /// one) sees a higher number on at least one member. The rules, checked
+    /// by the conformance case `raise_fence_lifts_the_counter`:
+    /// - Only while `token` holds `key`: otherwise [`RaiseFence::NotHeld`]
+    ///   and nothing changes. (So a raise can never land after the next
+    ///   holder's acquisition on this backend.)
+    /// - Afterwards the hold's fencing token is `max(its token, at_least)`:
+    ///   [`inspect`](LockBackend::inspect) reports it as `last_fence`, the
+    ///   call returns it in [`RaiseFence::Raised`], and every later
+    ///   acquisition of `key` returns a strictly greater one. The counter
+    ///   never goes down.
+    /// - Retrying is harmless.
+    ///
+    /// Backends that implement it set [`Capabilities::raise_fence`]. The
+    /// default answers [`RaiseFence::Unsupported`] and changes nothing. A
+    /// wrapper that forwards [`capabilities`](LockBackend::capabilities) to
+    /// another backend must forward this method (and
+    /// [`identity`](LockBackend::identity)) too.
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        let _ = (key, token, at_least);
+        Ok(RaiseFence::Unsupported)
+    }
+
+    /// A stable name of the server this backend talks to (for example
+    /// `redis://host:6379`), or `None` if it cannot tell (the default).
+    ///
+    /// [`Quorum::new`](crate::Quorum::new) refuses two members with the
+    /// same identity: one server counted twice would let a single failure
+    /// take out two votes. Return the same string for every client of one
+    /// server, and never include secrets (passwords, tokens).
+    fn identity(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The outcome of [`LockBackend::raise_fence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaiseFence {
+    /// The hold's fencing token is now `fence` (at least the requested
+    /// value); later acquisitions of the key get greater ones.
+    Raised {
+        /// The hold's fencing token after the raise.
+        fence: u64,
+    },
+    /// The token no longer holds the key; nothing changed.
+    NotHeld,
+    /// The backend cannot raise fencing counters (the trait's default).
+    Unsupported,
 }
 
 /// The highest fencing token a backend may hand out: `i64::MAX`
@@ -193,6 +253,10 @@ pub struct Capabilities {
     /// Expiry follows tokio's clock, so `tokio::time::pause()` and
     /// `advance()` drive it (true for an in-memory store).
     pub tokio_clock: bool,
+    /// [`LockBackend::raise_fence`] is implemented, so a
+    /// [`Quorum`](crate::Quorum) of such backends keeps fencing tokens
+    /// strictly increasing.
+    pub raise_fence: bool,
 }
 
 impl Capabilities {
@@ -203,6 +267,7 @@ impl Capabilities {
             release_notify: false,
             distributed: false,
             tokio_clock: false,
+            raise_fence: false,
         }
     }
 
@@ -227,6 +292,12 @@ impl Capabilities {
     /// Sets [`tokio_clock`](Capabilities::tokio_clock).
     pub const fn with_tokio_clock(mut self, on: bool) -> Self {
         self.tokio_clock = on;
+        self
+    }
+
+    /// Sets [`raise_fence`](Capabilities::raise_fence).
+    pub const fn with_raise_fence(mut self, on: bool) -> Self {
+        self.raise_fence = on;
         self
     }
 }

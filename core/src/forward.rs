@@ -59,6 +59,19 @@ macro_rules! forward_lock_backend {
             async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
                 (**self).watch(key).await
             }
+
+            async fn raise_fence(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+                at_least: u64,
+            ) -> Result<crate::RaiseFence, BackendError> {
+                (**self).raise_fence(key, token, at_least).await
+            }
+
+            fn identity(&self) -> Option<String> {
+                (**self).identity()
+            }
         }
     };
 }

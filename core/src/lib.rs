@@ -92,6 +92,7 @@ mod locker;
 mod notify;
 mod options;
 mod owner;
+mod quorum;
 mod releaser;
 pub mod telemetry;
 mod token;
@@ -99,7 +100,9 @@ mod wait;
 
 pub use async_trait::async_trait;
 
-pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release, MAX_FENCE};
+pub use backend::{
+    Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release, MAX_FENCE,
+};
 pub use calls::{Guarded, Holder, TryLock};
 pub use error::{BackendError, BackendErrorKind, LockError};
 pub use guard::{Lease, LeaseEnd, LockGuard};
@@ -108,4 +111,5 @@ pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};
 pub use options::{validate_ttl, LockOptions, MAX_OWNER_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL};
 pub use owner::default_owner;
+pub use quorum::{Quorum, QuorumConfig, QuorumError, QuorumMember, DEFAULT_MEMBER_TIMEOUT};
 pub use token::LockToken;

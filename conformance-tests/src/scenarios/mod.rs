@@ -10,6 +10,7 @@ mod lifecycle;
 mod names;
 mod options;
 mod ownership;
+mod raise;
 mod renewal;
 mod waiting;
 
@@ -22,5 +23,6 @@ pub use lifecycle::*;
 pub use names::*;
 pub use options::*;
 pub use ownership::*;
+pub use raise::*;
 pub use renewal::*;
 pub use waiting::*;

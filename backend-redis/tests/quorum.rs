@@ -1,0 +1,112 @@
+//! The distlock conformance suite against quorums of real Redis servers:
+//! three servers, five servers, and two live servers plus one address
+//! where nothing listens. Every case must pass on each.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use distlock::Quorum;
+use distlock_conformance::{BoxError, Harness, SetupError};
+use distlock_redis::redis;
+use distlock_redis::testkit::{ProcessOptions, RedisServer};
+use distlock_redis::{LockKey, RedisBackend};
+
+/// Five dedicated `redis-server` processes shared by every test of this
+/// binary (the three-server quorum uses the first three).
+fn servers() -> &'static [RedisServer] {
+    static SERVERS: OnceLock<Vec<RedisServer>> = OnceLock::new();
+    SERVERS.get_or_init(|| {
+        (0..5)
+            .map(|_| RedisServer::start_process(ProcessOptions::new()))
+            .collect()
+    })
+}
+
+/// A loopback address where nothing listens: connections are refused.
+const UNREACHABLE: &str = "redis://127.0.0.1:1";
+
+/// A quorum of `LIVE` servers, plus the unreachable address if `DOWN`.
+struct QuorumHarness<const LIVE: usize, const DOWN: bool>;
+
+impl<const LIVE: usize, const DOWN: bool> QuorumHarness<LIVE, DOWN> {
+    fn urls(&self) -> Vec<String> {
+        let mut urls: Vec<String> = servers()[..LIVE]
+            .iter()
+            .map(|s| s.url().to_owned())
+            .collect();
+        if DOWN {
+            urls.push(UNREACHABLE.to_owned());
+        }
+        urls
+    }
+}
+
+#[distlock_conformance::async_trait]
+impl<const LIVE: usize, const DOWN: bool> Harness for QuorumHarness<LIVE, DOWN> {
+    type Backend = Quorum;
+
+    async fn setup() -> Result<Self, SetupError> {
+        // Starting the servers blocks (process starts).
+        tokio::task::spawn_blocking(|| servers().len())
+            .await
+            .map_err(SetupError::failed)?;
+        Ok(Self)
+    }
+
+    async fn client(&self) -> Result<Quorum, BoxError> {
+        let members = self
+            .urls()
+            .iter()
+            .map(|url| RedisBackend::from_url(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Quorum::new(members)?)
+    }
+
+    async fn expire_now(&self, _client: &Quorum, key: &LockKey) -> Result<(), BoxError> {
+        // Behind the holder's back, on every live server.
+        let keys = RedisBackend::from_url(UNREACHABLE)?.keys(key);
+        for server in &servers()[..LIVE] {
+            let mut conn = redis::Client::open(server.url())?
+                .get_multiplexed_async_connection()
+                .await?;
+            let _: i64 = redis::cmd("DEL")
+                .arg(&keys.lock)
+                .arg(&keys.owner)
+                .query_async(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn registered_waiters(&self, client: &Quorum) -> Option<usize> {
+        Some(client.registered_waiters())
+    }
+
+    async fn unreachable_client(&self) -> Result<Option<Quorum>, BoxError> {
+        // Every member at an address where nothing listens (distinct ports,
+        // so the quorum accepts them as distinct servers).
+        let members = (1..=3)
+            .map(|port| RedisBackend::from_url(&format!("redis://127.0.0.1:{port}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Quorum::new(members)?))
+    }
+
+    fn timing_slack(&self) -> Duration {
+        Duration::from_millis(400)
+    }
+}
+
+mod three {
+    use super::*;
+    distlock_conformance::suite!(QuorumHarness<3, false>);
+}
+
+mod five {
+    use super::*;
+    distlock_conformance::suite!(QuorumHarness<5, false>);
+}
+
+mod two_live_one_unreachable {
+    use super::*;
+    distlock_conformance::suite!(QuorumHarness<2, true>);
+}

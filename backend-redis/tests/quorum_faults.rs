@@ -1,0 +1,296 @@
+//! Faults of single members of a quorum of real Redis servers: a member
+//! paused (SIGSTOP) for longer than the TTL while locks are held and waited
+//! on; a member killed and restarted without persistence (the classic
+//! Redlock objection, and how fencing tokens still protect the resource); a
+//! member answering after the member timeout; a different member failed for
+//! every acquisition.
+//!
+//! Every test starts its own `redis-server` processes. Every wait is
+//! bounded by `tokio::time::timeout`, so a hang fails the test.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use distlock::{
+    async_trait, Acquire, BackendError, Capabilities, Extend, LockInfo, Quorum, QuorumConfig,
+    RaiseFence, ReleaseWatch,
+};
+use distlock_conformance::fenced::FencedResource;
+use distlock_redis::testkit::{ProcessOptions, RedisServer};
+use distlock_redis::{
+    LockBackend, LockKey, LockOptions, LockToken, Locker, RedisBackend, RedisConfig, Release,
+};
+use tokio::time::Instant;
+
+/// No single step of a test may take longer than this: a hang fails.
+const HANG: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {HANG:?}"))
+}
+
+fn unique(case: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "quorum-fault:{case}:{}:{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn servers(n: usize) -> Vec<RedisServer> {
+    (0..n)
+        .map(|_| RedisServer::start_process(ProcessOptions::new()))
+        .collect()
+}
+
+fn member(server: &RedisServer) -> RedisBackend {
+    RedisBackend::from_config(
+        &RedisConfig::new(server.url())
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_command_timeout(Duration::from_millis(500))
+            .with_pool_wait_timeout(Duration::from_millis(300)),
+    )
+    .expect("a valid test URL")
+}
+
+/// A new client: a quorum of new backends of `servers`.
+fn quorum(servers: &[RedisServer]) -> Quorum {
+    Quorum::new(servers.iter().map(member)).expect("distinct servers")
+}
+
+/// One member paused (SIGSTOP) for longer than the TTL, while one client
+/// holds a renewed lock and another waits for it: renewal keeps the lease
+/// on the two live members, the waiter keeps waiting, takes over promptly
+/// on release, and fencing tokens keep increasing after the member wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
+    let servers = servers(3);
+    let name = unique("paused");
+    let ttl = Duration::from_secs(1);
+    let holder = Locker::new(quorum(&servers));
+    let waiter = Locker::new(quorum(&servers));
+    let opts = LockOptions::default()
+        .with_ttl(ttl)
+        .with_auto_renew(true)
+        .with_wait_timeout(HANG);
+
+    let held = bounded("lock", holder.lock_with(&name, |_| opts.clone()))
+        .await
+        .unwrap();
+    let first = held.fence();
+    let waiting = {
+        let (waiter, name, opts) = (waiter.clone(), name.clone(), opts.clone());
+        tokio::spawn(async move { waiter.lock_with(&name, |_| opts.clone()).await })
+    };
+    servers[0].pause();
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        !held.lease().is_lost(),
+        "renewal on the two live members keeps the lease past the paused member"
+    );
+    assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
+    assert!(holder.inspect(&name).await.unwrap().held);
+
+    assert_eq!(held.release().await.unwrap(), Release::Released);
+    let taken = bounded("the waiter's lock", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(taken.fence() > first, "{} after {first}", taken.fence());
+    servers[0].unpause();
+    let second = taken.fence();
+    assert_eq!(taken.release().await.unwrap(), Release::Released);
+
+    // The woken member takes part again; tokens still increase.
+    let again = bounded("lock", holder.lock_with(&name, |_| opts.clone()))
+        .await
+        .unwrap();
+    assert!(again.fence() > second);
+    again.release().await.unwrap();
+}
+
+/// The classic Redlock objection: client 1 holds the lock on members 0 and
+/// 1 (member 2 was down); member 1 restarts without persistence and forgets
+/// the hold; member 2 is back, empty. Client 2 then wins a majority
+/// (members 1 and 2) while client 1 still believes it holds the lock: the
+/// quorum alone cannot prevent that. Fencing tokens still order them:
+/// client 2's token is greater (a lost counter restarts from the server
+/// clock), so a fenced resource rejects the stale holder's write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_persistence_lets_a_second_client_in_and_fencing_rejects_the_first() {
+    let servers = servers(3);
+    let name = unique("restart");
+    let opts = LockOptions::default().with_ttl(Duration::from_secs(30));
+    servers[2].stop();
+    let client1 = Locker::new(quorum(&servers));
+    let first = bounded("client 1", client1.try_lock_with(&name, |_| opts.clone()))
+        .await
+        .unwrap()
+        .expect("members 0 and 1 grant it");
+    servers[2].restart();
+    servers[1].stop();
+    servers[1].restart();
+
+    let client2 = Locker::new(quorum(&servers));
+    let second = bounded("client 2", client2.try_lock_with(&name, |_| opts.clone()))
+        .await
+        .unwrap()
+        .expect("members 1 and 2 forgot client 1: a second majority");
+    assert!(
+        !first.lease().is_lost(),
+        "client 1 still believes it holds the lock: two holders at once"
+    );
+    assert!(
+        second.fence() > first.fence(),
+        "fence {} after {}",
+        second.fence(),
+        first.fence()
+    );
+
+    let resource = FencedResource::new();
+    resource.write(second.fence(), "client 2").unwrap();
+    let stale = resource.write(first.fence(), "client 1").unwrap_err();
+    assert_eq!(stale.highest, second.fence());
+    assert_eq!(resource.value(), Some("client 2"));
+    second.release().await.unwrap();
+    drop(first);
+}
+
+/// A member that always answers after `delay`, having acted (a slow
+/// network or an overloaded server).
+#[derive(Clone)]
+struct Slow {
+    inner: RedisBackend,
+    delay: Duration,
+}
+
+impl Slow {
+    async fn late<T>(&self, answer: T) -> T {
+        tokio::time::sleep(self.delay).await;
+        answer
+    }
+}
+
+#[async_trait]
+impl LockBackend for Slow {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        let answer = self.inner.try_acquire(key, token, ttl, owner).await;
+        self.late(answer).await
+    }
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        let answer = self.inner.extend(key, token, ttl).await;
+        self.late(answer).await
+    }
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        let answer = self.inner.release(key, token).await;
+        self.late(answer).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        let answer = self.inner.inspect(key).await;
+        self.late(answer).await
+    }
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.inner.watch(key).await
+    }
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        let answer = self.inner.raise_fence(key, token, at_least).await;
+        self.late(answer).await
+    }
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
+}
+
+/// A member that answers after the member timeout counts against the
+/// majority but never holds a call up to its own answer time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_member_counts_against_the_majority_but_never_blocks() {
+    let servers = servers(3);
+    let slow_by = Duration::from_secs(3);
+    let members: Vec<std::sync::Arc<dyn LockBackend>> = vec![
+        std::sync::Arc::new(Slow {
+            inner: member(&servers[0]),
+            delay: slow_by,
+        }),
+        std::sync::Arc::new(member(&servers[1])),
+        std::sync::Arc::new(member(&servers[2])),
+    ];
+    let q = Quorum::with_config(
+        members,
+        QuorumConfig::default().with_member_timeout(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let locker = Locker::new(q);
+    let name = unique("slow");
+    let opts = LockOptions::default().with_ttl(Duration::from_secs(10));
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut guard = locker
+            .try_lock_with(&name, |_| opts.clone())
+            .await
+            .unwrap()
+            .expect("free");
+        guard.extend(Duration::from_secs(10)).await.unwrap();
+        assert!(locker.inspect(&name).await.unwrap().held);
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+        // Four calls; each waited for the two fast members only. The bound
+        // is far below one slow answer, not a tight timing check.
+        assert!(
+            start.elapsed() < slow_by,
+            "a call waited for the slow member: {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+/// A different member is paused for every acquisition, so consecutive
+/// acquisitions are granted by different majorities: the tokens still
+/// strictly increase, and inspect reports each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_increase_when_a_different_member_fails_each_time() {
+    let servers = servers(3);
+    let locker = Locker::new(quorum(&servers));
+    let name = unique("rotate");
+    let opts = LockOptions::default().with_ttl(Duration::from_secs(10));
+    let mut last = 0;
+    for round in 0..9 {
+        let down = &servers[round % 3];
+        down.pause();
+        let guard = bounded("try_lock", locker.try_lock_with(&name, |_| opts.clone()))
+            .await
+            .unwrap()
+            .expect("two live members grant it");
+        assert!(
+            guard.fence() > last,
+            "round {round}: {} after {last}",
+            guard.fence()
+        );
+        last = guard.fence();
+        assert_eq!(locker.inspect(&name).await.unwrap().last_fence, Some(last));
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+        down.unpause();
+    }
+}

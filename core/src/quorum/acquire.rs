@@ -1,0 +1,286 @@
+//! Acquiring on a majority, and giving partial holds back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use super::calls::{combine, Calls};
+use super::{fencing, Inner};
+use crate::backend::{Acquire, LockBackend};
+use crate::error::{BackendError, BackendErrorKind};
+use crate::key::LockKey;
+use crate::options::LockOptions;
+use crate::token::LockToken;
+
+/// What the members answered to one acquisition, as far as read.
+#[derive(Default)]
+struct Tally {
+    /// (member, fencing token) of every member that acquired.
+    acquired: Vec<(usize, u64)>,
+    /// How many members answered that someone holds the key.
+    held: usize,
+    /// The shortest remaining lease a holding member reported.
+    remaining: Option<Duration>,
+    /// Members that failed or did not answer in time: they may hold the
+    /// key for us (the request may have landed).
+    errors: Vec<(usize, BackendError)>,
+}
+
+impl Tally {
+    fn count(&mut self, i: usize, answer: Result<Acquire, BackendError>) {
+        match answer {
+            Ok(Acquire::Acquired { fence }) => self.acquired.push((i, fence)),
+            Ok(Acquire::Held { remaining }) => {
+                self.held += 1;
+                if let Some(r) = remaining {
+                    self.remaining = Some(self.remaining.map_or(r, |m| m.min(r)));
+                }
+            }
+            Err(e) => self.errors.push((i, e)),
+        }
+    }
+}
+
+/// Acquires `key` on a majority of members; see [`Quorum`](super::Quorum).
+pub(super) async fn acquire(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+) -> Result<Acquire, BackendError> {
+    let started = Instant::now();
+    let limit = q.call_limit(ttl);
+    let mut calls = Calls::new();
+    for (i, member) in q.members.iter().enumerate() {
+        let (member, key, token) = (member.clone(), key.clone(), token.clone());
+        let owner = owner.map(str::to_owned);
+        calls.push(i, limit, async move {
+            member
+                .try_acquire(&key, &token, ttl, owner.as_deref())
+                .await
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some((i, answer)) = calls.next().await {
+        tally.count(i, answer);
+        if tally.acquired.len() >= q.majority || tally.acquired.len() + calls.len() < q.majority {
+            break;
+        }
+    }
+
+    if tally.acquired.len() < q.majority {
+        if !tally.acquired.is_empty() {
+            // Perhaps a split vote, retried below with the same token: hear
+            // every member first (each within its bound), so no late answer
+            // is handled in the background while the retry runs.
+            while let Some((i, answer)) = calls.next().await {
+                tally.count(i, answer);
+            }
+        }
+        // No majority: give back every partial hold, including the ones of
+        // members that have not answered yet.
+        give_back(q, key, token, &tally, calls).await;
+        let split = !tally.acquired.is_empty() && tally.held > 0 && tally.errors.len() < q.majority;
+        let retried = if split {
+            ordered(q, key, token, ttl, owner, &tally).await
+        } else {
+            None
+        };
+        match retried {
+            Some(won) => tally = won,
+            None => return failure(q, tally),
+        }
+        calls = Calls::new();
+    }
+    // Answers already there count too (an in-process member answers at
+    // once); the calls still in flight finish in the background: a late
+    // hold is ours, and every later extend and release covers it. Holding
+    // every member that could be reached keeps the lease alive when one of
+    // the first majority fails later.
+    while let Some(Some((i, answer))) = calls.next().now_or_never() {
+        if let Ok(Acquire::Acquired { fence }) = answer {
+            tally.acquired.push((i, fence));
+        }
+    }
+    calls.finish_in_background();
+
+    let fence = if q.fencing {
+        match fencing::settle(q, key, token, ttl, &tally.acquired).await {
+            Ok(fence) => fence,
+            Err(e) => {
+                give_back(q, key, token, &tally, Calls::new()).await;
+                return Err(e);
+            }
+        }
+    } else if q.members.len() == 1 {
+        tally.acquired[0].1
+    } else {
+        0
+    };
+
+    let elapsed = started.elapsed();
+    if elapsed >= ttl.saturating_sub(LockOptions::drift(ttl)) {
+        // The majority came too late: its lease may already have run out
+        // on some members. Never report a hold that is invalid from birth.
+        give_back(q, key, token, &tally, Calls::new()).await;
+        return Err(BackendError::new(
+            BackendErrorKind::Timeout,
+            format!(
+                "quorum acquire: a majority took {elapsed:?}, which leaves no validity \
+                 of the TTL {ttl:?} after the drift allowance; the lock was given back"
+            ),
+        ));
+    }
+    Ok(Acquire::Acquired { fence })
+}
+
+/// The answer of an acquisition that found no majority: `Ok(Held)` when
+/// members reported the key held (contention) unless a majority failed
+/// outright (then the outage is the news), else the combined error.
+fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
+    if tally.held > 0 && tally.errors.len() < q.majority {
+        return Ok(Acquire::Held {
+            remaining: tally.remaining,
+        });
+    }
+    let summary = format!(
+        "{} of {} members acquired, {} hold it, {} failed; a majority is {}",
+        tally.acquired.len(),
+        q.members.len(),
+        tally.held,
+        tally.errors.len(),
+        q.majority
+    );
+    Err(combine("acquire", &summary, &tally.errors))
+}
+
+/// How often the winner of the first member retries a later member that
+/// answered "held" during an ordered attempt (a racer's partial hold is
+/// given back within about one round trip).
+const ORDERED_RETRIES: u32 = 3;
+
+/// The second try after a split vote (we got some members, racers got the
+/// others, nobody a majority: with concurrent requests that can leave every
+/// racer empty-handed). Members are tried one at a time in list order,
+/// skipping the ones that failed: whoever wins the first member has
+/// priority and waits briefly for the racers' partial holds on the others
+/// to be given back; whoever finds the first member held gives up. So a
+/// race of simultaneous `try_acquire`s still has a winner.
+async fn ordered(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    first: &Tally,
+) -> Option<Tally> {
+    let limit = q.call_limit(ttl);
+    let mut tally = Tally::default();
+    for (i, member) in q.members.iter().enumerate() {
+        if first.errors.iter().any(|(e, _)| *e == i) {
+            continue;
+        }
+        let mut tries = 0;
+        loop {
+            let answer =
+                tokio::time::timeout(limit, member.try_acquire(key, token, ttl, owner)).await;
+            match answer {
+                Ok(Ok(Acquire::Acquired { fence })) => tally.acquired.push((i, fence)),
+                Ok(Ok(Acquire::Held { remaining })) => {
+                    if !tally.acquired.is_empty() && tries < ORDERED_RETRIES {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
+                        continue;
+                    }
+                    tally.held += 1;
+                    if let Some(r) = remaining {
+                        tally.remaining = Some(tally.remaining.map_or(r, |m| m.min(r)));
+                    }
+                }
+                Ok(Err(e)) => tally.errors.push((i, e)),
+                Err(_) => tally.errors.push((
+                    i,
+                    BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!("no answer within the member timeout {limit:?}"),
+                    ),
+                )),
+            }
+            break;
+        }
+        if tally.acquired.len() >= q.majority || (tally.acquired.is_empty() && tally.held > 0) {
+            break;
+        }
+    }
+    if tally.acquired.len() >= q.majority {
+        return Some(tally);
+    }
+    give_back(q, key, token, &tally, Calls::new()).await;
+    None
+}
+
+/// Releases `key` for `token` on every member that acquired (waiting for
+/// the answers, each within the member timeout), and in the background on
+/// every member that failed or has not answered yet (their request may
+/// have landed).
+async fn give_back(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    tally: &Tally,
+    in_flight: Calls<Acquire>,
+) {
+    let mut now = Calls::new();
+    for &(i, _) in &tally.acquired {
+        now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+    }
+    let mut later = Calls::new();
+    for (i, _) in &tally.errors {
+        later.push(
+            *i,
+            q.member_timeout,
+            release_call(&q.members[*i], key, token),
+        );
+    }
+    later.finish_in_background();
+    if !in_flight.is_empty() {
+        // Wait (in the background) for the late answers, then release.
+        let q = q.clone();
+        let (key, token) = (key.clone(), token.clone());
+        let mut in_flight = in_flight;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let mut releases = Calls::new();
+                while let Some((i, answer)) = in_flight.next().await {
+                    if !matches!(answer, Ok(Acquire::Held { .. })) {
+                        releases.push(
+                            i,
+                            q.member_timeout,
+                            release_call(&q.members[i], &key, &token),
+                        );
+                    }
+                }
+                while releases.next().await.is_some() {}
+            });
+        }
+    }
+    while let Some((i, answer)) = now.next().await {
+        if let Err(e) = answer {
+            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
+        }
+    }
+}
+
+/// A release of `key` for `token` on `member`, as an owned future.
+pub(super) fn release_call(
+    member: &Arc<dyn LockBackend>,
+    key: &LockKey,
+    token: &LockToken,
+) -> impl std::future::Future<Output = Result<crate::backend::Release, BackendError>> + Send + 'static
+{
+    let (member, key, token) = (member.clone(), key.clone(), token.clone());
+    async move { member.release(&key, &token).await }
+}

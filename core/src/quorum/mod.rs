@@ -1,0 +1,314 @@
+//! Quorum locks over independent backends (the Redlock idea), with fencing
+//! tokens that stay strictly increasing.
+//!
+//! See [`Quorum`].
+
+mod acquire;
+mod calls;
+mod config;
+mod fencing;
+mod ops;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use config::{QuorumConfig, QuorumError, QuorumMember, DEFAULT_MEMBER_TIMEOUT};
+
+use crate::backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release};
+use crate::error::BackendError;
+use crate::key::LockKey;
+use crate::notify::ReleaseWatch;
+use crate::token::LockToken;
+
+/// A lock backend that holds a lock when a **majority** of independent
+/// member backends hold it: the quorum (Redlock) scheme, over any mix of
+/// backends, with fencing tokens that strictly increase.
+///
+/// Build it from the members and hand it to a [`Locker`](crate::Locker)
+/// like any backend:
+///
+/// ```
+/// use std::time::Duration;
+/// use distlock::{Locker, LockOptions, Quorum};
+/// use distlock_memory::MemoryBackend; // in production: RedisBackend::from_url(...) per server
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), distlock::LockError> {
+/// let members = vec![MemoryBackend::new(), MemoryBackend::new(), MemoryBackend::new()];
+/// let locker = Locker::new(Quorum::new(members)?);
+///
+/// let guard = locker.lock("nightly-report").await?;
+/// let fence = guard.fence(); // strictly increasing, whichever majority granted it
+/// guard.release().await?;
+/// assert!(locker.lock("nightly-report").await?.fence() > fence);
+/// # Ok(()) }
+/// ```
+///
+/// # How each operation works
+///
+/// With `n` members the majority is `n / 2 + 1`. Every operation calls all
+/// members at once with the same token; each member call is bounded by the
+/// member timeout ([`QuorumConfig::member_timeout`]), so a member that is
+/// down, slow or failing counts against the majority but never delays the
+/// call past that bound. An operation ends as soon as its outcome is
+/// decided; the member calls still in flight then finish in the background
+/// (except for acquire, whose late members are dropped: a late hold is
+/// ours and is covered by every later extend and release).
+///
+/// - [`try_acquire`](LockBackend::try_acquire): acquired when a majority
+///   acquired **and** the time spent leaves a positive validity (TTL minus
+///   the elapsed time minus the drift allowance of
+///   [`LockOptions::drift`](crate::LockOptions::drift), the rule the
+///   guard's deadline follows). Otherwise every partial hold is given back
+///   at once (concurrently, each within the member timeout), and the answer
+///   is [`Acquire::Held`] if members reported the key held, or an error if
+///   a majority of members failed (or no member reported it held), or a
+///   [`Timeout`](crate::BackendErrorKind::Timeout) error if the majority
+///   came too late. A split vote (racers each got some members, nobody a
+///   majority) is retried once, member by member in list order, where the
+///   winner of the first member has priority: simultaneous `try_acquire`s
+///   still have a winner.
+/// - [`extend`](LockBackend::extend): [`Extend::Extended`] if a majority
+///   extended, otherwise [`Extend::NotHeld`] (the guard then treats the
+///   lease as lost), even when failed members might still hold it; an
+///   error only when no member answered at all (an outage the guard
+///   retries until its deadline).
+/// - [`release`](LockBackend::release): [`Release::Released`] if a
+///   majority released; same rules otherwise (holds left on failed
+///   members expire with their TTL).
+/// - [`inspect`](LockBackend::inspect): the majority view (held if a
+///   majority holds it; the remaining lease a majority still has; the
+///   highest fencing token a majority reached). An error if fewer than a
+///   majority answered.
+/// - [`watch`](LockBackend::watch): any member's release notification
+///   wakes the quorum's waiters; members without notifications are polled
+///   by the waiter's backoff.
+/// - [`capabilities`](LockBackend::capabilities): what **all** members
+///   offer; `fencing` needs every member to have fencing and (with more
+///   than one member) [`raise_fence`](LockBackend::raise_fence). A quorum
+///   of several members does not itself offer `raise_fence` (quorums do
+///   not nest).
+///
+/// # Fencing tokens
+///
+/// Each member counts on its own, so the quorum hands out the highest
+/// token among the acquiring majority, after raising the other members of
+/// that majority to it ([`LockBackend::raise_fence`]). Two majorities
+/// always share a member, so the next acquisition sees a greater counter
+/// on at least one member and its token is greater, whichever members were
+/// down for either acquisition. A quorum whose members cannot raise
+/// reports `fencing: false` and hands out 0 (or refuses to be built, with
+/// [`QuorumConfig::require_fencing`]).
+///
+/// # Members
+///
+/// Use an odd number of members (3 or 5): an even number tolerates no more
+/// failures than the odd number below it (4 members need 3, like 5). One
+/// member is allowed and then behaves exactly as that member (calls pass
+/// straight through, without the member timeout). Every member must be an
+/// independent server: [`Quorum::new`] refuses the same instance twice and
+/// two members that report the same [`LockBackend::identity`] (the Redis
+/// backend reports its server address; the memory backend its store), but
+/// it cannot see that two different addresses reach one server (a host
+/// name and its IP address, a proxy); that is the caller's duty.
+///
+/// # What a majority does not buy
+///
+/// A member that restarts without persistence forgets its holds, so a
+/// second client can then win a majority while the first still believes it
+/// holds the lock; clock jumps on a member end its leases early. Fencing
+/// tokens still let the protected resource reject the stale holder; see
+/// the README's safety model.
+#[derive(Clone)]
+pub struct Quorum {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    members: Vec<Arc<dyn LockBackend>>,
+    majority: usize,
+    member_timeout: Duration,
+    /// Every member has fencing, and raise_fence if more than one.
+    fencing: bool,
+    capabilities: Capabilities,
+    watches: watch::Watches,
+}
+
+impl Inner {
+    /// The bound of one member call of acquire or extend with `ttl`: the
+    /// member timeout (the validity check after acquiring and the guard's
+    /// deadline make long calls safe; a bound tied to the TTL counted live
+    /// members as failed on short leases under load).
+    fn call_limit(&self, ttl: Duration) -> Duration {
+        let _ = ttl;
+        self.member_timeout
+    }
+}
+
+impl Quorum {
+    /// A quorum of `members` with the default [`QuorumConfig`].
+    ///
+    /// # Errors
+    /// [`QuorumError::NoMembers`] for an empty list,
+    /// [`QuorumError::DuplicateMember`] for the same instance twice or two
+    /// members with the same [`LockBackend::identity`].
+    pub fn new<I>(members: I) -> Result<Self, QuorumError>
+    where
+        I: IntoIterator,
+        I::Item: QuorumMember,
+    {
+        Self::with_config(members, QuorumConfig::default())
+    }
+
+    /// A quorum of `members` with other settings.
+    ///
+    /// # Errors
+    /// As [`Quorum::new`], plus [`QuorumError::InvalidConfig`] for a zero
+    /// member timeout and [`QuorumError::NoFencing`] when
+    /// [`QuorumConfig::require_fencing`] is set and a member cannot take
+    /// part in fencing.
+    pub fn with_config<I>(members: I, config: QuorumConfig) -> Result<Self, QuorumError>
+    where
+        I: IntoIterator,
+        I::Item: QuorumMember,
+    {
+        let members: Vec<Arc<dyn LockBackend>> =
+            members.into_iter().map(QuorumMember::into_member).collect();
+        config::validate(&members, &config)?;
+        let all = |f: fn(&Capabilities) -> bool| members.iter().all(|m| f(&m.capabilities()));
+        let fencing = all(|c| c.fencing) && (members.len() == 1 || all(|c| c.raise_fence));
+        let capabilities = match members.as_slice() {
+            // Calls pass straight through to the one member.
+            [only] => only.capabilities(),
+            _ => Capabilities::none()
+                .with_fencing(fencing)
+                .with_release_notify(all(|c| c.release_notify))
+                .with_distributed(all(|c| c.distributed))
+                .with_tokio_clock(all(|c| c.tokio_clock)),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                majority: members.len() / 2 + 1,
+                members,
+                member_timeout: config.member_timeout,
+                fencing,
+                capabilities,
+                watches: watch::Watches::default(),
+            }),
+        })
+    }
+
+    /// The members, in the order given.
+    pub fn members(&self) -> &[Arc<dyn LockBackend>] {
+        &self.inner.members
+    }
+
+    /// How many members must agree: `members / 2 + 1`.
+    pub fn majority(&self) -> usize {
+        self.inner.majority
+    }
+
+    /// The bound on one member call (see [`QuorumConfig::member_timeout`]).
+    pub fn member_timeout(&self) -> Duration {
+        self.inner.member_timeout
+    }
+
+    /// How many waiters of this quorum are registered for release
+    /// notifications (for tests: cancelled waiters must leave none behind).
+    pub fn registered_waiters(&self) -> usize {
+        self.inner.watches.hub.watcher_count()
+    }
+
+    /// The single member, when there is only one (calls pass through).
+    fn single(&self) -> Option<&Arc<dyn LockBackend>> {
+        match self.inner.members.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Quorum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let identities: Vec<String> = self
+            .inner
+            .members
+            .iter()
+            .map(|m| m.identity().unwrap_or_else(|| "?".to_owned()))
+            .collect();
+        f.debug_struct("Quorum")
+            .field("members", &identities)
+            .field("majority", &self.inner.majority)
+            .field("member_timeout", &self.inner.member_timeout)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl LockBackend for Quorum {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        if let Some(only) = self.single() {
+            return only.try_acquire(key, token, ttl, owner).await;
+        }
+        acquire::acquire(&self.inner, key, token, ttl, owner).await
+    }
+
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        if let Some(only) = self.single() {
+            return only.extend(key, token, ttl).await;
+        }
+        ops::extend(&self.inner, key, token, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        if let Some(only) = self.single() {
+            return only.release(key, token).await;
+        }
+        ops::release(&self.inner, key, token).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        if let Some(only) = self.single() {
+            return only.inspect(key).await;
+        }
+        ops::inspect(&self.inner, key).await
+    }
+
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        if let Some(only) = self.single() {
+            return only.watch(key).await;
+        }
+        watch::watch(&self.inner, key).await
+    }
+
+    /// With one member, that member's; otherwise unsupported (a quorum is
+    /// not meant to be a member of another quorum).
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        match self.single() {
+            Some(only) => only.raise_fence(key, token, at_least).await,
+            None => Ok(RaiseFence::Unsupported),
+        }
+    }
+}

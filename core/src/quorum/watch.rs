@@ -1,0 +1,127 @@
+//! Release notifications of a quorum: any member's release wakes the
+//! quorum's waiters.
+//!
+//! The quorum has its own [`ReleaseHub`]. The first waiter of a key
+//! registers with every member that notifies, and a forwarding task turns
+//! release events from a majority of members into one event of the
+//! quorum's hub (see [`forward`]). The task
+//! ends (dropping the member registrations) within [`IDLE_CHECK`] once the
+//! quorum has no waiter of the key left. Members that do not notify are
+//! covered by the waiter's backoff polling, as for any such backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::select_all;
+
+use super::calls::Calls;
+use super::Inner;
+use crate::error::BackendError;
+use crate::key::LockKey;
+use crate::notify::{ReleaseHub, ReleaseWatch};
+
+/// How often a forwarding task checks that someone still waits.
+pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The quorum's hub and the keys whose member events are being forwarded.
+#[derive(Default)]
+pub(super) struct Watches {
+    pub(super) hub: ReleaseHub,
+    forwarding: Mutex<HashMap<String, ()>>,
+}
+
+/// Registers a waiter of `key`; see the module docs.
+pub(super) async fn watch(
+    q: &Arc<Inner>,
+    key: &LockKey,
+) -> Result<Option<ReleaseWatch>, BackendError> {
+    let watches = &q.watches;
+    let watch = watches.hub.watch(key);
+    let start = {
+        let mut forwarding = watches
+            .forwarding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        forwarding.insert(key.encoded().to_owned(), ()).is_none()
+    };
+    if !start {
+        return Ok(Some(watch));
+    }
+    // Register with every member at once, each within the member timeout.
+    let mut calls = Calls::new();
+    for (i, member) in q.members.iter().enumerate() {
+        let (member, key) = (member.clone(), key.clone());
+        calls.push(i, q.member_timeout, async move { member.watch(&key).await });
+    }
+    let mut member_watches = Vec::new();
+    while let Some((i, answer)) = calls.next().await {
+        match answer {
+            Ok(Some(w)) => member_watches.push(w),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(member = i, error = %e, "quorum: a member could not watch; its releases are polled for");
+            }
+        }
+    }
+    let q = q.clone();
+    let key = key.encoded().to_owned();
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(forward(q, key, member_watches));
+        }
+        Err(_) => stop_forwarding(&q, &key),
+    }
+    Ok(Some(watch))
+}
+
+/// Forwards member release events of `key` to the quorum's hub until no
+/// waiter of the quorum is left.
+///
+/// One quorum waiter is woken once release events came from a majority of
+/// members (counted since the last wake-up, forgotten after a quiet
+/// [`IDLE_CHECK`]). A real release frees the lock on at least a majority,
+/// so it wakes a waiter; a partial hold given back by a failed attempt
+/// covers less than a majority, so it does not: otherwise every failed
+/// attempt would wake the next waiter, whose failed attempt would wake the
+/// next, in a storm of useless retries while the holder keeps the lock.
+async fn forward(q: Arc<Inner>, key: String, mut members: Vec<ReleaseWatch>) {
+    if members.len() < q.majority {
+        // Too few members notify to ever see a majority: rely on polling.
+        members.clear();
+    }
+    let mut fired = vec![false; members.len()];
+    loop {
+        if members.is_empty() {
+            tokio::time::sleep(IDLE_CHECK).await;
+        } else {
+            let any = select_all(members.iter_mut().map(|w| Box::pin(w.released())));
+            if let Ok(((), which, _)) = tokio::time::timeout(IDLE_CHECK, any).await {
+                fired[which] = true;
+                if fired.iter().filter(|&&f| f).count() >= q.majority {
+                    fired.iter_mut().for_each(|f| *f = false);
+                    q.watches.hub.notify(&key);
+                }
+                continue;
+            }
+            fired.iter_mut().for_each(|f| *f = false);
+        }
+        let mut forwarding = q
+            .watches
+            .forwarding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !q.watches.hub.is_watched(&key) {
+            forwarding.remove(&key);
+            return;
+        }
+    }
+}
+
+fn stop_forwarding(q: &Inner, key: &str) {
+    q.watches
+        .forwarding
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(key);
+}

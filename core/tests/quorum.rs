@@ -1,0 +1,433 @@
+//! Quorum behaviour over in-memory members with injected faults, on a
+//! paused clock (deterministic; no real waiting).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use distlock::{
+    async_trait, Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend,
+    LockError, LockInfo, LockKey, LockOptions, LockToken, Locker, Quorum, QuorumConfig,
+    QuorumError, RaiseFence, Release, ReleaseWatch,
+};
+use distlock_memory::MemoryBackend;
+use tokio::time::Instant;
+
+const UP: u8 = 0;
+const DOWN: u8 = 1;
+const SLOW: u8 = 2;
+const GARBLED: u8 = 3;
+
+/// A memory member whose mode can be switched: up, down (`Unavailable`),
+/// slow (answers after `SLOW_BY`, having acted), garbled (`Protocol`
+/// errors, as a backend that gets replies it does not understand).
+#[derive(Clone, Default)]
+struct Member {
+    store: MemoryBackend,
+    mode: Arc<AtomicU8>,
+    /// Hide raise_fence (a third-party backend without it).
+    no_raise: bool,
+}
+
+const SLOW_BY: Duration = Duration::from_secs(2);
+
+impl Member {
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    async fn gate<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        match self.mode.load(Ordering::SeqCst) {
+            DOWN => Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                "member down",
+            )),
+            GARBLED => Err(BackendError::new(
+                BackendErrorKind::Protocol,
+                "garbled reply",
+            )),
+            SLOW => {
+                let answer = call.await;
+                tokio::time::sleep(SLOW_BY).await;
+                answer
+            }
+            _ => call.await,
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for Member {
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities().with_raise_fence(!self.no_raise)
+    }
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        self.gate(self.store.try_acquire(key, token, ttl, owner))
+            .await
+    }
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        self.gate(self.store.extend(key, token, ttl)).await
+    }
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.gate(self.store.release(key, token)).await
+    }
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        self.gate(self.store.inspect(key)).await
+    }
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.gate(self.store.watch(key)).await
+    }
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        if self.no_raise {
+            return Ok(RaiseFence::Unsupported);
+        }
+        self.gate(self.store.raise_fence(key, token, at_least))
+            .await
+    }
+    fn identity(&self) -> Option<String> {
+        self.store.identity()
+    }
+}
+
+fn members(n: usize) -> Vec<Member> {
+    (0..n).map(|_| Member::default()).collect()
+}
+
+fn quorum(members: &[Member]) -> Quorum {
+    Quorum::new(members.iter().cloned()).unwrap()
+}
+
+fn key(name: &str) -> LockKey {
+    LockKey::new("", name).unwrap()
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn acquired(q: &Quorum, k: &LockKey, token: &LockToken) -> u64 {
+    match q.try_acquire(k, token, TTL, None).await.unwrap() {
+        Acquire::Acquired { fence } => fence,
+        held => panic!("expected to acquire, got {held:?}"),
+    }
+}
+
+#[test]
+fn construction_refuses_bad_member_lists() {
+    let none: Vec<MemoryBackend> = Vec::new();
+    assert_eq!(Quorum::new(none).unwrap_err(), QuorumError::NoMembers);
+
+    let one: Arc<dyn LockBackend> = Arc::new(MemoryBackend::new());
+    let err = Quorum::new(vec![one.clone(), Arc::new(MemoryBackend::new()), one]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            QuorumError::DuplicateMember {
+                first: 0,
+                second: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // Two clients of one store (one server) report the same identity.
+    let store = MemoryBackend::new();
+    let err = Quorum::new(vec![store.clone(), MemoryBackend::new(), store]).unwrap_err();
+    assert!(matches!(err, QuorumError::DuplicateMember { .. }), "{err}");
+    assert!(err.to_string().contains("memory:"), "{err}");
+
+    let err = Quorum::with_config(
+        members(3),
+        QuorumConfig::default().with_member_timeout(Duration::ZERO),
+    )
+    .unwrap_err();
+    assert!(matches!(err, QuorumError::InvalidConfig(_)), "{err}");
+
+    // An error converts into LockError, so `?` works where LockError is
+    // returned.
+    fn build() -> Result<Locker<Quorum>, LockError> {
+        Ok(Locker::new(Quorum::new(Vec::<MemoryBackend>::new())?))
+    }
+    assert!(matches!(build().unwrap_err(), LockError::InvalidOptions(_)));
+}
+
+#[test]
+fn mixed_capabilities_are_the_intersection() {
+    let plain = Member {
+        no_raise: true,
+        ..Member::default()
+    };
+    let mixed = vec![Member::default(), Member::default(), plain];
+    let q = quorum(&mixed);
+    let caps = q.capabilities();
+    assert!(!caps.fencing, "a member cannot raise: no quorum fencing");
+    assert!(caps.release_notify && caps.tokio_clock && !caps.distributed);
+
+    let err = Quorum::with_config(
+        mixed.iter().cloned(),
+        QuorumConfig::default().with_require_fencing(true),
+    )
+    .unwrap_err();
+    assert_eq!(err, QuorumError::NoFencing { members: vec![2] });
+
+    let all = quorum(&members(3)).capabilities();
+    assert!(all.fencing && !all.raise_fence);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_quorum_fencing_the_token_is_zero_and_locks_still_exclude() {
+    let plain: Vec<Member> = (0..3)
+        .map(|_| Member {
+            no_raise: true,
+            ..Member::default()
+        })
+        .collect();
+    let locker = Locker::new(quorum(&plain));
+    let guard = locker.try_lock("k").await.unwrap().unwrap();
+    assert_eq!(guard.fence(), 0);
+    assert!(locker.try_lock("k").await.unwrap().is_none());
+    guard.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_member_behaves_as_that_member() {
+    let store = MemoryBackend::new();
+    let q = Quorum::new(vec![store.clone()]).unwrap();
+    assert_eq!(q.capabilities(), store.capabilities());
+    let k = key("single");
+    let t = LockToken::generate();
+    let fence = acquired(&q, &k, &t).await;
+    assert_eq!(store.inspect(&k).await.unwrap().last_fence, Some(fence));
+    assert_eq!(q.release(&k, &t).await.unwrap(), Release::Released);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minority_down_is_tolerated_a_majority_down_is_an_error() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("down");
+    m[0].set(DOWN);
+    let t = LockToken::generate();
+    acquired(&q, &k, &t).await;
+    assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::Extended);
+    assert!(q.inspect(&k).await.unwrap().held);
+    assert_eq!(q.release(&k, &t).await.unwrap(), Release::Released);
+
+    m[1].set(DOWN);
+    let e = q
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), BackendErrorKind::Unavailable, "{e}");
+    assert!(
+        e.message().contains("member 0") && e.message().contains("member 1"),
+        "{e}"
+    );
+    assert!(q.inspect(&k).await.is_err(), "no majority answered");
+    // The one live member was given its partial hold back.
+    assert!(!m[2].store.inspect(&k).await.unwrap().held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_that_answer_garbage_count_against_the_majority() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("garbled");
+    m[1].set(GARBLED);
+    let t = LockToken::generate();
+    acquired(&q, &k, &t).await;
+    assert_eq!(q.release(&k, &t).await.unwrap(), Release::Released);
+    m[2].set(GARBLED);
+    let e = q
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), BackendErrorKind::Protocol, "{e}");
+    assert!(
+        !m[0].store.inspect(&k).await.unwrap().held,
+        "partial hold given back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_hold_is_given_back_when_the_majority_fails() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("partial");
+    // Someone else holds member 1; member 2 is down: we can get member 0 only.
+    let other = LockToken::generate();
+    assert!(matches!(
+        m[1].store.try_acquire(&k, &other, TTL, None).await.unwrap(),
+        Acquire::Held { .. } | Acquire::Acquired { .. }
+    ));
+    m[2].set(DOWN);
+    let out = q
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out, Acquire::Held { remaining: Some(_) }),
+        "{out:?}"
+    );
+    assert!(
+        !m[0].store.inspect(&k).await.unwrap().held,
+        "the hold on member 0 was given back before try_acquire returned"
+    );
+}
+
+/// A member that answers after the member timeout counts as failed, and
+/// the quorum answers within the timeout instead of waiting for it.
+#[tokio::test(start_paused = true)]
+async fn a_slow_member_never_blocks_past_the_member_timeout() {
+    let m = members(3);
+    let timeout = Duration::from_millis(100);
+    let q = Quorum::with_config(
+        m.iter().cloned(),
+        QuorumConfig::default().with_member_timeout(timeout),
+    )
+    .unwrap();
+    let k = key("slow");
+    m[0].set(SLOW);
+    let t = LockToken::generate();
+    let start = Instant::now();
+    acquired(&q, &k, &t).await;
+    assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::Extended);
+    assert_eq!(q.release(&k, &t).await.unwrap(), Release::Released);
+    assert!(start.elapsed() <= timeout, "took {:?}", start.elapsed());
+
+    // With two slow members every call needs one of them: each waits the
+    // member timeout, and no longer.
+    m[1].set(SLOW);
+    let t = LockToken::generate();
+    let start = Instant::now();
+    let e = q.try_acquire(&k, &t, TTL, None).await.unwrap_err();
+    assert_eq!(e.kind(), BackendErrorKind::Timeout, "{e}");
+    assert!(start.elapsed() <= timeout * 3, "took {:?}", start.elapsed());
+    // Their late holds are given back in the background.
+    tokio::time::sleep(SLOW_BY * 3).await;
+    m[0].set(UP);
+    m[1].set(UP);
+    for member in &m {
+        assert!(!member.store.inspect(&k).await.unwrap().held);
+    }
+}
+
+/// The failed member changes between every acquisition, so consecutive
+/// acquisitions are granted by different majorities; the members' own
+/// counters are far apart. Fencing tokens still strictly increase.
+/// (Without the raise step this fails at the fourth acquisition.)
+#[tokio::test(start_paused = true)]
+async fn fences_increase_when_the_failed_member_changes_every_time() {
+    let m = members(3);
+    // Spread the members' counters apart: 100, 0 and 50 earlier fences.
+    for (member, n) in m.iter().zip([100, 0, 50]) {
+        for i in 0..n {
+            let k = key(&format!("warm-{i}"));
+            let t = LockToken::generate();
+            member.store.try_acquire(&k, &t, TTL, None).await.unwrap();
+        }
+    }
+    let q = quorum(&m);
+    let locker = Locker::new(q.clone());
+    let mut last = 0;
+    for round in 0..30 {
+        for (i, member) in m.iter().enumerate() {
+            member.set(if i == round % 3 { DOWN } else { UP });
+        }
+        let guard = locker.try_lock("rotating").await.unwrap().expect("free");
+        assert!(
+            guard.fence() > last,
+            "round {round}: fence {} after {last}",
+            guard.fence()
+        );
+        last = guard.fence();
+        assert_eq!(
+            locker.inspect("rotating").await.unwrap().last_fence,
+            Some(last)
+        );
+        if round % 2 == 0 {
+            guard.release().await.unwrap();
+        } else {
+            // Expiry instead of release.
+            let k = locker.key("rotating").unwrap();
+            for member in &m {
+                member.store.expire_now(&k);
+            }
+            drop(guard);
+        }
+    }
+}
+
+/// A release on any member wakes a waiter of the quorum at once, without
+/// waiting for its backoff.
+#[tokio::test(start_paused = true)]
+async fn a_release_wakes_quorum_waiters() {
+    let m = members(3);
+    let holder = Locker::new(quorum(&m));
+    let waiter = Locker::new(quorum(&m))
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                .with_wait_timeout(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let guard = holder.lock("wake").await.unwrap();
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let g = waiter.lock("wake").await.unwrap();
+        let waited = start.elapsed();
+        g.release().await.unwrap();
+        waited
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    guard.release().await.unwrap();
+    let waited = task.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(6),
+        "woken by the release, not the 60 s backoff: waited {waited:?}"
+    );
+}
+
+/// Extend fails (and the guard counts the lease as lost) once a majority
+/// of members no longer hold it.
+#[tokio::test(start_paused = true)]
+async fn extend_needs_a_majority() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("extend");
+    let t = LockToken::generate();
+    acquired(&q, &k, &t).await;
+    let mut holding = Vec::new();
+    for member in &m {
+        if member.store.inspect(&k).await.unwrap().held {
+            holding.push(member);
+        }
+    }
+    assert!(holding.len() >= 2, "a majority holds it");
+    // Down to exactly two holders: still a majority.
+    for member in &holding[..holding.len() - 2] {
+        member.store.expire_now(&k);
+    }
+    assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::Extended);
+    holding[holding.len() - 2].store.expire_now(&k);
+    assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::NotHeld);
+    assert_eq!(q.release(&k, &t).await.unwrap(), Release::NotHeld);
+}
