@@ -169,7 +169,6 @@ impl fmt::Display for BackendErrorKind {
 
 /// A failure inside a backend, with its [`kind`](BackendError::kind) and the
 /// underlying error as [`source`](StdError::source).
-#[derive(Debug)]
 pub struct BackendError {
     kind: BackendErrorKind,
     transient: Option<bool>,
@@ -221,6 +220,19 @@ impl BackendError {
     }
 }
 
+impl fmt::Debug for BackendError {
+    /// Shows the effective transience (what [`BackendError::is_transient`]
+    /// answers), not whether it was overridden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendError")
+            .field("kind", &self.kind)
+            .field("transient", &self.is_transient())
+            .field("message", &self.message)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
 impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)
@@ -232,5 +244,23 @@ impl StdError for BackendError {
         self.source
             .as_deref()
             .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_effective_transience() {
+        let by_kind = BackendError::new(BackendErrorKind::Unavailable, "down");
+        assert!(
+            format!("{by_kind:?}").contains("transient: true"),
+            "{by_kind:?}"
+        );
+        let overridden = BackendError::new(BackendErrorKind::Other, "x").with_transient(true);
+        assert!(format!("{overridden:?}").contains("transient: true"));
+        let permanent = BackendError::new(BackendErrorKind::Auth, "no");
+        assert!(format!("{permanent:?}").contains("transient: false"));
     }
 }
