@@ -8,15 +8,16 @@ use async_trait::async_trait;
 use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
-    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey,
     LockToken, Release, ReleaseWatch,
 };
-use redis::{AsyncConnectionConfig, Value};
+use redis::AsyncConnectionConfig;
 
 use crate::config::RedisConfig;
-use crate::errors::{config, from_pool, from_redis, redis_kind, timed_out};
+use crate::command::Commands;
+use crate::errors::{config, from_redis};
 use crate::keys::{KeyLayout, LockKeys};
-use crate::pool::{CheckIdleManager, Conn, Pools};
+use crate::pool::{CheckIdleManager, Pools};
 use crate::scripts;
 use crate::subscriber::Subscriber;
 
@@ -98,11 +99,8 @@ pub struct RedisBackend {
 }
 
 struct Inner {
-    pool: Pools,
+    commands: Commands,
     layout: KeyLayout,
-    /// Bound on getting a pooled connection (wait + connect).
-    checkout_timeout: Duration,
-    command_timeout: Duration,
     subscriber: Subscriber,
     description: String,
 }
@@ -160,10 +158,12 @@ impl RedisBackend {
         let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                commands: Commands {
+                    pool,
+                    checkout_timeout: config.pool_wait_timeout + config.connect_timeout,
+                    command_timeout: config.command_timeout,
+                },
                 layout,
-                checkout_timeout: config.pool_wait_timeout + config.connect_timeout,
-                command_timeout: config.command_timeout,
                 subscriber,
                 description: config.redacted_url(),
             }),
@@ -172,7 +172,7 @@ impl RedisBackend {
 
     /// The connection pool's state (shared by all clones).
     pub fn pool_status(&self) -> Status {
-        self.inner.pool.status()
+        self.inner.commands.pool.status()
     }
 
     /// The key layout: prefix, key names and release channel.
@@ -208,72 +208,6 @@ impl RedisBackend {
     /// with the first waiter, so this is false before any waiting.
     pub fn release_subscriber_connected(&self) -> bool {
         self.inner.subscriber.is_subscribed()
-    }
-
-    /// Gets a pooled connection, within the checkout bound. `what` names
-    /// the operation in errors (`"{op} {lock_key}"`).
-    async fn connection(&self, op: &str, lock_key: &str) -> Result<Conn, BackendError> {
-        let inner = &self.inner;
-        if let Some(conn) = inner.pool.ready() {
-            return Ok(conn);
-        }
-        let what = || format!("{op} {lock_key}");
-        let started = tokio::time::Instant::now();
-        match tokio::time::timeout(inner.checkout_timeout, inner.pool.get()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(&what(), e, started.elapsed())),
-            Err(_) => {
-                // A pool without its own wait timeout (from_pool) ends here
-                // when every connection stays checked out.
-                let status = inner.pool.status();
-                if status.available == 0 && status.size >= status.max_size {
-                    Err(BackendError::new(
-                        BackendErrorKind::PoolExhausted,
-                        format!(
-                            "{}: every pooled Redis connection stayed busy for {:?}",
-                            what(),
-                            started.elapsed()
-                        ),
-                    ))
-                } else {
-                    Err(timed_out(&what(), inner.checkout_timeout))
-                }
-            }
-        }
-    }
-
-    /// Runs one script invocation on a pooled connection, within bounds.
-    /// `op` and `lock_key` name the call in errors (formatted only then).
-    async fn run(
-        &self,
-        op: &str,
-        lock_key: &str,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, BackendError> {
-        let mut conn = self.connection(op, lock_key).await?;
-        let limit = self.inner.command_timeout;
-        let what = || format!("{op} {lock_key}");
-        match tokio::time::timeout(limit, invocation.invoke_async::<Value>(&mut *conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                let kind = redis_kind(&e);
-                if kind.is_transient() || e.is_unrecoverable_error() {
-                    conn.discard();
-                }
-                if e.is_connection_dropped() || e.is_io_error() {
-                    // What broke this connection (a restart, `CLIENT KILL`,
-                    // a failover) most likely broke the idle ones too: open
-                    // fresh ones instead of failing once per idle connection.
-                    self.inner.pool.drop_idle();
-                }
-                Err(from_redis(&what(), e))
-            }
-            Err(_) => {
-                // The connection may hang forever: never hand it out again.
-                conn.discard();
-                Err(timed_out(&what(), limit))
-            }
-        }
     }
 }
 
@@ -320,16 +254,14 @@ impl LockBackend for RedisBackend {
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::ACQUIRE.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.fence)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(ttl_ms(ttl)?);
+        let mut args = vec![token.as_hex().to_owned(), ttl_ms(ttl)?.to_string()];
         if let Some(owner) = owner {
-            inv.arg(owner);
+            args.push(owner.to_owned());
         }
-        let outcome = scripts::parse_acquire(&self.run("acquire", &keys.lock, &inv).await?)?;
+        let lock = keys.lock.clone();
+        let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner], args);
+        let reply = self.inner.commands.run("acquire", &lock, &call).await?;
+        let outcome = scripts::parse_acquire(&reply)?;
         if matches!(outcome, Acquire::Acquired { .. })
             && self.inner.subscriber.hub().is_watched(key.encoded())
         {
@@ -347,13 +279,12 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> Result<Extend, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::EXTEND.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(ttl_ms(ttl)?);
+        let args = vec![token.as_hex().to_owned(), ttl_ms(ttl)?.to_string()];
+        let lock = keys.lock.clone();
+        let call = scripts::EXTEND.call(vec![keys.lock, keys.owner], args);
+        let reply = self.inner.commands.run("extend", &lock, &call).await?;
         Ok(
-            if scripts::parse_flag("extend", &self.run("extend", &keys.lock, &inv).await?)? {
+            if scripts::parse_flag("extend", &reply)? {
                 Extend::Extended
             } else {
                 Extend::NotHeld
@@ -364,14 +295,15 @@ impl LockBackend for RedisBackend {
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         let keys = self.keys(key);
         let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(&channel)
-            .arg(key.encoded());
+        let args = vec![token.as_hex().to_owned(), channel, key.encoded().to_owned()];
+        let lock = keys.lock.clone();
+        let call = scripts::RELEASE.call(vec![keys.lock, keys.owner], args);
+        let reply = self.inner.commands.run("release", &lock, &call).await?;
         Ok(
-            if scripts::parse_flag("release", &self.run("release", &keys.lock, &inv).await?)? {
+            if scripts::parse_flag("release", &reply)? {
+                // Waiters of this backend (of any Locker on it) hear of the
+                // release at once, not only through the pub/sub message.
+                self.inner.subscriber.hub().notify(key.encoded());
                 Release::Released
             } else {
                 Release::NotHeld
@@ -381,9 +313,9 @@ impl LockBackend for RedisBackend {
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::INSPECT.prepare_invoke();
-        inv.key(&keys.lock).key(&keys.fence).key(&keys.owner);
-        scripts::parse_inspect(&self.run("inspect", &keys.lock, &inv).await?)
+        let lock = keys.lock.clone();
+        let call = scripts::INSPECT.call(vec![keys.lock, keys.fence, keys.owner], vec![]);
+        scripts::parse_inspect(&self.inner.commands.run("inspect", &lock, &call).await?)
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -393,7 +325,7 @@ impl LockBackend for RedisBackend {
 
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = self.inner.pool.status();
+        let status = self.inner.commands.pool.status();
         f.debug_struct("RedisBackend")
             .field("url", &self.inner.description)
             .field("prefix", &self.inner.layout.prefix())

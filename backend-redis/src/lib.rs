@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod command;
 mod config;
 mod errors;
 mod keys;
