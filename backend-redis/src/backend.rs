@@ -16,7 +16,7 @@ use redis::AsyncConnectionConfig;
 use crate::config::RedisConfig;
 use crate::command::Commands;
 use crate::errors::{config, from_redis};
-use crate::keys::{KeyLayout, LockKeys};
+use crate::keys::{KeyLayout, LockKeys, RELEASE_TOMBSTONE_TTL};
 use crate::pool::{CheckIdleManager, Pools};
 use crate::scripts;
 use crate::subscriber::Subscriber;
@@ -103,6 +103,8 @@ struct Inner {
     layout: KeyLayout,
     subscriber: Subscriber,
     description: String,
+    /// [`RedisConfig::fence_retention`] in ms, as the acquire script wants it.
+    fence_retention_ms: String,
 }
 
 impl RedisBackend {
@@ -166,6 +168,7 @@ impl RedisBackend {
                 layout,
                 subscriber,
                 description: config.redacted_url(),
+                fence_retention_ms: config.fence_retention.as_millis().to_string(),
             }),
         })
     }
@@ -254,12 +257,17 @@ impl LockBackend for RedisBackend {
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
         let keys = self.keys(key);
-        let mut args = vec![token.as_hex().to_owned(), ttl_ms(ttl)?.to_string()];
+        let mut args = vec![
+            token.as_hex().to_owned(),
+            ttl_ms(ttl)?.to_string(),
+            self.inner.fence_retention_ms.clone(),
+        ];
         if let Some(owner) = owner {
             args.push(owner.to_owned());
         }
         let lock = keys.lock.clone();
-        let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner], args);
+        let tombstone = keys.tombstone(token);
+        let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner, tombstone], args);
         let reply = self.inner.commands.run("acquire", &lock, &call).await?;
         let outcome = scripts::parse_acquire(&reply)?;
         if matches!(outcome, Acquire::Acquired { .. })
@@ -295,9 +303,15 @@ impl LockBackend for RedisBackend {
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         let keys = self.keys(key);
         let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
-        let args = vec![token.as_hex().to_owned(), channel, key.encoded().to_owned()];
+        let args = vec![
+            token.as_hex().to_owned(),
+            channel,
+            key.encoded().to_owned(),
+            RELEASE_TOMBSTONE_TTL.as_millis().to_string(),
+        ];
         let lock = keys.lock.clone();
-        let call = scripts::RELEASE.call(vec![keys.lock, keys.owner], args);
+        let tombstone = keys.tombstone(token);
+        let call = scripts::RELEASE.call(vec![keys.lock, keys.owner, tombstone], args);
         let reply = self.inner.commands.run("release", &lock, &call).await?;
         Ok(
             if scripts::parse_flag("release", &reply)? {

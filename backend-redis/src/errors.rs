@@ -24,6 +24,7 @@ use redis::{ErrorKind, RedisError};
 /// | `MOVED`, `ASK`, `CROSSSLOT` | `Config` | a Redis Cluster node: this backend talks to one server |
 /// | `ERR unknown command` | `Config` | scripting is disabled or renamed on the server |
 /// | `NOSCRIPT` (after the `EVAL` fallback), `EXECABORT` | `Protocol` | cannot happen with these commands |
+/// | `STALE` (distlock's own) | `Other` | a late copy of an acquire whose token was already released; nobody awaits its answer |
 /// | any other `ERR` (a script error) and unknown codes | `Other` | |
 pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
     match err.code() {
@@ -38,6 +39,7 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
         ) => return BackendErrorKind::Unavailable,
         Some("MOVED" | "ASK" | "CROSSSLOT") => return BackendErrorKind::Config,
         Some("NOSCRIPT" | "EXECABORT") => return BackendErrorKind::Protocol,
+        Some("STALE") => return BackendErrorKind::Other,
         Some("ERR") => {
             let detail = err.detail().unwrap_or_default();
             if detail.starts_with("max number of clients reached") {
