@@ -322,6 +322,9 @@ fn busy_is_transient_and_waiters_wait_through_it() {
             .query_async(&mut admin)
             .await
             .unwrap();
+        // Kills the looping script however this test ends (a failed
+        // assertion must not leave a server that ignores its shutdown).
+        let _kill = KillScriptOnDrop(server.url().to_owned());
         // A client whose script loops until killed.
         let url = server.url().to_owned();
         let looping = tokio::spawn(async move {
@@ -377,6 +380,22 @@ fn busy_is_transient_and_waiters_wait_through_it() {
         guard.release().await.unwrap();
         no_hang("the looping client", looping).await.unwrap();
     });
+}
+
+/// Sends `SCRIPT KILL` (over a blocking connection) when dropped.
+struct KillScriptOnDrop(String);
+
+impl Drop for KillScriptOnDrop {
+    fn drop(&mut self) {
+        let url = self.0.clone();
+        // On its own thread: this may run inside the runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
+                let _: Result<(), _> = redis::cmd("SCRIPT").arg("KILL").query(&mut c);
+            }
+        })
+        .join();
+    }
 }
 
 /// Kind 7: writes refused for a passing reason (`min-replicas-to-write`
