@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, Release, ReleaseWatch,
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
+    Release, ReleaseWatch,
 };
 use redis::AsyncConnectionConfig;
 
-use crate::config::RedisConfig;
 use crate::command::Commands;
+use crate::config::RedisConfig;
 use crate::errors::{config, from_redis};
 use crate::keys::{KeyLayout, LockKeys, RELEASE_TOMBSTONE_TTL};
 use crate::pool::{CheckIdleManager, Pools};
@@ -291,13 +291,11 @@ impl LockBackend for RedisBackend {
         let lock = keys.lock.clone();
         let call = scripts::EXTEND.call(vec![keys.lock, keys.owner], args);
         let reply = self.inner.commands.run("extend", &lock, &call).await?;
-        Ok(
-            if scripts::parse_flag("extend", &reply)? {
-                Extend::Extended
-            } else {
-                Extend::NotHeld
-            },
-        )
+        Ok(if scripts::parse_flag("extend", &reply)? {
+            Extend::Extended
+        } else {
+            Extend::NotHeld
+        })
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
@@ -313,16 +311,14 @@ impl LockBackend for RedisBackend {
         let tombstone = keys.tombstone(token);
         let call = scripts::RELEASE.call(vec![keys.lock, keys.owner, tombstone], args);
         let reply = self.inner.commands.run("release", &lock, &call).await?;
-        Ok(
-            if scripts::parse_flag("release", &reply)? {
-                // Waiters of this backend (of any Locker on it) hear of the
-                // release at once, not only through the pub/sub message.
-                self.inner.subscriber.hub().notify(key.encoded());
-                Release::Released
-            } else {
-                Release::NotHeld
-            },
-        )
+        Ok(if scripts::parse_flag("release", &reply)? {
+            // Waiters of this backend (of any Locker on it) hear of the
+            // release at once, not only through the pub/sub message.
+            self.inner.subscriber.hub().notify(key.encoded());
+            Release::Released
+        } else {
+            Release::NotHeld
+        })
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {

@@ -59,13 +59,15 @@ pub const MAX_FENCE_RETENTION: Duration = Duration::from_secs(10 * 366 * 24 * 60
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +incr +time +pttl
+///     +evalsha +eval +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
-/// `~distlock:*` covers the lock, fence and owner keys, `&distlock:*` the
-/// release channels (each lock key + `:released`). `evalsha` and `script|load` run the scripts (`EVAL` is
-/// never sent); `get`, `set`, `del`, `incr`, `time`, `pttl`,
+/// `~distlock:*` covers the lock, fence, owner and tombstone keys,
+/// `&distlock:*` the release channels (each lock key + `:released`).
+/// `evalsha` runs the scripts, and `eval` runs a script with its body when
+/// Redis answers `NOSCRIPT` (after a restart, `SCRIPT FLUSH` or failover);
+/// `get`, `set`, `del`, `incr`, `time`, `pttl`,
 /// `pexpire`, `type` and `publish` are what the scripts call (Redis checks
 /// them against the user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,
 /// `ping` checks idle connections, and `unwatch` is only needed for a pool

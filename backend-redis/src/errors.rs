@@ -220,8 +220,14 @@ mod tests {
             assert_eq!(redis_kind(&err), kind, "{code}");
         }
         for (line, kind) in [
-            ("-ERR max number of clients reached\r\n", BackendErrorKind::Unavailable),
-            ("-ERR unknown command 'EVALSHA'\r\n", BackendErrorKind::Config),
+            (
+                "-ERR max number of clients reached\r\n",
+                BackendErrorKind::Unavailable,
+            ),
+            (
+                "-ERR unknown command 'EVALSHA'\r\n",
+                BackendErrorKind::Config,
+            ),
         ] {
             let err = redis::parse_redis_value(line.as_bytes())
                 .and_then(|v| v.extract_error())

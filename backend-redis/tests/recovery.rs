@@ -520,7 +520,11 @@ fn state_left_per_name_is_one_bounded_counter() {
                 .parse()
                 .unwrap()
         };
-        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut admin).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
         let before = used(info);
         let k0 = LockKey::new("orders", "order-0").unwrap();
         let tasks: Vec<_> = (0..8)
@@ -539,7 +543,11 @@ fn state_left_per_name_is_one_bounded_counter() {
         for t in tasks {
             no_hang("locking every name", t).await.unwrap();
         }
-        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut admin).await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
         let after = used(info);
         let keys: i64 = redis::cmd("DBSIZE").query_async(&mut admin).await.unwrap();
         assert_eq!(keys as usize, names, "one key (the fence counter) per name");
@@ -623,7 +631,9 @@ fn every_script_is_safe_to_send_twice() {
         let info = b.inspect(&k).await.unwrap();
         assert_eq!(info.owner.as_deref(), Some("me"));
         assert!(matches!(
-            b.try_acquire(&k, &LockToken::generate(), TTL, None).await.unwrap(),
+            b.try_acquire(&k, &LockToken::generate(), TTL, None)
+                .await
+                .unwrap(),
             Acquire::Held { .. }
         ));
         assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
@@ -641,7 +651,9 @@ fn a_release_wakes_waiters_of_another_locker_on_the_same_backend() {
     let server =
         RedisServer::start_process(ProcessOptions::new().args(["--requirepass", "admin-pw"]));
     runtime().block_on(async {
-        let admin_url = server.url().replace("redis://", "redis://default:admin-pw@");
+        let admin_url = server
+            .url()
+            .replace("redis://", "redis://default:admin-pw@");
         let mut admin = admin(&admin_url).await;
         let () = redis::cmd("ACL")
             .arg("SETUSER")

@@ -538,17 +538,26 @@ mod tests {
         let locker = failing(BackendErrorKind::Unavailable, usize::MAX);
         let started = Instant::now();
         let err = locker.lock("k").await.unwrap_err();
-        assert_eq!(err.backend_error().unwrap().kind(), BackendErrorKind::Unavailable);
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Unavailable
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(10));
 
         let locker = failing(BackendErrorKind::Unavailable, 1);
         let err = locker.try_lock("k").await.unwrap_err();
-        assert_eq!(err.backend_error().unwrap().kind(), BackendErrorKind::Unavailable);
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Unavailable
+        );
 
         let locker = failing(BackendErrorKind::Permission, 1);
         let started = Instant::now();
         let err = locker.lock("k").await.unwrap_err();
-        assert_eq!(err.backend_error().unwrap().kind(), BackendErrorKind::Permission);
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Permission
+        );
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1);
     }
