@@ -24,7 +24,8 @@ use crate::subscriber::Subscriber;
 /// A distlock backend on one Redis server (or a Redis-compatible one).
 ///
 /// Each operation is **one round trip**: a Lua script run with `EVALSHA`
-/// (reloaded transparently after `NOSCRIPT`). The pool checks a connection
+/// (sent again as `EVAL` with the script's body after `NOSCRIPT`, so a lost
+/// script cache never fails a call). The pool checks a connection
 /// with `PING` only when it sat unused for 5 s, so busy lockers pay one
 /// round trip per operation. (A pool handed to
 /// [`from_pool`](RedisBackend::from_pool) keeps deadpool-redis's check, an
@@ -39,18 +40,26 @@ use crate::subscriber::Subscriber;
 /// | key | holds | expires |
 /// | --- | --- | --- |
 /// | `P` `billing{user:42}` | the holder's random token | with the lease |
-/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | one day after it was started |
+/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | [`fence_retention`](RedisConfig::fence_retention) (default one day) after the name's last acquire |
 /// | `P` `billing{user:42}:owner` | the owner label, if any | with the lease |
+/// | `P` `billing{user:42}:tombstone:TOKEN` | a release found the lock not held by `TOKEN` | after [`RELEASE_TOMBSTONE_TTL`](crate::RELEASE_TOMBSTONE_TTL) |
 ///
 /// All keys of a lock share the `{…}` hash tag, so they are in one Redis
 /// Cluster slot.
 ///
-/// A missing fence key (a name's first use, the key's expiry one day after
-/// it was started, or data lost by a restart without persistence or a
-/// failover) starts from the server's `TIME` in microseconds, so fencing
-/// tokens keep increasing across expiry and such losses as long as the
-/// server clock does not step backwards, and names used once do not stay in
-/// Redis for more than a day.
+/// A missing fence key (a name's first use, its expiry, or data lost by a
+/// restart without persistence or a failover) starts from the server's
+/// `TIME` in microseconds, so fencing tokens keep increasing across expiry
+/// as long as the server clock did not step back by more than the
+/// retention, and names no longer used leave Redis after it.
+///
+/// The acquire script refuses a token with a tombstone: an acquire that
+/// reaches Redis after its own release (it was cancelled in flight and the
+/// background release, on a fresh connection, overtook it) cannot take the
+/// lock. A lock key without an expiry was not written by distlock: acquire,
+/// extend and inspect report it as a
+/// [`WrongType`](distlock::BackendErrorKind::WrongType) error naming the
+/// key, not as a lock held forever.
 ///
 /// # Release notifications
 ///
@@ -76,23 +85,34 @@ use crate::subscriber::Subscriber;
 ///
 /// With its own pool (`from_url`, `from_config`), the operations of a
 /// backend share one multiplexed connection (requests pipeline on it, so
-/// concurrency is not capped at the pool size); a connection that fails or
-/// times out is replaced at the next call, and one unused for
-/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) is checked with `PING`
-/// first. A pool handed to `from_pool` is checked out for each operation.
+/// concurrency is not capped at the pool size). While there is none (the
+/// first call, after a failure, or after
+/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) unused, when it is checked
+/// with `PING`) one caller opens or checks it and concurrent callers wait
+/// for that one, so a backend holds one connection for operations however
+/// many calls arrive at once. A connection that fails or times out is
+/// replaced at the next call. A call whose connection is found dead (Redis
+/// restarted, `CLIENT KILL`) is sent once more on a fresh connection (every
+/// script is safe to run twice; a repeated release answers
+/// [`NotHeld`](Release::NotHeld), the safe side). A pool handed to
+/// `from_pool` is checked out for each operation.
 ///
 /// # Errors and timeouts
 ///
 /// Every call finishes within about `pool_wait_timeout + connect_timeout +
-/// command_timeout`, even if Redis hangs. Refused or broken connections are
+/// command_timeout` (twice that when it is sent again after its connection
+/// dropped), even if Redis hangs. Refused or broken connections are
 /// [`Unavailable`](distlock::BackendErrorKind::Unavailable), late answers
 /// [`Timeout`](distlock::BackendErrorKind::Timeout), a pool that stays busy
-/// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted) (all
+/// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted); passing
+/// server states (`LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`,
+/// `NOREPLICAS`, `OOM`, `MISCONF`, …) are `Unavailable` too (all
 /// transient); `WRONGPASS`/`NOAUTH` are `Auth`, `NOPERM` is `Permission`,
-/// a lock key of another type is `WrongType`. A connection that failed or
-/// timed out is dropped from the pool, not reused; after a broken
-/// connection the idle pooled ones are dropped as well (a Redis restart or
-/// `CLIENT KILL` breaks them all), so only calls already in flight fail.
+/// a lock key of another type or without expiry is `WrongType`. The full
+/// table of Redis answers is in the README ("Server errors"). A connection
+/// that failed or timed out is dropped from the pool, not reused; after a
+/// broken connection the idle pooled ones are dropped as well, so only
+/// calls already in flight when Redis restarts can fail.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
