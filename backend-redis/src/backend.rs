@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
+    Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+    LockToken, Release, ReleaseWatch,
 };
 use redis::AsyncConnectionConfig;
 
@@ -93,8 +93,9 @@ use crate::subscriber::Subscriber;
 /// many calls arrive at once. A connection that fails or times out is
 /// replaced at the next call. A call whose connection is found dead (Redis
 /// restarted, `CLIENT KILL`) is sent once more on a fresh connection (every
-/// script is safe to run twice; a repeated release answers
-/// [`NotHeld`](Release::NotHeld), the safe side). A pool handed to
+/// script is safe to run twice; a release sent again that finds the lock
+/// gone is reported as a transient `Unavailable` error, since the first
+/// attempt may have released it). A pool handed to
 /// `from_pool` is checked out for each operation.
 ///
 /// # Errors and timeouts
@@ -289,7 +290,7 @@ impl LockBackend for RedisBackend {
         let tombstone = keys.tombstone(token);
         let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner, tombstone], args);
         let reply = self.inner.commands.run("acquire", &lock, &call).await?;
-        let outcome = scripts::parse_acquire(&reply)?;
+        let outcome = scripts::parse_acquire(&reply.value)?;
         if matches!(outcome, Acquire::Acquired { .. })
             && self.inner.subscriber.hub().is_watched(key.encoded())
         {
@@ -311,7 +312,7 @@ impl LockBackend for RedisBackend {
         let lock = keys.lock.clone();
         let call = scripts::EXTEND.call(vec![keys.lock, keys.owner], args);
         let reply = self.inner.commands.run("extend", &lock, &call).await?;
-        Ok(if scripts::parse_flag("extend", &reply)? {
+        Ok(if scripts::parse_flag("extend", &reply.value)? {
             Extend::Extended
         } else {
             Extend::NotHeld
@@ -331,7 +332,20 @@ impl LockBackend for RedisBackend {
         let tombstone = keys.tombstone(token);
         let call = scripts::RELEASE.call(vec![keys.lock, keys.owner, tombstone], args);
         let reply = self.inner.commands.run("release", &lock, &call).await?;
-        Ok(if scripts::parse_flag("release", &reply)? {
+        let released = scripts::parse_flag("release", &reply.value)?;
+        if !released && reply.repeated {
+            // The first attempt may have released the lock before its
+            // connection dropped; "not held" would be a guess either way.
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "release {lock}: the connection dropped before the answer, and the \
+                     release sent again found the lock not held: the first attempt \
+                     released it, or the lease had already ended"
+                ),
+            ));
+        }
+        Ok(if released {
             // Waiters of this backend (of any Locker on it) hear of the
             // release at once, not only through the pub/sub message.
             self.inner.subscriber.hub().notify(key.encoded());
@@ -345,7 +359,8 @@ impl LockBackend for RedisBackend {
         let keys = self.keys(key);
         let lock = keys.lock.clone();
         let call = scripts::INSPECT.call(vec![keys.lock, keys.fence, keys.owner], vec![]);
-        scripts::parse_inspect(&self.inner.commands.run("inspect", &lock, &call).await?)
+        let reply = self.inner.commands.run("inspect", &lock, &call).await?;
+        scripts::parse_inspect(&reply.value)
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

@@ -23,6 +23,14 @@ pub(crate) struct Commands {
     pub(crate) command_timeout: Duration,
 }
 
+/// The answer to a call.
+pub(crate) struct Reply {
+    pub(crate) value: Value,
+    /// Whether the call was sent twice (the first attempt's connection
+    /// dropped, so the first may or may not have run).
+    pub(crate) repeated: bool,
+}
+
 /// How one attempt of a call ended.
 enum Attempt {
     Done(Value),
@@ -38,27 +46,35 @@ impl Commands {
     ///
     /// Every script is safe to run twice with the same arguments (acquire
     /// with the same token answers "acquired" with the same fence, extend
-    /// sets the same expiry, release finds the lock gone and answers "not
-    /// held", the safe side, inspect only reads), so a call whose connection
-    /// dropped is sent once more on a fresh connection: after a Redis
-    /// restart or `CLIENT KILL` the shared connection is dead, and the next
-    /// call must not fail because of it. A timeout is not retried (the call
-    /// has used its time).
+    /// sets the same expiry, inspect only reads, a release finds the lock
+    /// gone), so a call whose connection dropped is sent once more on a
+    /// fresh connection: after a Redis restart or `CLIENT KILL` the shared
+    /// connection is dead, and the next call must not fail because of it.
+    /// [`Reply::repeated`] tells the caller, for answers a repeat cannot
+    /// give exactly (a repeated release that finds the lock gone may have
+    /// released it the first time). A timeout is not retried (the call has
+    /// used its time).
     pub(crate) async fn run(
         &self,
         op: &str,
         lock_key: &str,
         call: &ScriptCall,
-    ) -> Result<Value, BackendError> {
+    ) -> Result<Reply, BackendError> {
         let what = || format!("{op} {lock_key}");
         match self.attempt(op, lock_key, call).await? {
-            Attempt::Done(value) => Ok(value),
+            Attempt::Done(value) => Ok(Reply {
+                value,
+                repeated: false,
+            }),
             Attempt::Failed(e) => Err(e),
             Attempt::Dropped(first) => {
                 tracing::debug!(op, lock = lock_key, error = %first,
                     "Redis connection dropped; retrying once on a fresh connection");
                 match self.attempt(op, lock_key, call).await? {
-                    Attempt::Done(value) => Ok(value),
+                    Attempt::Done(value) => Ok(Reply {
+                        value,
+                        repeated: true,
+                    }),
                     Attempt::Failed(e) => Err(e),
                     Attempt::Dropped(e) => Err(from_redis(&what(), e)),
                 }
