@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub struct MemoryBackend {
 struct Inner {
     state: Mutex<State>,
     hub: ReleaseHub,
+    unavailable: AtomicBool,
 }
 
 #[derive(Default)]
@@ -87,6 +89,24 @@ impl MemoryBackend {
         self.state().locks.len()
     }
 
+    /// Test hook (a fault switch): while on, every call of this store (all
+    /// clones) fails with a [`BackendErrorKind::Unavailable`] error and
+    /// changes nothing, as if the server could not be reached.
+    pub fn set_unavailable(&self, on: bool) {
+        self.inner.unavailable.store(on, Ordering::SeqCst);
+    }
+
+    /// `Err(Unavailable)` while the fault switch is on.
+    fn reachable(&self) -> Result<(), BackendError> {
+        if self.inner.unavailable.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                "the in-memory store is switched to unavailable (test fault)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Test hook: how many waiters are registered for release notifications.
     pub fn registered_waiters(&self) -> usize {
         self.inner.hub.watcher_count()
@@ -128,6 +148,7 @@ impl LockBackend for MemoryBackend {
         ttl: Duration,
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
+        self.reachable()?;
         let now = Instant::now();
         let expires_at = expiry(now, ttl)?;
         let mut state = self.state();
@@ -157,6 +178,7 @@ impl LockBackend for MemoryBackend {
         token: &LockToken,
         ttl: Duration,
     ) -> Result<Extend, BackendError> {
+        self.reachable()?;
         let now = Instant::now();
         let expires_at = expiry(now, ttl)?;
         let mut state = self.state();
@@ -170,6 +192,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.reachable()?;
         let now = Instant::now();
         let released = {
             let mut state = self.state();
@@ -190,6 +213,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        self.reachable()?;
         let now = Instant::now();
         let mut state = self.state();
         Ok(match state.live(key.encoded(), now) {
@@ -199,6 +223,7 @@ impl LockBackend for MemoryBackend {
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.reachable()?;
         Ok(Some(self.inner.hub.watch(key)))
     }
 }
@@ -206,6 +231,33 @@ impl LockBackend for MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fault_switch_fails_every_call_and_changes_nothing() {
+        let backend = MemoryBackend::new();
+        let (k, token) = (key("job"), LockToken::generate());
+        let ttl = Duration::from_secs(5);
+        backend.try_acquire(&k, &token, ttl, None).await.unwrap();
+        backend.clone().set_unavailable(true);
+        let kinds = [
+            backend
+                .try_acquire(&key("other"), &token, ttl, None)
+                .await
+                .err(),
+            backend.extend(&k, &token, ttl).await.err(),
+            backend.release(&k, &token).await.err(),
+            backend.inspect(&k).await.err(),
+            backend.watch(&k).await.err(),
+        ];
+        for e in kinds {
+            let e = e.expect("an error while unavailable");
+            assert_eq!(e.kind(), BackendErrorKind::Unavailable);
+            assert!(e.is_transient());
+        }
+        backend.set_unavailable(false);
+        assert!(backend.inspect(&k).await.unwrap().held, "nothing changed");
+        assert!(!backend.inspect(&key("other")).await.unwrap().held);
+    }
 
     fn key(name: &str) -> LockKey {
         LockKey::new("", name).unwrap()

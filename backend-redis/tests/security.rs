@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use distlock_conformance::log_capture::LogCapture;
-use distlock_conformance::{scenarios, Harness};
+use distlock_conformance::{scenarios, BoxError, Harness, SetupError};
 use distlock_redis::deadpool_redis;
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
 use distlock_redis::testkit::{ProcessOptions, RedisServer, TestCertificates};
@@ -457,13 +457,17 @@ struct TlsHarness;
 impl Harness for TlsHarness {
     type Backend = RedisBackend;
 
-    async fn client(&self) -> RedisBackend {
-        let t = tls();
-        let config = RedisConfig::new(t.server.url()).with_tls_ca_cert(&t.certs.ca_cert);
-        RedisBackend::from_config(&config).expect("a valid TLS configuration")
+    async fn setup() -> Result<Self, SetupError> {
+        Ok(TlsHarness)
     }
 
-    async fn expire_now(&self, client: &RedisBackend, key: &LockKey) {
+    async fn client(&self) -> Result<RedisBackend, BoxError> {
+        let t = tls();
+        let config = RedisConfig::new(t.server.url()).with_tls_ca_cert(&t.certs.ca_cert);
+        Ok(RedisBackend::from_config(&config)?)
+    }
+
+    async fn expire_now(&self, client: &RedisBackend, key: &LockKey) -> Result<(), BoxError> {
         let t = tls();
         let ca = std::fs::read(&t.certs.ca_cert).unwrap();
         let certificates = redis::TlsCertificates {
@@ -482,6 +486,7 @@ impl Harness for TlsHarness {
             .query_async(&mut conn)
             .await
             .unwrap();
+        Ok(())
     }
 
     fn registered_waiters(&self, client: &RedisBackend) -> Option<usize> {
@@ -501,8 +506,9 @@ macro_rules! tls_conformance {
             $(
                 #[test]
                 fn $case() {
-                    let h = TlsHarness;
-                    distlock_conformance::runtime(&h).block_on(scenarios::$case(&h));
+                    distlock_conformance::run_case::<TlsHarness>(stringify!($case), |h| {
+                        Box::pin(scenarios::$case(h))
+                    });
                 }
             )*
         }

@@ -2,12 +2,12 @@
 //! recorded history.
 //!
 //! `stress_across_processes_checked_from_history` starts the shared Redis
-//! and re-runs this test binary as 4 child processes (only the test
-//! `stress_worker`, selected with `--exact`, in child mode through
-//! environment variables). Each child runs 16 tasks on 3 lock names with
-//! the `distlock_conformance::history::stress` driver: every hold
-//! increments a Redis-held counter of its name with GET, a pause and SET,
-//! and is printed as one JSON line. The parent checks the merged history
+//! and re-runs this test binary as 4 child processes with
+//! `distlock_conformance::processes::ProcessStress` (only the test
+//! `stress_worker`, in child mode). Each child runs 16 tasks on 3 lock
+//! names with `processes::run_child` (the `history::stress` driver): every
+//! hold increments a Redis-held counter of its name with GET, a pause and
+//! SET, and is sent to the parent as one marked record line. The parent checks the merged history
 //! with `history::check` (no overlapping protected intervals, fences
 //! strictly increasing per name), that each counter equals the number of
 //! holds of its name, and that every task of every process held a lock.
@@ -16,28 +16,20 @@
 //! Run alone, `stress_worker` is a small in-process run of the same worker.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Command, Stdio};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use distlock_conformance::history::{
     check, stress_streaming, BoxError, Hold, HolderId, Report, SharedCounter, StressConfig,
 };
+use distlock_conformance::processes::{child_process, run_child, ProcessStress};
 use distlock_redis::redis::AsyncCommands;
 use distlock_redis::testkit::RedisServer;
 use distlock_redis::{Locker, RedisBackend};
 
-/// Set in a child: its process number.
-const CHILD_ENV: &str = "DISTLOCK_STRESS_CHILD";
 /// Set in a child: the Redis URL.
 const CHILD_URL_ENV: &str = "DISTLOCK_STRESS_URL";
 /// Set in a child: the run id that keeps names and counters apart.
 const CHILD_RUN_ENV: &str = "DISTLOCK_STRESS_RUN";
-/// The prefix of a hold line on a child's stdout.
-const HOLD_LINE: &str = "distlock-stress-hold ";
-/// The prefix of a child's closing summary line.
-const SUMMARY_LINE: &str = "distlock-stress-summary ";
 
 const PROCESSES: u32 = 4;
 const TASKS: u32 = 16;
@@ -114,19 +106,22 @@ async fn work(
     url: &str,
     run: &str,
     config: &StressConfig,
-    sink: impl Fn(&Hold) + Send + Sync + 'static,
 ) -> (distlock_conformance::history::StressRun, RedisCounter) {
+    let (lockers, counter) = lockers_and_counter(url, run).await;
+    let outcome = stress_streaming(&lockers, counter.clone(), config, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("stress run failed: {e}"));
+    (outcome, counter)
+}
+
+/// Two lockers (each with its own pool and subscriber) and the counter.
+async fn lockers_and_counter(url: &str, run: &str) -> ([Locker<RedisBackend>; 2], RedisCounter) {
     let locker = || {
         Locker::new(RedisBackend::from_url(url).expect("backend"))
             .with_prefix(format!("stress-{run}"))
             .expect("prefix")
     };
-    let lockers = [locker(), locker()];
-    let counter = RedisCounter::connect(url, run).await;
-    let outcome = stress_streaming(&lockers, counter.clone(), config, sink)
-        .await
-        .unwrap_or_else(|e| panic!("stress run failed: {e}"));
-    (outcome, counter)
+    ([locker(), locker()], RedisCounter::connect(url, run).await)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -140,22 +135,15 @@ fn runtime() -> tokio::runtime::Runtime {
 /// The child entry point; run alone, a small in-process run of the worker.
 #[test]
 fn stress_worker() {
-    if let Ok(process) = std::env::var(CHILD_ENV) {
-        let process: u32 = process.parse().expect("child number");
+    if let Some(process) = child_process() {
         let url = std::env::var(CHILD_URL_ENV).expect("child URL");
         let run = std::env::var(CHILD_RUN_ENV).expect("child run id");
-        let (outcome, _) = runtime().block_on(work(&url, &run, &config(process), |hold| {
-            println!("{HOLD_LINE}{}", hold.to_json_line());
-        }));
-        println!(
-            "{SUMMARY_LINE}{}",
-            serde_json::json!({
-                "holds": outcome.holds.len(),
-                "released_not_held": outcome.released_not_held,
-                "planned_expiries": outcome.planned_expiries,
-                "elapsed_ms": outcome.elapsed.as_millis() as u64,
-            })
-        );
+        runtime().block_on(async {
+            let (lockers, counter) = lockers_and_counter(&url, &run).await;
+            run_child(&lockers, counter, &config(process))
+                .await
+                .unwrap_or_else(|e| panic!("stress child failed: {e}"));
+        });
         return;
     }
 
@@ -168,7 +156,7 @@ fn stress_worker() {
     config.renew_every = 4;
     config.overrun_every = 3;
     let rt = runtime();
-    let (outcome, counter) = rt.block_on(work(&url, &run, &config, |_| {}));
+    let (outcome, counter) = rt.block_on(work(&url, &run, &config));
     let report = check(&outcome.holds);
     println!("{report}");
     assert!(report.is_clean(), "{report}");
@@ -235,161 +223,26 @@ fn print_handoffs(holds: &[Hold]) {
     );
 }
 
-/// A running child and the threads that drain its output.
-struct Worker {
-    process: u32,
-    child: Child,
-    stdout: JoinHandle<Vec<String>>,
-    stderr: JoinHandle<String>,
-}
-
-fn spawn_worker(process: u32, url: &str, run: &str) -> Worker {
-    let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .args([
-            "stress_worker",
-            "--exact",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, process.to_string())
-        .env(CHILD_URL_ENV, url)
-        .env(CHILD_RUN_ENV, run)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning a worker process");
-    let out = child.stdout.take().expect("stdout");
-    let err = child.stderr.take().expect("stderr");
-    let stdout = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            // libtest may print "test stress_worker ... " in front of the
-            // first line: keep what follows a marker.
-            .filter_map(|line| {
-                [HOLD_LINE, SUMMARY_LINE]
-                    .iter()
-                    .find_map(|marker| line.find(marker).map(|at| line[at..].to_owned()))
-            })
-            .collect()
-    });
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = BufReader::new(err).read_to_string(&mut text);
-        text
-    });
-    Worker {
-        process,
-        child,
-        stdout,
-        stderr,
-    }
-}
-
-/// The last `n` lines of `text`.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Waits for every worker until `timeout`; kills them all if one fails or
-/// the time is up, and panics with the failing child's stderr.
-fn wait_all(workers: &mut [Worker], timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let mut done = vec![false; workers.len()];
-    let mut failure: Option<String> = None;
-    while failure.is_none() && done.iter().any(|d| !d) {
-        for (i, w) in workers.iter_mut().enumerate() {
-            if done[i] {
-                continue;
-            }
-            match w.child.try_wait() {
-                Ok(Some(status)) if status.success() => done[i] = true,
-                Ok(Some(status)) => {
-                    done[i] = true;
-                    failure = Some(format!("worker {} exited with {status}", w.process));
-                    break;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    failure = Some(format!("waiting for worker {}: {e}", w.process));
-                    break;
-                }
-            }
-        }
-        if failure.is_none() && Instant::now() >= deadline {
-            failure = Some(format!("workers still running after {timeout:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let Some(failure) = failure else { return };
-    for w in workers.iter_mut() {
-        // Ends only our own children, by handle; errors mean it already exited.
-        let _ = w.child.kill();
-        let _ = w.child.wait();
-    }
-    let mut details = String::new();
-    for w in workers.iter_mut() {
-        let stdout = std::mem::replace(&mut w.stdout, std::thread::spawn(Vec::new));
-        let sent = stdout.join().map(|lines| lines.len()).unwrap_or(0);
-        let stderr = std::mem::replace(&mut w.stderr, std::thread::spawn(String::new));
-        let text = stderr.join().unwrap_or_default();
-        details.push_str(&format!(
-            "\n--- worker {} (sent {sent} lines) stderr (tail) ---\n{}",
-            w.process,
-            tail(&text, 30)
-        ));
-    }
-    panic!("{failure}{details}");
-}
-
 #[test]
 fn stress_across_processes_checked_from_history() {
     let url = RedisServer::shared().url().to_owned();
     let run = run_id();
-    let started = Instant::now();
-    let mut workers: Vec<Worker> = (0..PROCESSES)
-        .map(|p| spawn_worker(p, &url, &run))
-        .collect();
-    wait_all(&mut workers, CHILD_TIMEOUT);
-    let wall = started.elapsed();
-
-    let mut holds: Vec<Hold> = Vec::new();
-    let mut not_held = 0u64;
-    let mut planned = 0u64;
-    for w in workers {
-        let lines = w.stdout.join().expect("stdout reader");
-        let _ = w.stderr.join();
-        let mut own = 0u64;
-        let mut summary = None;
-        for line in &lines {
-            if let Some(json) = line.strip_prefix(HOLD_LINE) {
-                let hold = Hold::from_json_line(json).unwrap_or_else(|e| {
-                    panic!("worker {}: bad hold line {line:?}: {e}", w.process)
-                });
-                assert_eq!(hold.holder.process, w.process, "{line}");
-                holds.push(hold);
-                own += 1;
-            } else if let Some(json) = line.strip_prefix(SUMMARY_LINE) {
-                summary = Some(serde_json::from_str::<serde_json::Value>(json).expect("summary"));
-            }
-        }
-        let summary = summary.unwrap_or_else(|| panic!("worker {} sent no summary", w.process));
-        assert_eq!(
-            summary["holds"].as_u64(),
-            Some(own),
-            "worker {} recorded more holds than it sent",
-            w.process
-        );
-        not_held += summary["released_not_held"].as_u64().unwrap_or(0);
-        planned += summary["planned_expiries"].as_u64().unwrap_or(0);
+    let run_records = ProcessStress::new("stress_worker", PROCESSES)
+        .env(CHILD_URL_ENV, &url)
+        .env(CHILD_RUN_ENV, &run)
+        .timeout(CHILD_TIMEOUT)
+        .run()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wall = run_records.elapsed;
+    for child in &run_records.children {
         println!(
-            "worker {}: {own} holds in {} ms",
-            w.process, summary["elapsed_ms"]
+            "worker {}: {} holds in {} ms",
+            child.process, child.holds, child.elapsed_ms
         );
     }
+    let not_held = run_records.released_not_held();
+    let planned = run_records.planned_expiries();
+    let holds = run_records.holds;
 
     let report = check(&holds);
     println!(

@@ -1,69 +1,72 @@
-//! A backend wrapper that counts calls, to check what reaches the backend.
+//! Counting and slowing down calls, as [`Hooks`] of a [`Wrapped`] backend.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
-};
+use distlock::{Acquire, BackendError, Extend, LockBackend, LockKey, LockToken, Release};
 
-/// Wraps a backend and counts the calls that could change lock state.
-/// Optionally makes calls slow, so that a caller's cancellation lands in
-/// the middle of them on every backend.
-#[derive(Clone)]
-pub(crate) struct Counting<B> {
-    inner: B,
-    acquires: Arc<AtomicUsize>,
-    changes: Arc<AtomicUsize>,
+use crate::wrapper::{Hooks, Wrapped};
+
+/// Counts the calls that could change lock state. Optionally makes them
+/// slow, so that a caller's cancellation lands in the middle of them on
+/// every backend.
+#[derive(Default)]
+pub(crate) struct Counting {
+    acquires: AtomicUsize,
+    changes: AtomicUsize,
     delay: Duration,
 }
 
-impl<B: LockBackend> Counting<B> {
+/// A backend wrapped with [`Counting`], and the counters to read.
+pub(crate) struct Counted<B> {
+    pub(crate) backend: Wrapped<B>,
+    counts: Arc<Counting>,
+}
+
+impl<B: LockBackend> Counted<B> {
+    /// `inner` with counted calls.
     pub(crate) fn new(inner: B) -> Self {
-        Self {
-            inner,
-            acquires: Arc::default(),
-            changes: Arc::default(),
-            delay: Duration::ZERO,
-        }
+        Self::with_delay(inner, Duration::ZERO)
     }
 
-    /// Makes every `try_acquire` reply `delay` late (after the backend
-    /// acted, like a slow network) and every `release` request `delay` late
-    /// (before the backend acts).
-    pub(crate) fn with_delay(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
+    /// `inner` with counted calls; every `try_acquire` reply comes `delay`
+    /// late (after the backend acted, like a slow network) and every
+    /// `release` request `delay` late (before the backend acts).
+    pub(crate) fn with_delay(inner: B, delay: Duration) -> Self {
+        let counts = Arc::new(Counting {
+            delay,
+            ..Counting::default()
+        });
+        let backend = Wrapped::with_shared(inner, counts.clone());
+        Self { backend, counts }
     }
 
+    /// How many `try_acquire` calls were made.
+    pub(crate) fn acquires(&self) -> usize {
+        self.counts.acquires.load(Ordering::SeqCst)
+    }
+
+    /// How many `try_acquire`, `extend` and `release` calls were made.
+    pub(crate) fn calls(&self) -> usize {
+        self.counts.changes.load(Ordering::SeqCst)
+    }
+}
+
+impl Counting {
     async fn pause(&self) {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
     }
-
-    /// How many `try_acquire` calls were made.
-    pub(crate) fn acquires(&self) -> usize {
-        self.acquires.load(Ordering::SeqCst)
-    }
-
-    /// How many `try_acquire`, `extend` and `release` calls were made.
-    pub(crate) fn calls(&self) -> usize {
-        self.changes.load(Ordering::SeqCst)
-    }
 }
 
 #[async_trait]
-impl<B: LockBackend> LockBackend for Counting<B> {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
+impl<B: LockBackend> Hooks<B> for Counting {
     async fn try_acquire(
         &self,
+        inner: &B,
         key: &LockKey,
         token: &LockToken,
         ttl: Duration,
@@ -71,32 +74,30 @@ impl<B: LockBackend> LockBackend for Counting<B> {
     ) -> Result<Acquire, BackendError> {
         self.acquires.fetch_add(1, Ordering::SeqCst);
         self.changes.fetch_add(1, Ordering::SeqCst);
-        let outcome = self.inner.try_acquire(key, token, ttl, owner).await;
+        let outcome = inner.try_acquire(key, token, ttl, owner).await;
         self.pause().await;
         outcome
     }
 
     async fn extend(
         &self,
+        inner: &B,
         key: &LockKey,
         token: &LockToken,
         ttl: Duration,
     ) -> Result<Extend, BackendError> {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        self.inner.extend(key, token, ttl).await
+        inner.extend(key, token, ttl).await
     }
 
-    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+    async fn release(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        token: &LockToken,
+    ) -> Result<Release, BackendError> {
         self.changes.fetch_add(1, Ordering::SeqCst);
         self.pause().await;
-        self.inner.release(key, token).await
-    }
-
-    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
-        self.inner.inspect(key).await
-    }
-
-    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.inner.watch(key).await
+        inner.release(key, token).await
     }
 }

@@ -3,18 +3,33 @@
 //! Every backend (ours and third-party) runs the same scenarios. Implement
 //! [`Harness`] in your backend's tests and call [`suite!`] once: it expands
 //! every scenario into its own `#[test]`, named after the scenario, so
-//! `cargo test` lists each case. Each test builds its own tokio runtime
-//! (paused clock if [`Harness::paused_clock`], see [`runtime`]) and its own
+//! `cargo test` lists each case, plus a `capability_report` test. Each test
+//! builds its own tokio runtime (a paused clock if
+//! [`Harness::PAUSED_CLOCK`], see [`runtime`]), sets the harness up inside
+//! it ([`Harness::setup`] is `async` and fallible) and makes its own
 //! clients. Scenarios use unique lock names ([`unique_name`]), so several
-//! suites can share one server. Cases that need a capability the backend
-//! does not claim print `skipped: <case> needs <capability>` and pass.
+//! suites can share one server.
+//!
+//! The [`guide`] is the backend author's manual: key sizes, fencing designs
+//! that survive cleanup, the error-kind mapping, the harness, skipping, and
+//! the stress drivers.
+//!
+//! **Skipped cases are visible.** A case that needs a capability the
+//! backend does not claim ([`CASE_NEEDS`]) or an optional hook the harness
+//! does not provide writes `distlock-conformance: SKIPPED <case>: <why>`
+//! straight to the terminal (libtest does not capture it) and passes; the
+//! `capability_report` test lists every skip and fails where the harness and
+//! the backend disagree (for example a paused clock for a backend that does
+//! not follow tokio's clock, or `release_notify` without a working
+//! `watch`). With `DISTLOCK_CONFORMANCE_NO_SKIP=1` ([`NO_SKIP_ENV`]) every
+//! skip fails instead.
 //!
 //! A complete harness, here for the in-memory backend; the scenarios in
 //! [`scenarios`] can also be called one by one:
 //!
 //! ```
 //! use distlock::LockKey;
-//! use distlock_conformance::{scenarios, Harness};
+//! use distlock_conformance::{scenarios, BoxError, Harness, SetupError};
 //! use distlock_memory::MemoryBackend;
 //!
 //! /// Every client shares one store, as clients of one server would.
@@ -25,30 +40,38 @@
 //! #[distlock_conformance::async_trait]
 //! impl Harness for MemoryHarness {
 //!     type Backend = MemoryBackend;
+//!     const PAUSED_CLOCK: bool = true; // expiry follows tokio's clock
 //!
-//!     async fn client(&self) -> MemoryBackend {
-//!         self.store.clone()
+//!     async fn setup() -> Result<Self, SetupError> {
+//!         Ok(MemoryHarness { store: MemoryBackend::new() })
 //!     }
 //!
-//!     async fn expire_now(&self, client: &MemoryBackend, key: &LockKey) {
+//!     async fn client(&self) -> Result<MemoryBackend, BoxError> {
+//!         Ok(self.store.clone())
+//!     }
+//!
+//!     async fn expire_now(&self, client: &MemoryBackend, key: &LockKey) -> Result<(), BoxError> {
 //!         client.expire_now(key);
+//!         Ok(())
 //!     }
 //!
 //!     fn registered_waiters(&self, client: &MemoryBackend) -> Option<usize> {
 //!         Some(client.registered_waiters())
 //!     }
 //!
-//!     fn paused_clock(&self) -> bool {
-//!         true // expiry follows tokio's clock
+//!     async fn unreachable_client(&self) -> Result<Option<MemoryBackend>, BoxError> {
+//!         let down = MemoryBackend::new();
+//!         down.set_unavailable(true);
+//!         Ok(Some(down))
 //!     }
 //! }
 //!
 //! // In tests/conformance.rs this line is all it takes: one #[test] per case.
-//! distlock_conformance::suite!(MemoryHarness { store: MemoryBackend::new() });
+//! distlock_conformance::suite!(MemoryHarness);
 //!
 //! fn main() {
-//!     let h = MemoryHarness { store: MemoryBackend::new() };
-//!     distlock_conformance::runtime(&h).block_on(async {
+//!     distlock_conformance::runtime::<MemoryHarness>().block_on(async {
+//!         let h = MemoryHarness::setup().await.unwrap();
 //!         scenarios::acquire_free_then_held_then_free(&h).await;
 //!         scenarios::stale_guard_cannot_touch_new_holder(&h).await;
 //!         scenarios::lost_fires_when_lock_taken_away(&h).await;
@@ -56,41 +79,84 @@
 //! }
 //! ```
 //!
+//! Attributes before the harness type go on every generated test, for a
+//! suite that needs a service not every developer runs:
+//!
+//! ```
+//! # use distlock::LockKey;
+//! # use distlock_conformance::{BoxError, Harness, SetupError};
+//! # use distlock_memory::MemoryBackend;
+//! # struct PgHarness(MemoryBackend);
+//! # #[distlock_conformance::async_trait]
+//! # impl Harness for PgHarness {
+//! #     type Backend = MemoryBackend;
+//! #     async fn setup() -> Result<Self, SetupError> { Ok(PgHarness(MemoryBackend::new())) }
+//! #     async fn client(&self) -> Result<MemoryBackend, BoxError> { Ok(self.0.clone()) }
+//! #     async fn expire_now(&self, c: &MemoryBackend, k: &LockKey) -> Result<(), BoxError> {
+//! #         c.expire_now(k);
+//! #         Ok(())
+//! #     }
+//! # }
+//! // Run with: DATABASE_URL=... cargo test -- --ignored
+//! distlock_conformance::suite!(#[ignore = "needs PostgreSQL"] PgHarness);
+//! # mod gated {
+//! #     use super::PgHarness;
+//! distlock_conformance::suite!(#[cfg(feature = "pg-tests")] PgHarness);
+//! # }
+//! # fn main() {}
+//! ```
+//!
 //! Beyond the per-case scenarios, [`history`] records every hold of a
 //! stress run (in one process or across many) and checks the history for
 //! overlapping holds and fence order; its [`history::stress`] driver runs
-//! against any backend.
+//! against any backend, and [`processes`] runs it across OS processes.
+//! [`wrapper`] wraps a backend with hooks for fault injection.
 //!
 //! Timing: every case runs against the in-memory backend on a paused clock
 //! and against network backends in real time, so TTLs are short (a few
 //! hundred milliseconds, see [`short_ttl`] and [`renew_ttl`]) and every
-//! timing bound allows [`Harness::timing_slack`].
+//! timing bound allows [`Harness::timing_slack`]; no case depends on how
+//! fast a backend answers beyond that slack.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod counting;
 pub mod fenced;
+pub mod guide;
 mod harness;
 pub mod history;
 pub mod log_capture;
+pub mod processes;
+mod runner;
 pub mod scenarios;
 mod stress;
 mod support;
+pub mod wrapper;
 
 pub use async_trait::async_trait;
-pub use harness::Harness;
-pub use support::{drop_bound, renew_ttl, runtime, short_ttl, unique_name};
+pub use harness::{BoxError, Harness, SetupError};
+pub use runner::{
+    run_capability_report, run_case, runtime, setup, CapabilityReport, Need, CASE_NEEDS,
+    NO_SKIP_ENV,
+};
+pub use support::{drop_bound, renew_ttl, short_ttl, unique_name};
 
-/// Expands every conformance scenario into a `#[test]` for the harness
-/// expression `$harness` (evaluated once per test).
+/// Expands every conformance scenario into a `#[test]` for the harness type
+/// `$harness`, plus a `capability_report` test. Attributes written before
+/// the type (`#[ignore = "..."]`, `#[cfg(...)]`) go on every test.
 ///
 /// A unit test of this crate checks that the list names every public
 /// scenario in `src/scenarios/`.
 #[macro_export]
 macro_rules! suite {
-    ($harness:expr) => {
-        $crate::__cases!($harness;
+    ($(#[$attr:meta])* $harness:ty) => {
+        $(#[$attr])*
+        #[test]
+        fn capability_report() {
+            $crate::run_capability_report::<$harness>();
+        }
+        $crate::__cases!([$(#[$attr])*] $harness;
             // basic
             acquire_free_then_held_then_free,
             not_reentrant,
@@ -120,6 +186,7 @@ macro_rules! suite {
             // names
             invalid_names_are_rejected,
             unusual_names_work,
+            full_length_names_acquire_wait_notify_release,
             names_are_case_sensitive,
             prefixes_never_collide,
             // options
@@ -138,6 +205,8 @@ macro_rules! suite {
             lost_does_not_fire_on_release,
             lost_fires_at_deadline_without_renewal,
             max_hold_stops_renewal,
+            // errors
+            unreachable_store_gives_transient_errors,
         );
     };
 }
@@ -145,14 +214,24 @@ macro_rules! suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cases {
-    ($harness:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                let harness = $harness;
-                $crate::runtime(&harness).block_on($crate::scenarios::$case(&harness));
-            }
-        )*
+    ($attrs:tt $harness:ty; $case:ident, $($rest:ident,)*) => {
+        $crate::__case!($attrs $harness; $case);
+        $crate::__cases!($attrs $harness; $($rest,)*);
+    };
+    ($attrs:tt $harness:ty;) => {};
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __case {
+    ([$(#[$attr:meta])*] $harness:ty; $case:ident) => {
+        $(#[$attr])*
+        #[test]
+        fn $case() {
+            $crate::run_case::<$harness>(stringify!($case), |h| {
+                ::std::boxed::Box::pin($crate::scenarios::$case(h))
+            });
+        }
     };
 }
 
@@ -165,7 +244,7 @@ mod self_check {
     fn listed() -> Vec<String> {
         let source = include_str!("lib.rs");
         let start = source
-            .find("$crate::__cases!($harness;")
+            .find("$crate::__cases!([$(#[$attr])*] $harness;")
             .expect("the suite! macro calls __cases!");
         let body = &source[start..];
         let body = &body[body.find(';').unwrap() + 1..body.find(");").unwrap()];
@@ -226,6 +305,12 @@ mod self_check {
             unknown.is_empty(),
             "suite! lists unknown cases: {unknown:?}"
         );
+        for (case, _) in crate::CASE_NEEDS {
+            assert!(
+                unique.contains(*case),
+                "CASE_NEEDS names unknown case {case}"
+            );
+        }
         assert!(
             defined.len() >= 30,
             "only {} scenarios found",

@@ -13,8 +13,7 @@ use tokio::time::Instant;
 
 use crate::history::{Hold, HolderId, Stamp};
 
-/// The error type of [`SharedCounter`] operations.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::harness::BoxError;
 
 /// A counter per lock name that the stress tasks increment with a plain
 /// read, a pause and a write: only the lock keeps increments from being

@@ -3,28 +3,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use distlock::{LockBackend, LockOptions, Locker};
+use distlock::{LockBackend, LockKey, LockOptions, Locker};
 use tokio::time::Instant;
 
+pub(crate) use crate::runner::{client, skip, skipped_for};
 use crate::Harness;
-
-/// Builds the runtime one test runs on: current-thread with a paused clock
-/// for [`Harness::paused_clock`] backends, otherwise multi-threaded.
-pub fn runtime<H: Harness>(harness: &H) -> tokio::runtime::Runtime {
-    let mut builder = if harness.paused_clock() {
-        let mut b = tokio::runtime::Builder::new_current_thread();
-        b.start_paused(true);
-        b
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    };
-    builder
-        .enable_all()
-        .build()
-        .expect("building a tokio runtime")
-}
 
 /// A lock name no other case, test binary or run uses.
 pub fn unique_name(case: &str) -> String {
@@ -61,17 +44,19 @@ pub fn drop_bound<H: Harness>(h: &H) -> Duration {
 
 /// A locker over a new client of the harness.
 pub(crate) async fn locker<H: Harness>(h: &H) -> Locker<H::Backend> {
-    Locker::new(h.client().await)
+    Locker::new(client(h).await)
+}
+
+/// [`Harness::expire_now`]; panics with the hook's error.
+pub(crate) async fn expire<H: Harness>(h: &H, client: &H::Backend, key: &LockKey) {
+    h.expire_now(client, key)
+        .await
+        .unwrap_or_else(|e| panic!("Harness::expire_now failed: {e}"));
 }
 
 /// Options with the given TTL and otherwise defaults.
 pub(crate) fn ttl(ttl: Duration) -> LockOptions {
     LockOptions::default().with_ttl(ttl)
-}
-
-/// Prints the skip line of a capability-gated case.
-pub(crate) fn skip(case: &str, capability: &str) {
-    println!("skipped: {case} needs {capability}");
 }
 
 /// Whether `name` is held, by the backend's own account.

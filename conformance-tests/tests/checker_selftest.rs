@@ -1,5 +1,6 @@
 //! The history checker's self-test: the stress driver against deliberately
-//! broken backends (each wraps `MemoryBackend` and breaks one rule) must
+//! broken backends (each wraps `MemoryBackend` with `wrapper::Wrapped`
+//! hooks that break one rule) must
 //! produce violations the checker reports, and against the correct
 //! `MemoryBackend` none.
 
@@ -7,10 +8,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use distlock::{
-    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken, Locker,
-    Release,
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockKey, LockToken, Locker, Release,
+    ReleaseWatch,
 };
 use distlock_conformance::history::{check, MemoryCounter, Report, StressConfig, StressRun};
+use distlock_conformance::wrapper::{Hooks, Wrapped};
 use distlock_memory::MemoryBackend;
 
 /// The one rule a [`Broken`] backend breaks.
@@ -28,22 +30,21 @@ enum Fault {
     FenceRepeats,
 }
 
-/// `MemoryBackend` with one [`Fault`]. No release notifications (the broken
-/// paths would not send them); waiters poll.
-#[derive(Clone)]
+/// Hooks that break one rule of `MemoryBackend` ([`Fault`]). No release
+/// notifications (the broken paths would not send them); waiters poll.
 struct Broken {
-    inner: MemoryBackend,
     fault: Fault,
 }
 
 #[distlock::async_trait]
-impl LockBackend for Broken {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities().with_release_notify(false)
+impl Hooks<MemoryBackend> for Broken {
+    fn capabilities(&self, inner: &MemoryBackend) -> Capabilities {
+        inner.capabilities().with_release_notify(false)
     }
 
     async fn try_acquire(
         &self,
+        inner: &MemoryBackend,
         key: &LockKey,
         token: &LockToken,
         ttl: Duration,
@@ -52,12 +53,12 @@ impl LockBackend for Broken {
         let ttl = match self.fault {
             Fault::LeaseShorterThanTtl => ttl / 4,
             Fault::AcquireSteals => {
-                self.inner.expire_now(key);
+                inner.expire_now(key);
                 ttl
             }
             _ => ttl,
         };
-        let outcome = self.inner.try_acquire(key, token, ttl, owner).await?;
+        let outcome = inner.try_acquire(key, token, ttl, owner).await?;
         Ok(match (self.fault, outcome) {
             (Fault::FencesGoDown, Acquire::Acquired { fence }) => Acquire::Acquired {
                 fence: 1_000_000 - fence,
@@ -69,6 +70,7 @@ impl LockBackend for Broken {
 
     async fn extend(
         &self,
+        inner: &MemoryBackend,
         key: &LockKey,
         token: &LockToken,
         ttl: Duration,
@@ -77,22 +79,31 @@ impl LockBackend for Broken {
             Fault::LeaseShorterThanTtl => ttl / 4,
             _ => ttl,
         };
-        self.inner.extend(key, token, ttl).await
+        inner.extend(key, token, ttl).await
     }
 
-    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+    async fn release(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+    ) -> Result<Release, BackendError> {
         match self.fault {
-            Fault::ReleaseIgnoresToken => Ok(if self.inner.expire_now(key) {
+            Fault::ReleaseIgnoresToken => Ok(if inner.expire_now(key) {
                 Release::Released
             } else {
                 Release::NotHeld
             }),
-            _ => self.inner.release(key, token).await,
+            _ => inner.release(key, token).await,
         }
     }
 
-    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
-        self.inner.inspect(key).await
+    async fn watch(
+        &self,
+        _inner: &MemoryBackend,
+        _key: &LockKey,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(None)
     }
 }
 
@@ -129,11 +140,8 @@ async fn run<B: LockBackend + Clone>(
     (run, report, counter)
 }
 
-fn broken(fault: Fault) -> Broken {
-    Broken {
-        inner: MemoryBackend::new(),
-        fault,
-    }
+fn broken(fault: Fault) -> Wrapped<MemoryBackend> {
+    Wrapped::new(MemoryBackend::new(), Broken { fault })
 }
 
 /// Names whose counter is not the number of holds of that name.

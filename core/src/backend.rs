@@ -26,6 +26,14 @@ use crate::token::LockToken;
 /// - With [`Capabilities::fencing`], every successful acquisition of a key
 ///   returns a fencing token strictly greater than every earlier one for that
 ///   key, across expiry, takeover and release. Release never resets it.
+///   Fencing tokens are at most [`MAX_FENCE`] (`i64::MAX`).
+/// - Keys are at most [`MAX_ENCODED_KEY_LEN`](crate::MAX_ENCODED_KEY_LEN)
+///   bytes encoded; a store with smaller limits keys by
+///   [`LockKey::digest`].
+///
+/// The backend guide in the `distlock-conformance` crate documentation
+/// (module `guide`) shows cleanup-safe fencing designs for SQL and
+/// key-value stores, the error-kind mapping and the test harness.
 #[async_trait]
 pub trait LockBackend: Send + Sync + 'static {
     /// What this backend offers.
@@ -74,18 +82,36 @@ pub trait LockBackend: Send + Sync + 'static {
     }
 }
 
+/// The highest fencing token a backend may hand out: `i64::MAX`
+/// (9,223,372,036,854,775,807).
+///
+/// Fencing tokens are `u64` in the API, but a backend must keep them at or
+/// below this bound, so that every token fits a signed 64-bit column (SQL
+/// `bigint`), a JSON number parsed as `i64`, and a Lua/Redis integer. The
+/// conformance suite checks it. A counter that starts at 1 never gets near
+/// it; one seeded from a clock in microseconds (as `distlock-redis` does)
+/// reaches it in about 290,000 years. Protected resources can store a token
+/// in a `bigint` with a plain cast (`fence as i64`), and compare as numbers.
+pub const MAX_FENCE: u64 = i64::MAX as u64;
+
 /// The outcome of [`LockBackend::try_acquire`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acquire {
     /// The lease is ours.
     Acquired {
         /// The fencing token of this acquisition (0 if the backend has no
-        /// [`Capabilities::fencing`]).
+        /// [`Capabilities::fencing`]); at most [`MAX_FENCE`].
         fence: u64,
     },
     /// Someone holds the key.
     Held {
-        /// The holder's remaining lease, if the backend knows it.
+        /// The holder's remaining lease, if the backend can tell cheaply.
+        ///
+        /// `None` is always allowed: a store where the remaining time costs
+        /// another query (an SQL upsert that returns no row when it did not
+        /// take the lock) may leave it out. The [`Locker`](crate::Locker)
+        /// uses it only to avoid sleeping past the holder's lease while
+        /// waiting; without it, waiters follow their backoff.
         remaining: Option<Duration>,
     },
 }

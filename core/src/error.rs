@@ -73,6 +73,31 @@ impl LockError {
 }
 
 /// What kind of failure a [`BackendError`] is.
+///
+/// Three kinds are transient ([`BackendErrorKind::is_transient`]): the same
+/// call may succeed if repeated later without changing anything. A backend
+/// whose store reports a transient condition that fits no kind can still
+/// mark the error transient with [`BackendError::with_transient`].
+///
+/// # Which kind for which store error
+///
+/// | class of store error | kind | PostgreSQL (SQLSTATE) | Redis (as `distlock-redis` maps it) |
+/// |---|---|---|---|
+/// | cannot connect; connection reset or closed; the server is starting, shutting down, or read-only during a failover | [`Unavailable`](Self::Unavailable) | class `08`, `57P01`–`57P03`, `25006` read-only transaction | I/O errors, `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`, `NOREPLICAS`, `OOM`, `MISCONF`, `ERR max number of clients reached` |
+/// | no answer within the backend's own timeout | [`Timeout`](Self::Timeout) | client-side timeout; `57014` after `statement_timeout` | client-side timeout |
+/// | no free pooled connection within the pool's wait | [`PoolExhausted`](Self::PoolExhausted) | pool wait timeout | pool wait timeout |
+/// | a concurrent operation made the server refuse; retrying is expected to work | [`Conflict`](Self::Conflict) | `40001` serialization failure, `40P01` deadlock, `55P03` lock not available | (not produced: the scripts are atomic) |
+/// | credentials refused | [`Auth`](Self::Auth) | `28P01`, `28000` | `WRONGPASS`, `NOAUTH` |
+/// | authenticated, but not allowed | [`Permission`](Self::Permission) | `42501` | `NOPERM`, ACL denials inside scripts |
+/// | the lock's storage has another shape | [`WrongType`](Self::WrongType) | `42P01` missing table, `42703` missing column | `WRONGTYPE`, a lock key without expiry |
+/// | the backend's own configuration is unusable | [`Config`](Self::Config) | bad connection string | bad URL, untrusted TLS certificate, `MOVED`/`ASK`/`CROSSSLOT` (a Cluster node), `ERR unknown command` |
+/// | an answer the backend cannot interpret | [`Protocol`](Self::Protocol) | unexpected row shape | unexpected reply type, `EXECABORT`, `NOSCRIPT` after the `EVAL` fallback |
+/// | anything else (not retried) | [`Other`](Self::Other) | | script errors, `STALE` (a late acquire refused) |
+///
+/// When unsure between a transient kind and [`Other`](Self::Other), ask
+/// whether repeating the very same call in a second could succeed. The
+/// conformance suite checks that a backend whose store cannot be reached
+/// reports a transient kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BackendErrorKind {
@@ -83,11 +108,18 @@ pub enum BackendErrorKind {
     /// Every pooled connection was busy for the whole pool wait timeout
     /// (transient).
     PoolExhausted,
+    /// The server refused the operation because of a concurrent operation (a
+    /// serialization failure, a deadlock, a row-lock wait that gave up), and
+    /// a retry is expected to succeed (transient). Nothing changed.
+    Conflict,
     /// The credentials were refused.
     Auth,
-    /// The credentials were accepted but lack a permission (e.g. a Redis ACL).
+    /// The credentials were accepted but lack a permission (a database
+    /// grant, a Redis ACL).
     Permission,
-    /// A key the lock uses holds data of another type (Redis `WRONGTYPE`).
+    /// The storage the lock uses has another shape than the backend expects:
+    /// a key of another data type (Redis `WRONGTYPE`), a missing or altered
+    /// table or column (SQL), a value that does not parse.
     WrongType,
     /// The backend's configuration is unusable (bad URL, bad pool settings).
     Config,
@@ -98,13 +130,16 @@ pub enum BackendErrorKind {
 }
 
 impl BackendErrorKind {
-    /// True for kinds where a retry may succeed without changing anything.
+    /// True for kinds where a retry may succeed without changing anything:
+    /// [`Unavailable`](Self::Unavailable), [`Timeout`](Self::Timeout),
+    /// [`PoolExhausted`](Self::PoolExhausted) and [`Conflict`](Self::Conflict).
     pub fn is_transient(self) -> bool {
         matches!(
             self,
             BackendErrorKind::Unavailable
                 | BackendErrorKind::Timeout
                 | BackendErrorKind::PoolExhausted
+                | BackendErrorKind::Conflict
         )
     }
 }
@@ -115,9 +150,10 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::Unavailable => "backend unavailable",
             BackendErrorKind::Timeout => "backend timed out",
             BackendErrorKind::PoolExhausted => "connection pool exhausted",
+            BackendErrorKind::Conflict => "conflict on the server, retry",
             BackendErrorKind::Auth => "authentication failed",
             BackendErrorKind::Permission => "permission denied",
-            BackendErrorKind::WrongType => "key holds the wrong type",
+            BackendErrorKind::WrongType => "lock storage has an unexpected shape",
             BackendErrorKind::Config => "invalid backend configuration",
             BackendErrorKind::Protocol => "unexpected backend reply",
             BackendErrorKind::Other => "backend error",
@@ -130,6 +166,7 @@ impl fmt::Display for BackendErrorKind {
 #[derive(Debug)]
 pub struct BackendError {
     kind: BackendErrorKind,
+    transient: Option<bool>,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
 }
@@ -140,9 +177,18 @@ impl BackendError {
     pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
+            transient: None,
             message: message.into(),
             source: None,
         }
+    }
+
+    /// Overrides whether this error is transient (by default its kind
+    /// decides, see [`BackendErrorKind::is_transient`]): for a store error
+    /// that is retryable although no transient kind fits, or the reverse.
+    pub fn with_transient(mut self, transient: bool) -> Self {
+        self.transient = Some(transient);
+        self
     }
 
     /// Attaches the underlying error.
@@ -156,9 +202,11 @@ impl BackendError {
         self.kind
     }
 
-    /// True when a retry may succeed (see [`BackendErrorKind::is_transient`]).
+    /// True when a retry may succeed: as set by
+    /// [`BackendError::with_transient`], else as
+    /// [`BackendErrorKind::is_transient`] says for its kind.
     pub fn is_transient(&self) -> bool {
-        self.kind.is_transient()
+        self.transient.unwrap_or_else(|| self.kind.is_transient())
     }
 
     /// The message, without the kind.

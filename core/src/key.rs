@@ -2,6 +2,8 @@
 
 use std::fmt::{self, Write as _};
 
+use sha2::{Digest as _, Sha256};
+
 use crate::error::LockError;
 
 /// The longest lock name accepted, in bytes of UTF-8.
@@ -9,6 +11,18 @@ pub const MAX_NAME_LEN: usize = 4096;
 
 /// The longest [`Locker`](crate::Locker) prefix accepted, in bytes of UTF-8.
 pub const MAX_PREFIX_LEN: usize = 256;
+
+/// The longest [`LockKey::encoded`] form, in bytes (ASCII): 13,058.
+///
+/// Percent-encoding turns a byte into at most three (`%XX`), and every byte
+/// of a non-ASCII character is encoded, so a [`MAX_PREFIX_LEN`] prefix and a
+/// [`MAX_NAME_LEN`] name of non-ASCII text encode to `3 × (256 + 4096)`
+/// bytes, plus the two braces. Stores with a smaller limit on keys, index
+/// rows or notification payloads (PostgreSQL: a B-tree index row of at most
+/// 2,704 bytes, a `NOTIFY` payload under 8,000 bytes) should key their rows
+/// and messages by [`LockKey::digest`] (32 bytes) instead, and keep the
+/// encoded key or the name in an unindexed column if they need it.
+pub const MAX_ENCODED_KEY_LEN: usize = 3 * (MAX_PREFIX_LEN + MAX_NAME_LEN) + 2;
 
 /// A validated lock name inside a [`Locker`](crate::Locker)'s namespace, and
 /// its encoded form.
@@ -21,10 +35,27 @@ pub const MAX_PREFIX_LEN: usize = 256;
 /// percent-encoded (`%`, `{`, `}`, space, control characters and every
 /// non-ASCII byte become `%XX`). Because the braces can only be the ones
 /// added here, two different (namespace, name) pairs never share an encoded
-/// key, and the braces form a Redis Cluster hash tag around the name.
+/// key, and the braces form a Redis Cluster hash tag around the name. It is
+/// at most [`MAX_ENCODED_KEY_LEN`] bytes long; [`LockKey::digest`] gives a
+/// fixed-size identifier of it for stores with size limits.
+///
+/// ```
+/// use distlock::{LockKey, MAX_ENCODED_KEY_LEN};
+///
+/// let key = LockKey::new("billing", "report é").unwrap();
+/// assert_eq!(key.prefix(), "billing");
+/// assert_eq!(key.name(), "report é");
+/// assert_eq!(key.encoded(), "billing{report%20%C3%A9}");
+/// assert_eq!(key.digest().len(), 32);
+/// assert_eq!(key.digest_hex().len(), 64);
+/// assert!(key.encoded().len() <= MAX_ENCODED_KEY_LEN);
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LockKey {
-    name: String,
+    /// The prefix followed by the name, as given.
+    raw: String,
+    /// Where the name starts in `raw`.
+    split: usize,
     encoded: String,
 }
 
@@ -40,8 +71,12 @@ impl LockKey {
         encoded.push('{');
         encode_into(&mut encoded, name);
         encoded.push('}');
+        let mut raw = String::with_capacity(prefix.len() + name.len());
+        raw.push_str(prefix);
+        raw.push_str(name);
         Ok(Self {
-            name: name.to_owned(),
+            raw,
+            split: prefix.len(),
             encoded,
         })
     }
@@ -65,13 +100,42 @@ impl LockKey {
 
     /// The lock name as the application gave it.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.raw[self.split..]
     }
 
-    /// The encoded key, `namespace{name}`, pure ASCII. Backends store the lock
-    /// under this string (plus a backend prefix of their own).
+    /// The namespace: the [`Locker`](crate::Locker)'s prefix as given (not
+    /// encoded; empty without a prefix). With [`LockKey::name`] it fills
+    /// readable columns, such as `namespace` and `name` in SQL.
+    pub fn prefix(&self) -> &str {
+        &self.raw[..self.split]
+    }
+
+    /// The encoded key, `namespace{name}`, pure ASCII, at most
+    /// [`MAX_ENCODED_KEY_LEN`] bytes. Backends store the lock under this
+    /// string (plus a backend prefix of their own), or under its
+    /// [`digest`](LockKey::digest).
     pub fn encoded(&self) -> &str {
         &self.encoded
+    }
+
+    /// The SHA-256 digest of [`LockKey::encoded`]: 32 bytes that identify
+    /// the key, for stores that limit the size of keys, index entries or
+    /// notification payloads. Two different keys get different digests
+    /// (a SHA-256 collision is not a practical concern). Computed on each
+    /// call (well under a microsecond for short keys).
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.encoded.as_bytes()).into()
+    }
+
+    /// [`LockKey::digest`] as 64 lowercase hex digits (for text columns and
+    /// text notification payloads).
+    pub fn digest_hex(&self) -> String {
+        let mut hex = String::with_capacity(64);
+        for b in self.digest() {
+            // Writing to a String cannot fail.
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex
     }
 }
 
@@ -151,6 +215,31 @@ mod tests {
             ));
         }
         assert!(LockKey::new("", [b'x'; MAX_NAME_LEN]).is_ok());
+    }
+
+    #[test]
+    fn longest_key_is_max_encoded_key_len() {
+        let prefix = "é".repeat(MAX_PREFIX_LEN / 2);
+        let name = "é".repeat(MAX_NAME_LEN / 2);
+        let key = LockKey::new(&prefix, &name).unwrap();
+        assert_eq!(key.encoded().len(), MAX_ENCODED_KEY_LEN);
+        assert_eq!(MAX_ENCODED_KEY_LEN, 13_058);
+        assert_eq!((key.prefix(), key.name()), (prefix.as_str(), name.as_str()));
+    }
+
+    #[test]
+    fn digest_is_sha256_of_the_encoded_key() {
+        // SHA-256("{a}"), computed independently with `printf '{a}' | sha256sum`.
+        let key = LockKey::new("", "a").unwrap();
+        assert_eq!(
+            key.digest_hex(),
+            "460c3a93211614ac783c0f1d1bbbcb45a6da87d6421b5c0771772588f1015ff8"
+        );
+        assert_ne!(key.digest(), LockKey::new("", "b").unwrap().digest());
+        assert_ne!(
+            LockKey::new("a", "b").unwrap().digest(),
+            LockKey::new("", "a}{b").unwrap().digest()
+        );
     }
 
     #[test]

@@ -57,7 +57,10 @@
 //! # Writing a backend
 //!
 //! Implement [`LockBackend`] and run the conformance suite of the
-//! `distlock-conformance` crate against it; see that crate's documentation.
+//! `distlock-conformance` crate against it; its `guide` module covers key
+//! sizes ([`MAX_ENCODED_KEY_LEN`], [`LockKey::digest`]), fencing designs
+//! that survive cleanup ([`MAX_FENCE`]), the error-kind mapping
+//! ([`BackendErrorKind`]) and release notifications ([`ReleaseHub`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -75,10 +78,10 @@ mod wait;
 
 pub use async_trait::async_trait;
 
-pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release};
+pub use backend::{Acquire, Capabilities, Extend, LockBackend, LockInfo, Release, MAX_FENCE};
 pub use error::{BackendError, BackendErrorKind, LockError};
 pub use guard::{Lease, LockGuard};
-pub use key::{LockKey, MAX_NAME_LEN, MAX_PREFIX_LEN};
+pub use key::{LockKey, MAX_ENCODED_KEY_LEN, MAX_NAME_LEN, MAX_PREFIX_LEN};
 pub use locker::Locker;
 pub use notify::{ReleaseHub, ReleaseWatch};
 pub use options::{validate_ttl, LockOptions, MAX_OWNER_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL};

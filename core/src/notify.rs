@@ -3,9 +3,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
 use crate::key::LockKey;
+
+/// A key's [`LockKey::digest`]: what the hub is keyed by.
+type KeyDigest = [u8; 32];
+
+/// The digest of an encoded key, as [`LockKey::digest`] computes it.
+fn digest_of(encoded_key: &str) -> KeyDigest {
+    Sha256::digest(encoded_key.as_bytes()).into()
+}
 
 /// Fans release events out to the waiters of one backend instance.
 ///
@@ -18,14 +27,34 @@ use crate::key::LockKey;
 /// of a key in a process watch, so a release costs one retry per process, not
 /// one per waiting task.
 ///
+/// Events are addressed by the key's [`encoded`](LockKey::encoded) form
+/// ([`ReleaseHub::notify`]) or by its [`digest`](LockKey::digest)
+/// ([`ReleaseHub::notify_digest`]), whichever the store's notifications
+/// carry; both find the watchers directly, without a scan.
+///
 /// An event with nobody watching is kept for the next watcher of that key
 /// only while someone is registered; keys nobody watches take no memory.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use distlock::{LockKey, ReleaseHub};
+///
+/// let hub = ReleaseHub::new();
+/// let key = LockKey::new("app", "job").unwrap();
+/// let mut watch = hub.watch(&key);
+/// // A store whose notification carries the key's digest (say, as hex):
+/// let payload = key.digest_hex();
+/// assert!(hub.notify_digest_hex(&payload));
+/// watch.released().await; // completes: the event was kept for the watcher
+/// # }
+/// ```
 #[derive(Clone, Default)]
 pub struct ReleaseHub {
-    keys: Arc<Mutex<HashMap<String, Entry>>>,
+    keys: Arc<Mutex<HashMap<KeyDigest, Entry>>>,
 }
 
 struct Entry {
+    encoded: String,
     notify: Arc<Notify>,
     watchers: usize,
 }
@@ -39,17 +68,17 @@ impl ReleaseHub {
     /// Registers a watcher of `key`. The registration is in place when this
     /// returns and ends when the [`ReleaseWatch`] is dropped.
     pub fn watch(&self, key: &LockKey) -> ReleaseWatch {
+        let digest = key.digest();
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = keys
-            .entry(key.encoded().to_owned())
-            .or_insert_with(|| Entry {
-                notify: Arc::new(Notify::new()),
-                watchers: 0,
-            });
+        let entry = keys.entry(digest).or_insert_with(|| Entry {
+            encoded: key.encoded().to_owned(),
+            notify: Arc::new(Notify::new()),
+            watchers: 0,
+        });
         entry.watchers += 1;
         ReleaseWatch {
             hub: self.clone(),
-            key: key.encoded().to_owned(),
+            key: digest,
             notify: entry.notify.clone(),
         }
     }
@@ -57,10 +86,40 @@ impl ReleaseHub {
     /// Reports that the key whose [`LockKey::encoded`] form is `encoded_key`
     /// was released. Wakes one watcher; does nothing if nobody watches.
     pub fn notify(&self, encoded_key: &str) {
+        self.notify_digest(&digest_of(encoded_key));
+    }
+
+    /// Reports that the key whose [`LockKey::digest`] is `digest` was
+    /// released: for stores whose notifications carry the digest (fixed
+    /// size) instead of the key. Wakes one watcher; does nothing if nobody
+    /// watches. Returns whether anyone watched the key.
+    pub fn notify_digest(&self, digest: &[u8; 32]) -> bool {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = keys.get(encoded_key) {
-            entry.notify.notify_one();
+        match keys.get(digest) {
+            Some(entry) => {
+                entry.notify.notify_one();
+                true
+            }
+            None => false,
         }
+    }
+
+    /// [`ReleaseHub::notify_digest`] for a digest in [`LockKey::digest_hex`]
+    /// form (64 hex digits, either case). Returns false, and wakes nobody,
+    /// for text that is not such a digest or a key nobody watches.
+    pub fn notify_digest_hex(&self, hex: &str) -> bool {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return false;
+        }
+        let mut digest = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let (Some(hi), Some(lo)) = (hex_value(pair[0]), hex_value(pair[1])) else {
+                return false;
+            };
+            digest[i] = (hi << 4) | lo;
+        }
+        self.notify_digest(&digest)
     }
 
     /// Wakes one watcher of every watched key: for a backend that may have
@@ -76,15 +135,16 @@ impl ReleaseHub {
     /// Whether anyone watches the key whose [`LockKey::encoded`] form is
     /// `encoded_key`, i.e. whether a task of this process waits for it.
     pub fn is_watched(&self, encoded_key: &str) -> bool {
+        let digest = digest_of(encoded_key);
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.contains_key(encoded_key)
+        keys.contains_key(&digest)
     }
 
     /// The [`LockKey::encoded`] forms of every key watched right now (for a
     /// backend that subscribes per key, to re-subscribe after a reconnect).
     pub fn watched_keys(&self) -> Vec<String> {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.keys().cloned().collect()
+        keys.values().map(|e| e.encoded.clone()).collect()
     }
 
     /// How many watchers are registered, over all keys. Used by tests to
@@ -103,10 +163,20 @@ impl std::fmt::Debug for ReleaseHub {
     }
 }
 
+/// One hex digit's value.
+fn hex_value(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// One registration for release events of one key; see [`ReleaseHub`].
 pub struct ReleaseWatch {
     hub: ReleaseHub,
-    key: String,
+    key: KeyDigest,
     notify: Arc<Notify>,
 }
 
@@ -120,8 +190,10 @@ impl ReleaseWatch {
 
 impl std::fmt::Debug for ReleaseWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.hub.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let encoded = keys.get(&self.key).map(|e| e.encoded.as_str());
         f.debug_struct("ReleaseWatch")
-            .field("key", &self.key)
+            .field("key", &encoded)
             .finish()
     }
 }
@@ -138,5 +210,31 @@ impl Drop for ReleaseWatch {
                 entry.notify.notify_one();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_by_key_digest_and_hex_reach_the_watcher() {
+        let hub = ReleaseHub::new();
+        let key = LockKey::new("p", "ключ").unwrap();
+        let other = LockKey::new("p", "other").unwrap();
+        let mut watch = hub.watch(&key);
+        assert!(hub.is_watched(key.encoded()));
+        assert_eq!(hub.watched_keys(), vec![key.encoded().to_owned()]);
+        assert!(!hub.notify_digest(&other.digest()), "nobody watches other");
+        assert!(!hub.notify_digest_hex("zz"), "not a digest");
+        hub.notify(key.encoded());
+        watch.released().await;
+        assert!(hub.notify_digest(&key.digest()));
+        watch.released().await;
+        assert!(hub.notify_digest_hex(&key.digest_hex().to_uppercase()));
+        watch.released().await;
+        drop(watch);
+        assert_eq!(hub.watcher_count(), 0);
+        assert!(!hub.is_watched(key.encoded()));
     }
 }

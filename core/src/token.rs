@@ -10,7 +10,20 @@ use std::fmt;
 /// stale holder's token never equals a newer holder's.
 ///
 /// `Debug` and `Display` show only the first four hex digits, so tokens do not
-/// leak into logs; backends use [`LockToken::as_hex`] to store it.
+/// leak into logs; backends store it as [`LockToken::as_hex`] (32 ASCII
+/// characters), [`LockToken::to_bytes`] (16 bytes, for a `bytea`/`BINARY(16)`
+/// column) or [`LockToken::to_u128`] (for a `uuid` column, through e.g.
+/// `uuid::Uuid::from_u128`). All three forms carry the same 128 bits.
+///
+/// ```
+/// use distlock::LockToken;
+///
+/// let token = LockToken::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+/// assert_eq!(token.to_u128(), 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+/// assert_eq!(LockToken::from_bytes(token.to_bytes()), token);
+/// assert_eq!(token.to_bytes()[0], 0x01); // big-endian, like the hex form
+/// assert_eq!(&token.as_hex()[..4], "0123");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct LockToken {
     /// 32 lowercase ASCII hex digits, kept inline: no allocation per lock.
@@ -32,6 +45,28 @@ impl LockToken {
             *digit = DIGITS[((value >> (124 - 4 * i)) & 0xf) as usize];
         }
         Self { hex }
+    }
+
+    /// Builds a token from its [`LockToken::to_bytes`] form (big-endian).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self::from_u128(u128::from_be_bytes(bytes))
+    }
+
+    /// The full token as a number. This is the secret itself: do not log it.
+    pub fn to_u128(&self) -> u128 {
+        self.hex.iter().fold(0u128, |acc, &digit| {
+            let value = match digit {
+                b'0'..=b'9' => digit - b'0',
+                _ => digit - b'a' + 10,
+            };
+            (acc << 4) | u128::from(value)
+        })
+    }
+
+    /// The full token as 16 bytes, big-endian (the same order as
+    /// [`LockToken::as_hex`]). This is the secret itself: do not log it.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.to_u128().to_be_bytes()
     }
 
     /// The full token as 32 lowercase hex digits, as backends store it.
@@ -74,6 +109,16 @@ mod tests {
             "00000000000000000000000000000abc"
         );
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_three_forms_round_trip() {
+        for value in [0, 1, u128::MAX, rand::random::<u128>()] {
+            let t = LockToken::from_u128(value);
+            assert_eq!(t.to_u128(), value);
+            assert_eq!(LockToken::from_bytes(t.to_bytes()), t);
+            assert_eq!(u128::from_str_radix(t.as_hex(), 16).unwrap(), value);
+        }
     }
 
     #[test]

@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
-use distlock::{LockBackend, Release};
+use distlock::{LockBackend, Release, MAX_FENCE};
 
-use crate::support::{locker, short_ttl, skip, ttl};
+use crate::support::{locker, short_ttl, skipped_for, ttl};
 use crate::{unique_name, Harness};
 
 /// Fencing tokens strictly increase across release and re-acquisition and
-/// across expiry and takeover, and `inspect` shows the holder's token.
+/// across expiry and takeover, and `inspect` shows the holder's token;
+/// they stay at or below `MAX_FENCE` (`i64::MAX`).
 pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     let a = locker(h).await;
-    if !a.backend().capabilities().fencing {
-        return skip("fences_strictly_increase", "fencing");
+    if skipped_for("fences_strictly_increase", a.backend().capabilities()) {
+        return;
     }
     let b = locker(h).await;
     let name = unique_name("fences");
@@ -20,6 +21,7 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
 
     let first = a.try_lock(&name).await.unwrap().expect("free");
     let f1 = first.fence();
+    assert!(f1 <= MAX_FENCE, "fence {f1} above MAX_FENCE (i64::MAX)");
     let info = b.inspect(&name).await.unwrap();
     assert_eq!(
         info.last_fence,
@@ -53,14 +55,18 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     assert_eq!(third.release().await.unwrap(), Release::Released);
     let fourth = b.try_lock(&name).await.unwrap().expect("released");
     assert!(fourth.fence() > f3, "{} after {f3}", fourth.fence());
+    assert!(
+        fourth.fence() <= MAX_FENCE,
+        "fence above MAX_FENCE (i64::MAX)"
+    );
 }
 
 /// Each name's fencing tokens increase on their own: interleaved
 /// acquisitions of several names keep every name's sequence increasing.
 pub async fn fences_increase_per_name<H: Harness>(h: &H) {
     let a = locker(h).await;
-    if !a.backend().capabilities().fencing {
-        return skip("fences_increase_per_name", "fencing");
+    if skipped_for("fences_increase_per_name", a.backend().capabilities()) {
+        return;
     }
     let b = locker(h).await;
     let names: Vec<String> = (0..3).map(|i| unique_name(&format!("fence-{i}"))).collect();
@@ -71,6 +77,10 @@ pub async fn fences_increase_per_name<H: Harness>(h: &H) {
             let l = if (round + i) % 2 == 0 { &a } else { &b };
             let guard = l.try_lock_with(name, &lease).await.unwrap().expect("free");
             let fence = guard.fence();
+            assert!(
+                fence <= MAX_FENCE,
+                "fence {fence} above MAX_FENCE (i64::MAX)"
+            );
             if let Some(prev) = last[i] {
                 assert!(fence > prev, "{name}: fence {fence} after {prev}");
             }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use distlock::{LockBackend, LockError, Locker, Release};
 use tokio::time::Instant;
 
-use crate::counting::Counting;
-use crate::support::{assert_within, drop_bound, free_within, is_held, locker, ttl};
+use crate::counting::Counted;
+use crate::support::{
+    assert_within, client, drop_bound, expire, free_within, is_held, locker, ttl,
+};
 use crate::{unique_name, Harness};
 
 /// A guard dropped without `release` is released in the background,
@@ -102,7 +104,7 @@ pub async fn with_lock_releases_on_panic<H: Harness>(h: &H) {
 /// was cancelled) still releases the lock, in the background.
 pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
     // A slow release request, so the cancellation lands before it is done.
-    let a = Locker::new(Counting::new(h.client().await).with_delay(Duration::from_millis(20)));
+    let a = Locker::new(Counted::with_delay(client(h).await, Duration::from_millis(20)).backend);
     let b = locker(h).await;
     let name = unique_name("cancelled-release");
     let guard = a
@@ -120,7 +122,7 @@ pub async fn cancelled_release_still_releases<H: Harness>(h: &H) {
 /// closure ran (the work ran, but exclusion was not guaranteed), and the
 /// new holder keeps the lock.
 pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
-    let client = h.client().await;
+    let client = client(h).await;
     let a = Locker::new(client.clone());
     let b = locker(h).await;
     let name = unique_name("with-lock-lost");
@@ -129,7 +131,7 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
     let (b_ref, name_ref, client_ref, thief_ref) = (&b, name.as_str(), &client, &thief);
     let result = a
         .with_lock_opts(&name, &ttl(Duration::from_secs(30)), |_| async move {
-            h.expire_now(client_ref, &key).await;
+            expire(h, client_ref, &key).await;
             let taken = b_ref.try_lock(name_ref).await.unwrap();
             *thief_ref.lock().unwrap() = Some(taken.expect("the lock was taken away"));
         })

@@ -2,6 +2,7 @@
 //! calls them all; they can also be called one by one.
 
 mod basic;
+mod errors;
 mod exclusion;
 mod expiry;
 mod fencing;
@@ -13,6 +14,7 @@ mod renewal;
 mod waiting;
 
 pub use basic::*;
+pub use errors::*;
 pub use exclusion::*;
 pub use expiry::*;
 pub use fencing::*;

@@ -1,9 +1,16 @@
 //! Lock names and prefixes.
 
-use distlock::{LockError, Locker, Release, MAX_NAME_LEN};
+use std::time::Duration;
 
-use crate::counting::Counting;
-use crate::support::{is_held, locker};
+use distlock::{
+    LockBackend, LockError, LockOptions, Locker, Release, MAX_ENCODED_KEY_LEN, MAX_NAME_LEN,
+    MAX_PREFIX_LEN,
+};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::counting::Counted;
+use crate::support::{assert_within, client, is_held, locker};
 use crate::{unique_name, Harness};
 
 /// A unique name padded with `x` to exactly `len` bytes.
@@ -25,8 +32,8 @@ fn assert_invalid_name<T: std::fmt::Debug>(what: &str, result: Result<T, LockErr
 /// Empty, over-long, NUL-containing and non-UTF-8 names are refused with
 /// `InvalidName` by every entry point, and never reach the backend.
 pub async fn invalid_names_are_rejected<H: Harness>(h: &H) {
-    let counting = Counting::new(h.client().await);
-    let l = Locker::new(counting.clone());
+    let counting = Counted::new(client(h).await);
+    let l = Locker::new(counting.backend.clone());
     let too_long = name_of_len("too-long", MAX_NAME_LEN + 1);
     let bad: [&[u8]; 4] = [b"", too_long.as_bytes(), b"a\0b", b"\xff\xfe"];
     for name in bad {
@@ -168,4 +175,118 @@ pub async fn prefixes_never_collide<H: Harness>(h: &H) {
         "same prefix, same lock"
     );
     assert_eq!(guard.release().await.unwrap(), Release::Released);
+}
+
+/// `len` bytes of random printable ASCII (space to `~`): incompressible,
+/// and full of characters the key encoding escapes.
+fn random_ascii(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| char::from(rng.random_range(0x20u8..=0x7e)))
+        .collect()
+}
+
+/// Exactly `len` bytes (`len` >= 2) of random non-ASCII characters of two,
+/// three and four bytes: every byte is escaped, so the encoded form is
+/// three times as long.
+fn random_multibyte(len: usize) -> String {
+    let mut rng = rand::rng();
+    let mut out = String::with_capacity(len);
+    let pick = |rng: &mut rand::rngs::ThreadRng, width: usize| -> char {
+        let range = match width {
+            2 => 0x80..=0x7ff,
+            3 => 0x800..=0xffff,
+            _ => 0x1_0000..=0x10_ffff,
+        };
+        loop {
+            if let Some(c) = char::from_u32(rng.random_range(range.clone())) {
+                return c;
+            }
+        }
+    };
+    while out.len() < len {
+        let left = len - out.len();
+        let width = match left {
+            2..=4 => left,
+            5 => 2,
+            _ => rng.random_range(2..=4usize),
+        };
+        out.push(pick(&mut rng, width));
+    }
+    debug_assert_eq!(out.len(), len);
+    out
+}
+
+/// Full-length, incompressible names (random ASCII, random multi-byte)
+/// under full-length prefixes work through acquire, inspect, a waiting
+/// `lock()`, the release notification (when the backend has them),
+/// extend and release. The all-multi-byte pair encodes to exactly
+/// `MAX_ENCODED_KEY_LEN` bytes.
+pub async fn full_length_names_acquire_wait_notify_release<H: Harness>(h: &H) {
+    let slack = h.timing_slack();
+    let cases = [
+        (random_ascii(MAX_PREFIX_LEN), random_ascii(MAX_NAME_LEN)),
+        (
+            random_multibyte(MAX_PREFIX_LEN),
+            random_multibyte(MAX_NAME_LEN),
+        ),
+        (String::new(), random_multibyte(MAX_NAME_LEN)),
+    ];
+    for (i, (prefix, name)) in cases.into_iter().enumerate() {
+        let what = format!("full-length name #{i}");
+        let holder = locker(h).await.with_prefix(prefix.clone()).unwrap();
+        let waiter = locker(h).await.with_prefix(prefix.clone()).unwrap();
+        let notify = waiter.backend().capabilities().release_notify;
+        let key = holder.key(&name).unwrap();
+        assert!(key.encoded().len() <= MAX_ENCODED_KEY_LEN);
+        if i == 1 {
+            assert_eq!(key.encoded().len(), MAX_ENCODED_KEY_LEN, "{what}");
+        }
+
+        let guard = holder
+            .try_lock(&name)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what} is free"));
+        assert!(is_held(&waiter, &name).await, "{what} shows as held");
+        assert!(waiter.try_lock(&name).await.unwrap().is_none(), "{what}");
+
+        // A waiter that polls only every 5 s when notifications exist, so
+        // that it is the notification that wakes it.
+        let retry = if notify {
+            (Duration::from_secs(5), Duration::from_secs(5))
+        } else {
+            (Duration::from_millis(5), Duration::from_millis(50))
+        };
+        let opts = LockOptions::default()
+            .with_ttl(Duration::from_secs(10))
+            .with_wait_timeout(Duration::from_secs(20) + slack)
+            .with_retry(retry.0, retry.1);
+        let task = {
+            let (waiter, name) = (waiter.clone(), name.clone());
+            tokio::spawn(async move {
+                let got = waiter.lock_with(&name, &opts).await;
+                (got, Instant::now())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!task.is_finished(), "{what}: the waiter must wait");
+        let released_at = Instant::now();
+        assert_eq!(guard.release().await.unwrap(), Release::Released, "{what}");
+        let (got, acquired_at) = task.await.unwrap();
+        let mut got = got.unwrap_or_else(|e| panic!("{what}: the waiter acquires: {e}"));
+        if notify {
+            assert_within(
+                &format!("{what}: notified hand-over"),
+                acquired_at.saturating_duration_since(released_at),
+                slack,
+            );
+        }
+        assert_eq!(got.name(), name);
+        got.extend(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: extend: {e}"));
+        assert_eq!(got.release().await.unwrap(), Release::Released, "{what}");
+        assert!(!is_held(&holder, &name).await, "{what} is free at the end");
+    }
 }

@@ -6,9 +6,10 @@ use distlock::{LockError, LockOptions, Locker, Release};
 use futures::FutureExt;
 use tokio::time::Instant;
 
-use crate::counting::Counting;
+use crate::counting::Counted;
 use crate::support::{
-    assert_within, drop_bound, free_within, is_held, locker, renew_ttl, short_ttl, ttl,
+    assert_within, client, drop_bound, expire, free_within, is_held, locker, renew_ttl, short_ttl,
+    ttl,
 };
 use crate::{unique_name, Harness};
 
@@ -20,8 +21,8 @@ fn renewing(t: Duration) -> LockOptions {
 /// With `auto_renew`, a lock stays held across more than three TTLs (no
 /// other client can take it); after release it is free and renewal stops.
 pub async fn auto_renew_keeps_lock_across_ttls<H: Harness>(h: &H) {
-    let counting = Counting::new(h.client().await);
-    let a = Locker::new(counting.clone());
+    let counting = Counted::new(client(h).await);
+    let a = Locker::new(counting.backend.clone());
     let b = locker(h).await;
     let name = unique_name("renew");
     let t = renew_ttl(h);
@@ -51,8 +52,8 @@ pub async fn auto_renew_keeps_lock_across_ttls<H: Harness>(h: &H) {
 /// Dropping a renewing guard stops its renewal, and the lock frees within
 /// the drop bound and stays free.
 pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
-    let counting = Counting::new(h.client().await);
-    let a = Locker::new(counting.clone());
+    let counting = Counted::new(client(h).await);
+    let a = Locker::new(counting.backend.clone());
     let b = locker(h).await;
     let name = unique_name("renew-drop");
     let t = renew_ttl(h);
@@ -82,7 +83,7 @@ pub async fn renewal_stops_when_guard_dropped<H: Harness>(h: &H) {
 /// before the lease's own deadline); the guard then can neither extend nor
 /// release.
 pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
-    let client = h.client().await;
+    let client = client(h).await;
     let a = Locker::new(client.clone());
     let name = unique_name("lost");
     let t = Duration::from_secs(1).max(h.timing_slack() * 3);
@@ -95,7 +96,7 @@ pub async fn lost_fires_when_lock_taken_away<H: Harness>(h: &H) {
     tokio::time::sleep(t / 2).await;
     assert!(!lease.is_lost(), "renewal keeps the lease");
 
-    h.expire_now(&client, &a.key(&name).unwrap()).await;
+    expire(h, &client, &a.key(&name).unwrap()).await;
     let taken_at = Instant::now();
     let deadline = guard.valid_until();
     let bound = t / 3 + h.timing_slack();
