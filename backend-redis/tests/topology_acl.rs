@@ -8,11 +8,11 @@ use distlock_redis::testkit::{RedisCluster, SentinelGroup};
 use distlock_redis::{redis, LockOptions, Locker, RedisBackend, RedisConfig};
 
 /// The single-server ACL of `RedisConfig`'s docs (default prefix).
-const SINGLE: &str = "+evalsha +script|load +get +set +del +incr +time +pttl +pexpire +type \
+const SINGLE: &str = "+evalsha +eval +get +set +del +incr +time +pttl +pexpire +type \
                       +publish +subscribe +unsubscribe +ping +unwatch";
 /// The Cluster ACL of the README: sharded pub/sub instead of plain, the
 /// slot map and the version check.
-const CLUSTER: &str = "+evalsha +script|load +get +set +del +incr +time +pttl +pexpire +type \
+const CLUSTER: &str = "+evalsha +eval +get +set +del +incr +time +pttl +pexpire +type \
                        +spublish +ssubscribe +sunsubscribe +ping +cluster|slots +command|info \
                        +asking +wait";
 
