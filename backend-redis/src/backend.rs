@@ -102,8 +102,9 @@ use crate::topology::{pubsub::Source, Remote};
 /// # Errors and timeouts
 ///
 /// Every call finishes within about `pool_wait_timeout + connect_timeout +
-/// command_timeout` (twice that when it is sent again after its connection
-/// dropped), even if Redis hangs. Refused or broken connections are
+/// command_timeout` (plus the [`replica_ack`](RedisConfig::replica_ack)
+/// timeout for acquire and extend when it is set; twice that when it is
+/// sent again after its connection dropped), even if Redis hangs. Refused or broken connections are
 /// [`Unavailable`](distlock::BackendErrorKind::Unavailable), late answers
 /// [`Timeout`](distlock::BackendErrorKind::Timeout), a pool that stays busy
 /// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted); passing

@@ -5,7 +5,7 @@
 //! The backend asks a [`Remote`] to "run this script on the lock's
 //! primary", and the release subscriber asks a [`pubsub::Source`] for "a
 //! subscriber connection that hears this lock's channel". The single-server
-//! path stays in `backend.rs`/`pool.rs`.
+//! path is `command.rs`/`pool.rs`; both run scripts through [`invoke`].
 
 use std::time::Duration;
 
