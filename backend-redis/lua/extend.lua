@@ -6,6 +6,9 @@ if type(v) == 'table' and v['err'] then
   return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' does not hold a lock')
 end
 if v ~= ARGV[1] then
+  if v and redis.call('PTTL', KEYS[1]) == -1 then
+    return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' has no expiry, so distlock did not write it (not a lock)')
+  end
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -12,8 +12,12 @@ end
 if not v then
   return {0, -2, false, fence}
 end
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -1 then
+  return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' has no expiry, so distlock did not write it (not a lock)')
+end
 local owner = redis.pcall('GET', KEYS[3])
 if type(owner) == 'table' then
   owner = false
 end
-return {1, redis.call('PTTL', KEYS[1]), owner, fence}
+return {1, pttl, owner, fence}

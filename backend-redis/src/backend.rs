@@ -11,20 +11,22 @@ use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
     LockToken, RaiseFence, Release, ReleaseWatch,
 };
-use redis::{AsyncConnectionConfig, Value};
+use redis::AsyncConnectionConfig;
 
+use crate::command::{Commands, Reply};
 use crate::config::RedisConfig;
-use crate::errors::{config, config as config_error, from_pool, from_redis, redis_kind, timed_out};
-use crate::keys::{KeyLayout, LockKeys};
-use crate::pool::{CheckIdleManager, Conn, Pools};
-use crate::scripts;
+use crate::errors::{config, config as config_error, from_redis};
+use crate::keys::{KeyLayout, LockKeys, RELEASE_TOMBSTONE_TTL};
+use crate::pool::{CheckIdleManager, Pools};
+use crate::scripts::{self, ScriptCall};
 use crate::subscriber::Subscriber;
 use crate::topology::{pubsub::Source, Remote};
 
 /// A distlock backend on one Redis server (or a Redis-compatible one).
 ///
 /// Each operation is **one round trip**: a Lua script run with `EVALSHA`
-/// (reloaded transparently after `NOSCRIPT`). The pool checks a connection
+/// (sent again as `EVAL` with the script's body after `NOSCRIPT`, so a lost
+/// script cache never fails a call). The pool checks a connection
 /// with `PING` only when it sat unused for 5 s, so busy lockers pay one
 /// round trip per operation. (A pool handed to
 /// [`from_pool`](RedisBackend::from_pool) keeps deadpool-redis's check, an
@@ -39,18 +41,26 @@ use crate::topology::{pubsub::Source, Remote};
 /// | key | holds | expires |
 /// | --- | --- | --- |
 /// | `P` `billing{user:42}` | the holder's random token | with the lease |
-/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | one day after it was started |
+/// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | [`fence_retention`](RedisConfig::fence_retention) (default one day) after the name's last acquire |
 /// | `P` `billing{user:42}:owner` | the owner label, if any | with the lease |
+/// | `P` `billing{user:42}:tombstone:TOKEN` | a release found the lock not held by `TOKEN` | after [`RELEASE_TOMBSTONE_TTL`](crate::RELEASE_TOMBSTONE_TTL) |
 ///
 /// All keys of a lock share the `{…}` hash tag, so they are in one Redis
 /// Cluster slot.
 ///
-/// A missing fence key (a name's first use, the key's expiry one day after
-/// it was started, or data lost by a restart without persistence or a
-/// failover) starts from the server's `TIME` in microseconds, so fencing
-/// tokens keep increasing across expiry and such losses as long as the
-/// server clock does not step backwards, and names used once do not stay in
-/// Redis for more than a day.
+/// A missing fence key (a name's first use, its expiry, or data lost by a
+/// restart without persistence or a failover) starts from the server's
+/// `TIME` in microseconds, so fencing tokens keep increasing across expiry
+/// as long as the server clock did not step back by more than the
+/// retention, and names no longer used leave Redis after it.
+///
+/// The acquire script refuses a token with a tombstone: an acquire that
+/// reaches Redis after its own release (it was cancelled in flight and the
+/// background release, on a fresh connection, overtook it) cannot take the
+/// lock. A lock key without an expiry was not written by distlock: acquire,
+/// extend and inspect report it as a
+/// [`WrongType`](distlock::BackendErrorKind::WrongType) error naming the
+/// key, not as a lock held forever.
 ///
 /// # Release notifications
 ///
@@ -76,31 +86,44 @@ use crate::topology::{pubsub::Source, Remote};
 ///
 /// With its own pool (`from_url`, `from_config`), the operations of a
 /// backend share one multiplexed connection (requests pipeline on it, so
-/// concurrency is not capped at the pool size); a connection that fails or
-/// times out is replaced at the next call, and one unused for
-/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) is checked with `PING`
-/// first. A pool handed to `from_pool` is checked out for each operation.
+/// concurrency is not capped at the pool size). While there is none (the
+/// first call, after a failure, or after
+/// [`CHECK_IDLE_AFTER`](crate::CHECK_IDLE_AFTER) unused, when it is checked
+/// with `PING`) one caller opens or checks it and concurrent callers wait
+/// for that one, so a backend holds one connection for operations however
+/// many calls arrive at once. A connection that fails or times out is
+/// replaced at the next call. A call whose connection is found dead (Redis
+/// restarted, `CLIENT KILL`) is sent once more on a fresh connection (every
+/// script is safe to run twice; a release sent again that finds the lock
+/// gone is reported as a transient `Unavailable` error, since the first
+/// attempt may have released it). A pool handed to
+/// `from_pool` is checked out for each operation.
 ///
 /// # Errors and timeouts
 ///
 /// Every call finishes within about `pool_wait_timeout + connect_timeout +
-/// command_timeout`, even if Redis hangs. Refused or broken connections are
+/// command_timeout` (plus the [`replica_ack`](RedisConfig::replica_ack)
+/// timeout for acquire and extend when it is set; twice that when it is
+/// sent again after its connection dropped), even if Redis hangs. Refused or broken connections are
 /// [`Unavailable`](distlock::BackendErrorKind::Unavailable), late answers
 /// [`Timeout`](distlock::BackendErrorKind::Timeout), a pool that stays busy
-/// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted) (all
+/// [`PoolExhausted`](distlock::BackendErrorKind::PoolExhausted); passing
+/// server states (`LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`,
+/// `NOREPLICAS`, `OOM`, `MISCONF`, …) are `Unavailable` too (all
 /// transient); `WRONGPASS`/`NOAUTH` are `Auth`, `NOPERM` is `Permission`,
-/// a lock key of another type is `WrongType`. A connection that failed or
-/// timed out is dropped from the pool, not reused; after a broken
-/// connection the idle pooled ones are dropped as well (a Redis restart or
-/// `CLIENT KILL` breaks them all), so only calls already in flight fail.
+/// a lock key of another type or without expiry is `WrongType`. The full
+/// table of Redis answers is in the README ("Server errors"). A connection
+/// that failed or timed out is dropped from the pool, not reused; after a
+/// broken connection the idle pooled ones are dropped as well, so only
+/// calls already in flight when Redis restarts can fail.
 #[derive(Clone)]
 pub struct RedisBackend {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    /// The single server's pool; `None` for the other topologies.
-    pool: Option<Pools>,
+    /// The single server's calls; `None` for the other topologies.
+    commands: Option<Commands>,
     /// Sentinel or Cluster (see `crate::topology`).
     remote: Option<Remote>,
     /// `WAIT` after acquire and extend: (replicas, timeout).
@@ -108,15 +131,12 @@ struct Inner {
     /// Release with `SPUBLISH` (cluster: sharded pub/sub).
     sharded: bool,
     layout: KeyLayout,
-    /// Bound on getting a pooled connection (wait + connect).
-    checkout_timeout: Duration,
-    command_timeout: Duration,
     subscriber: Subscriber,
     description: String,
-    /// `host:port` (or the socket path) for connection errors.
-    endpoint: String,
     /// The server address, for [`LockBackend::identity`].
     identity: String,
+    /// [`RedisConfig::fence_retention`] in ms, as the acquire script wants it.
+    fence_retention_ms: String,
 }
 
 impl RedisBackend {
@@ -198,19 +218,23 @@ impl RedisBackend {
         let sharded = matches!(remote, Some(Remote::Cluster(_)));
         let layout = KeyLayout::new(&config.key_prefix)?;
         let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
+        let endpoint = endpoint(&config.connection_info()?);
         Ok(Self {
             inner: Arc::new(Inner {
-                pool,
+                commands: pool.map(|pool| Commands {
+                    pool,
+                    checkout_timeout: config.pool_wait_timeout + config.connect_timeout,
+                    command_timeout: config.command_timeout,
+                    endpoint,
+                }),
                 remote,
                 replica_ack: config.replica_ack.map(|a| (a.replicas, a.timeout)),
                 sharded,
                 layout,
-                checkout_timeout: config.pool_wait_timeout + config.connect_timeout,
-                command_timeout: config.command_timeout,
                 subscriber,
                 description: config.redacted_url(),
-                endpoint: endpoint(&config.connection_info()?),
                 identity: config.server_identity()?,
+                fence_retention_ms: config.fence_retention.as_millis().to_string(),
             }),
         })
     }
@@ -219,8 +243,8 @@ impl RedisBackend {
     /// Sentinel and Cluster topologies: size 1 once the (multiplexed)
     /// connection is open, else 0.
     pub fn pool_status(&self) -> Status {
-        match (&self.inner.pool, &self.inner.remote) {
-            (Some(pool), _) => pool.status(),
+        match (&self.inner.commands, &self.inner.remote) {
+            (Some(commands), _) => commands.pool.status(),
             (None, Some(remote)) => remote.status(),
             (None, None) => Status {
                 max_size: 0,
@@ -275,99 +299,29 @@ impl RedisBackend {
         self.inner.subscriber.is_subscribed()
     }
 
-    /// Gets a pooled connection, within the checkout bound. `what` names
-    /// the operation in errors (`"{op} {lock_key}"`).
-    async fn connection(
-        &self,
-        pool: &Pools,
-        op: &str,
-        lock_key: &str,
-    ) -> Result<Conn, BackendError> {
-        let inner = &self.inner;
-        if let Some(conn) = pool.ready() {
-            return Ok(conn);
-        }
-        // Connecting fails here: name the server ("Connection refused" alone
-        // does not say which host and port were refused).
-        let what = || format!("{op} {lock_key} (Redis at {})", inner.endpoint);
-        let started = tokio::time::Instant::now();
-        match tokio::time::timeout(inner.checkout_timeout, pool.get()).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(from_pool(&what(), e, started.elapsed())),
-            Err(_) => {
-                // A pool without its own wait timeout (from_pool) ends here
-                // when every connection stays checked out.
-                let status = pool.status();
-                if status.available == 0 && status.size >= status.max_size {
-                    Err(BackendError::new(
-                        BackendErrorKind::PoolExhausted,
-                        format!(
-                            "{}: every pooled Redis connection stayed busy for {:?}",
-                            what(),
-                            started.elapsed()
-                        ),
-                    ))
-                } else {
-                    Err(timed_out(&what(), inner.checkout_timeout))
-                }
-            }
-        }
-    }
-
-    /// Runs one script invocation on the lock's primary, within bounds.
-    /// `op` and `lock_key` name the call in errors (formatted only then).
+    /// Runs one script call on the lock's primary, within bounds, then
+    /// `WAIT replicas timeout` pipelined on the same connection when `wait`
+    /// is given. `op` and `lock_key` name the call in errors.
     async fn run(
         &self,
         op: &str,
         lock_key: &str,
-        invocation: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, BackendError> {
-        Ok(self.run_acked(op, lock_key, invocation, None).await?.0)
-    }
-
-    /// [`run`](Self::run), then `WAIT replicas timeout` on the same
-    /// connection when `wait` is given; also returns the replicas that
-    /// acknowledged.
-    async fn run_acked(
-        &self,
-        op: &str,
-        lock_key: &str,
-        invocation: &redis::ScriptInvocation<'_>,
+        call: &ScriptCall,
         wait: Option<(u32, Duration)>,
-    ) -> Result<(Value, Option<u32>), BackendError> {
-        let what = || format!("{op} {lock_key}");
-        let Some(pool) = &self.inner.pool else {
-            let Some(remote) = &self.inner.remote else {
-                return Err(config_error("a backend without a connection"));
-            };
-            return remote.run(&what, invocation, wait).await;
-        };
-        let mut conn = self.connection(pool, op, lock_key).await?;
-        let limit = self.inner.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
-        match tokio::time::timeout(limit, crate::topology::invoke(&mut *conn, invocation, wait))
-            .await
-        {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => {
-                let kind = redis_kind(&e);
-                if kind.is_transient() || e.is_unrecoverable_error() {
-                    conn.discard();
-                }
-                if e.is_connection_dropped() || e.is_io_error() {
-                    // What broke this connection (a restart, `CLIENT KILL`,
-                    // a failover) most likely broke the idle ones too: open
-                    // fresh ones instead of failing once per idle connection.
-                    pool.drop_idle();
-                }
-                Err(crate::topology::misrouted(&what(), &e)
-                    .unwrap_or_else(|| from_redis(&what(), e)))
-            }
-            Err(_) => {
-                // The connection may hang forever: never hand it out again.
-                conn.discard();
-                Err(timed_out(&what(), limit))
-            }
+    ) -> Result<Reply, BackendError> {
+        if let Some(commands) = &self.inner.commands {
+            return commands.run(op, lock_key, call, wait).await;
         }
+        let Some(remote) = &self.inner.remote else {
+            return Err(config_error("a backend without a connection"));
+        };
+        let what = || format!("{op} {lock_key}");
+        let (value, acked) = remote.run(&what, call, wait).await?;
+        Ok(Reply {
+            value,
+            repeated: false,
+            acked,
+        })
     }
 }
 
@@ -428,20 +382,22 @@ impl LockBackend for RedisBackend {
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::ACQUIRE.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.fence)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(ttl_ms(ttl)?);
+        let mut args = vec![
+            token.as_hex().to_owned(),
+            ttl_ms(ttl)?.to_string(),
+            self.inner.fence_retention_ms.clone(),
+        ];
         if let Some(owner) = owner {
-            inv.arg(owner);
+            args.push(owner.to_owned());
         }
+        let lock = keys.lock.clone();
+        let tombstone = keys.tombstone(token);
+        let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner, tombstone], args);
         let wait = self.inner.replica_ack;
-        let (reply, acked) = self.run_acked("acquire", &keys.lock, &inv, wait).await?;
-        let outcome = scripts::parse_acquire(&reply)?;
+        let reply = self.run("acquire", &lock, &call, wait).await?;
+        let outcome = scripts::parse_acquire(&reply.value)?;
         if let (Acquire::Acquired { .. }, Some((needed, timeout)), Some(acked)) =
-            (&outcome, wait, acked)
+            (&outcome, wait, reply.acked)
         {
             if acked < needed {
                 // Not safe across a failover: give it back (best effort;
@@ -449,7 +405,7 @@ impl LockBackend for RedisBackend {
                 let given_back = self.release(key, token).await;
                 return Err(crate::topology::replication_incomplete(
                     "acquire",
-                    &keys.lock,
+                    &lock,
                     acked,
                     needed,
                     timeout,
@@ -474,18 +430,16 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
     ) -> Result<Extend, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::EXTEND.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(ttl_ms(ttl)?);
+        let args = vec![token.as_hex().to_owned(), ttl_ms(ttl)?.to_string()];
+        let lock = keys.lock.clone();
+        let call = scripts::EXTEND.call(vec![keys.lock, keys.owner], args);
         let wait = self.inner.replica_ack;
-        let (reply, acked) = self.run_acked("extend", &keys.lock, &inv, wait).await?;
-        let extended = scripts::parse_flag("extend", &reply)?;
-        if let (true, Some((needed, timeout)), Some(acked)) = (extended, wait, acked) {
+        let reply = self.run("extend", &lock, &call, wait).await?;
+        let extended = scripts::parse_flag("extend", &reply.value)?;
+        if let (true, Some((needed, timeout)), Some(acked)) = (extended, wait, reply.acked) {
             if acked < needed {
                 return Err(crate::topology::replication_incomplete(
-                    "extend", &keys.lock, acked, needed, timeout, false,
+                    "extend", &lock, acked, needed, timeout, false,
                 ));
             }
         }
@@ -499,30 +453,49 @@ impl LockBackend for RedisBackend {
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         let keys = self.keys(key);
         let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
-        let mut inv = scripts::RELEASE.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.owner)
-            .arg(token.as_hex())
-            .arg(&channel)
-            .arg(key.encoded());
+        let mut args = vec![
+            token.as_hex().to_owned(),
+            channel,
+            key.encoded().to_owned(),
+            RELEASE_TOMBSTONE_TTL.as_millis().to_string(),
+        ];
         if self.inner.sharded {
             // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
-            inv.arg("s");
+            args.push("s".to_owned());
         }
-        Ok(
-            if scripts::parse_flag("release", &self.run("release", &keys.lock, &inv).await?)? {
-                Release::Released
-            } else {
-                Release::NotHeld
-            },
-        )
+        let lock = keys.lock.clone();
+        let tombstone = keys.tombstone(token);
+        let call = scripts::RELEASE.call(vec![keys.lock, keys.owner, tombstone], args);
+        let reply = self.run("release", &lock, &call, None).await?;
+        let released = scripts::parse_flag("release", &reply.value)?;
+        if !released && reply.repeated {
+            // The first attempt may have released the lock before its
+            // connection dropped; "not held" would be a guess either way.
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "release {lock}: the connection dropped before the answer, and the \
+                     release sent again found the lock not held: the first attempt \
+                     released it, or the lease had already ended"
+                ),
+            ));
+        }
+        Ok(if released {
+            // Waiters of this backend (of any Locker on it) hear of the
+            // release at once, not only through the pub/sub message.
+            self.inner.subscriber.hub().notify(key.encoded());
+            Release::Released
+        } else {
+            Release::NotHeld
+        })
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
         let keys = self.keys(key);
-        let mut inv = scripts::INSPECT.prepare_invoke();
-        inv.key(&keys.lock).key(&keys.fence).key(&keys.owner);
-        scripts::parse_inspect(&self.run("inspect", &keys.lock, &inv).await?)
+        let lock = keys.lock.clone();
+        let call = scripts::INSPECT.call(vec![keys.lock, keys.fence, keys.owner], vec![]);
+        let reply = self.run("inspect", &lock, &call, None).await?;
+        scripts::parse_inspect(&reply.value)
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -544,12 +517,13 @@ impl LockBackend for RedisBackend {
             )));
         }
         let keys = self.keys(key);
-        let mut inv = scripts::RAISE_FENCE.prepare_invoke();
-        inv.key(&keys.lock)
-            .key(&keys.fence)
-            .arg(token.as_hex())
-            .arg(at_least.to_string());
-        scripts::parse_raise_fence(&self.run("raise_fence", &keys.lock, &inv).await?)
+        let lock = keys.lock.clone();
+        let call = scripts::RAISE_FENCE.call(
+            vec![keys.lock, keys.fence],
+            vec![token.as_hex().to_owned(), at_least.to_string()],
+        );
+        let reply = self.run("raise_fence", &lock, &call, None).await?;
+        scripts::parse_raise_fence(&reply.value)
     }
 
     /// `redis://host:port` (or `redis+unix://path`) of the server, without

@@ -19,6 +19,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default [`RedisConfig::pool_wait_timeout`].
 pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default [`RedisConfig::fence_retention`]: one day.
+pub const DEFAULT_FENCE_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// The shortest [`RedisConfig::fence_retention`] accepted: one second.
+pub const MIN_FENCE_RETENTION: Duration = Duration::from_secs(1);
+/// The longest [`RedisConfig::fence_retention`] accepted: about ten years.
+pub const MAX_FENCE_RETENTION: Duration = Duration::from_secs(10 * 366 * 24 * 60 * 60);
 
 /// How [`RedisBackend`](crate::RedisBackend) reaches Redis.
 ///
@@ -54,13 +60,15 @@ pub const DEFAULT_POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +incr +time +pttl
+///     +evalsha +eval +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
-/// `~distlock:*` covers the lock, fence and owner keys, `&distlock:*` the
-/// release channels (each lock key + `:released`). `evalsha` and `script|load` run the scripts (`EVAL` is
-/// never sent); `get`, `set`, `del`, `incr`, `time`, `pttl`,
+/// `~distlock:*` covers the lock, fence, owner and tombstone keys,
+/// `&distlock:*` the release channels (each lock key + `:released`).
+/// `evalsha` runs the scripts, and `eval` runs a script with its body when
+/// Redis answers `NOSCRIPT` (after a restart, `SCRIPT FLUSH` or failover);
+/// `get`, `set`, `del`, `incr`, `time`, `pttl`,
 /// `pexpire`, `type` and `publish` are what the scripts call (Redis checks
 /// them against the user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,
 /// `ping` checks idle connections, and `unwatch` is only needed for a pool
@@ -148,6 +156,26 @@ pub struct RedisConfig {
     /// (`WAIT`). Default: off. See [`ReplicaAck`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_ack: Option<ReplicaAck>,
+    /// How long a lock name's fencing counter (the `:fence` key) stays in
+    /// Redis after the name's last acquire. Default one day; from
+    /// [`MIN_FENCE_RETENTION`] (1 s) to [`MAX_FENCE_RETENTION`] (about ten
+    /// years).
+    ///
+    /// This bounds the state a name leaves behind: a name acquired once
+    /// keeps one counter of about 100 bytes for this long (see the README's
+    /// "State left in Redis"). When the counter is missing (expired, or lost
+    /// with the data), the next acquire starts it from the server clock in
+    /// microseconds, so fencing tokens keep increasing **as long as the
+    /// server clock has not stepped back by more than the retention** (for
+    /// an expired counter: at least the retention passed on that clock
+    /// since the name's last acquire, and no name is acquired more than
+    /// once per microsecond). A longer retention tolerates larger clock
+    /// steps and costs memory for longer; the guarantee after a data loss
+    /// (restart without persistence, failover) is the same for every
+    /// setting: the new server's clock must read later than the old one's
+    /// at the name's last acquire.
+    #[serde(default = "default_fence_retention", with = "humantime_serde")]
+    pub fence_retention: Duration,
 }
 
 fn default_prefix() -> String {
@@ -165,6 +193,9 @@ fn default_command_timeout() -> Duration {
 fn default_pool_wait_timeout() -> Duration {
     DEFAULT_POOL_WAIT_TIMEOUT
 }
+fn default_fence_retention() -> Duration {
+    DEFAULT_FENCE_RETENTION
+}
 
 impl RedisConfig {
     /// The defaults, with `url`.
@@ -181,6 +212,7 @@ impl RedisConfig {
             tls_client_key: None,
             topology: Topology::Single,
             replica_ack: None,
+            fence_retention: DEFAULT_FENCE_RETENTION,
         }
     }
 
@@ -218,6 +250,12 @@ impl RedisConfig {
     /// Sets [`replica_ack`](RedisConfig::replica_ack).
     pub fn with_replica_ack(mut self, ack: ReplicaAck) -> Self {
         self.replica_ack = Some(ack);
+        self
+    }
+
+    /// Sets [`fence_retention`](RedisConfig::fence_retention).
+    pub fn with_fence_retention(mut self, retention: Duration) -> Self {
+        self.fence_retention = retention;
         self
     }
 
@@ -301,6 +339,12 @@ impl RedisConfig {
         }
         if self.pool_size == 0 {
             return Err(config("pool_size must be at least 1"));
+        }
+        if !(MIN_FENCE_RETENTION..=MAX_FENCE_RETENTION).contains(&self.fence_retention) {
+            return Err(config(format!(
+                "fence_retention must be from {MIN_FENCE_RETENTION:?} to {MAX_FENCE_RETENTION:?}, not {:?}",
+                self.fence_retention
+            )));
         }
         for (name, value) in [
             ("connect_timeout", self.connect_timeout),
@@ -468,6 +512,7 @@ impl fmt::Debug for RedisConfig {
             .field("tls_client_key", &self.tls_client_key)
             .field("topology", &self.topology)
             .field("replica_ack", &self.replica_ack)
+            .field("fence_retention", &self.fence_retention)
             .finish()
     }
 }
@@ -502,6 +547,8 @@ mod tests {
             RedisConfig::new("redis://localhost").with_pool_size(0),
             RedisConfig::new("redis://localhost").with_key_prefix("a{b}"),
             RedisConfig::new("redis://localhost").with_command_timeout(Duration::ZERO),
+            RedisConfig::new("redis://localhost").with_fence_retention(Duration::from_millis(999)),
+            RedisConfig::new("redis://localhost").with_fence_retention(Duration::MAX),
         ];
         for c in bad {
             assert_eq!(
@@ -555,6 +602,10 @@ mod tests {
             serde_json::from_str(r#"{"url":"redis://h","pool_wait_timeout":"250ms"}"#).unwrap();
         assert_eq!(c.pool_wait_timeout, Duration::from_millis(250));
         assert_eq!(c.key_prefix, "distlock:");
+        assert_eq!(c.fence_retention, DEFAULT_FENCE_RETENTION);
+        let c: RedisConfig =
+            serde_json::from_str(r#"{"url":"redis://h","fence_retention":"1h"}"#).unwrap();
+        assert_eq!(c.fence_retention, Duration::from_secs(3600));
         assert!(serde_json::from_str::<RedisConfig>(r#"{"pool_size":3}"#).is_err());
     }
 }

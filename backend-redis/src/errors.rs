@@ -4,14 +4,51 @@ use std::time::Duration;
 
 use deadpool_redis::{PoolError, TimeoutType};
 use distlock::{BackendError, BackendErrorKind};
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, RedisError};
 
 /// The kind of a Redis client or server error.
+///
+/// Every error code Redis can answer to the scripts' `EVALSHA`/`EVAL` (and
+/// to the connection setup) is mapped on purpose; the table is in the crate
+/// README ("Redis" section, "Server errors"):
+///
+/// | Redis answer | kind | why |
+/// | --- | --- | --- |
+/// | `LOADING`, `BUSY`, `MASTERDOWN`, `READONLY`, `NOREPLICAS`, `TRYAGAIN`, `CLUSTERDOWN` | `Unavailable` (transient) | a passing server state: starting, a script past `busy-reply-threshold`, a failover, no replica for `min-replicas-to-write` |
+/// | `OOM` | `Unavailable` (transient) | writes are refused until memory is freed; leases expiring free it, so waiting callers keep trying |
+/// | `MISCONF` | `Unavailable` (transient) | writes are refused until a snapshot succeeds again |
+/// | `ERR max number of clients reached` | `Unavailable` (transient) | the server refuses connections for now |
+/// | `WRONGPASS`, `NOAUTH` | `Auth` | |
+/// | `NOPERM`, `ERR` from a script the ACL denies | `Permission` | |
+/// | `WRONGTYPE` | `WrongType` | a lock's key holds data distlock did not write (also a lock key without expiry) |
+/// | `MOVED`, `ASK`, `CROSSSLOT` | `Config` | a Redis Cluster node: this backend talks to one server |
+/// | `ERR unknown command` | `Config` | scripting is disabled or renamed on the server |
+/// | `NOSCRIPT` (after the `EVAL` fallback), `EXECABORT` | `Protocol` | cannot happen with these commands |
+/// | `STALE` (distlock's own) | `Other` | a late copy of an acquire whose token was already released; nobody awaits its answer |
+/// | any other `ERR` (a script error) and unknown codes | `Other` | |
 pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
     match err.code() {
         Some("WRONGPASS" | "NOAUTH") => return BackendErrorKind::Auth,
         Some("NOPERM") => return BackendErrorKind::Permission,
         Some("WRONGTYPE") => return BackendErrorKind::WrongType,
+        // A server that is starting, running a long script, failing over,
+        // short of replicas, memory or disk, or read-only for now.
+        Some(
+            "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "NOREPLICAS" | "TRYAGAIN"
+            | "CLUSTERDOWN" | "OOM" | "MISCONF",
+        ) => return BackendErrorKind::Unavailable,
+        Some("MOVED" | "ASK" | "CROSSSLOT") => return BackendErrorKind::Config,
+        Some("NOSCRIPT" | "EXECABORT") => return BackendErrorKind::Protocol,
+        Some("STALE") => return BackendErrorKind::Other,
+        Some("ERR") => {
+            let detail = err.detail().unwrap_or_default();
+            if detail.starts_with("max number of clients reached") {
+                return BackendErrorKind::Unavailable;
+            }
+            if detail.starts_with("unknown command") {
+                return BackendErrorKind::Config;
+            }
+        }
         _ => {}
     }
     if script_acl_denial(err) {
@@ -32,15 +69,6 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
         ErrorKind::AuthenticationFailed => BackendErrorKind::Auth,
         ErrorKind::InvalidClientConfig => BackendErrorKind::Config,
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
-        ErrorKind::Server(ServerErrorKind::NoPerm) => BackendErrorKind::Permission,
-        // A server that is starting, failing over or read-only for now.
-        ErrorKind::Server(
-            ServerErrorKind::BusyLoading
-            | ServerErrorKind::TryAgain
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
-        ) => BackendErrorKind::Unavailable,
         ErrorKind::ClusterConnectionNotFound => BackendErrorKind::Unavailable,
         _ => BackendErrorKind::Other,
     }
@@ -165,11 +193,46 @@ mod tests {
             ("NOAUTH", BackendErrorKind::Auth),
             ("NOPERM", BackendErrorKind::Permission),
             ("WRONGTYPE", BackendErrorKind::WrongType),
+            ("LOADING", BackendErrorKind::Unavailable),
+            ("BUSY", BackendErrorKind::Unavailable),
+            ("MASTERDOWN", BackendErrorKind::Unavailable),
+            ("READONLY", BackendErrorKind::Unavailable),
+            ("NOREPLICAS", BackendErrorKind::Unavailable),
+            ("TRYAGAIN", BackendErrorKind::Unavailable),
+            ("CLUSTERDOWN", BackendErrorKind::Unavailable),
+            ("OOM", BackendErrorKind::Unavailable),
+            ("MISCONF", BackendErrorKind::Unavailable),
+            ("MOVED", BackendErrorKind::Config),
+            ("ASK", BackendErrorKind::Config),
+            ("CROSSSLOT", BackendErrorKind::Config),
+            ("NOSCRIPT", BackendErrorKind::Protocol),
+            ("EXECABORT", BackendErrorKind::Protocol),
+            ("ERR", BackendErrorKind::Other),
             ("SOMETHING", BackendErrorKind::Other),
         ];
         for (code, kind) in cases {
-            let err = redis::make_extension_error(code.into(), Some("detail".into()));
+            // Parsed from the wire, as the client sees a server's answer.
+            let line = format!("-{code} detail\r\n");
+            let err = redis::parse_redis_value(line.as_bytes())
+                .and_then(|v| v.extract_error())
+                .unwrap_err();
+            assert_eq!(err.code(), Some(code), "{err:?}");
             assert_eq!(redis_kind(&err), kind, "{code}");
+        }
+        for (line, kind) in [
+            (
+                "-ERR max number of clients reached\r\n",
+                BackendErrorKind::Unavailable,
+            ),
+            (
+                "-ERR unknown command 'EVALSHA'\r\n",
+                BackendErrorKind::Config,
+            ),
+        ] {
+            let err = redis::parse_redis_value(line.as_bytes())
+                .and_then(|v| v.extract_error())
+                .unwrap_err();
+            assert_eq!(redis_kind(&err), kind, "{line}");
         }
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(redis_kind(&io), BackendErrorKind::Unavailable);

@@ -5,8 +5,22 @@ use distlock::{BackendError, BackendErrorKind, LockKey};
 /// The default backend prefix: every key and the release channel start with it.
 pub const DEFAULT_KEY_PREFIX: &str = "distlock:";
 
-/// Suffix of the key that holds a lock's last fencing token (expires a day after it starts; restarts from the server clock).
+/// Suffix of the key that holds a lock's last fencing token (expires
+/// [`fence_retention`](crate::RedisConfig::fence_retention) after the
+/// name's last acquire; restarts from the server clock).
 pub const FENCE_SUFFIX: &str = ":fence";
+
+/// Infix of a released token's tombstone: the lock key + `:tombstone:` + the
+/// token. A release that finds the lock not held by its token leaves it for
+/// [`RELEASE_TOMBSTONE_TTL`], and the acquire script refuses that token
+/// while it exists, so an acquire that arrives after its own release (it
+/// was cancelled in flight) cannot take the lock.
+pub const TOMBSTONE_INFIX: &str = ":tombstone:";
+
+/// How long a tombstone (see [`TOMBSTONE_INFIX`]) stays: the longest delay
+/// of a cancelled acquire behind its release that is made harmless. (A
+/// later one takes the lock until its TTL at most, as without tombstones.)
+pub const RELEASE_TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Suffix of the key that holds a lock's owner label (expires with the lock).
 pub const OWNER_SUFFIX: &str = ":owner";
@@ -28,6 +42,15 @@ pub struct LockKeys {
     pub fence: String,
     /// The lock key + `:owner`: the owner label, expires with the lease.
     pub owner: String,
+}
+
+impl LockKeys {
+    /// The lock key + `:tombstone:` + `token`: the tombstone a release
+    /// leaves for a token that did not hold the lock (see
+    /// [`TOMBSTONE_INFIX`]).
+    pub fn tombstone(&self, token: &distlock::LockToken) -> String {
+        format!("{}{TOMBSTONE_INFIX}{}", self.lock, token.as_hex())
+    }
 }
 
 /// Maps [`LockKey`]s to Redis keys under one backend prefix.
@@ -123,6 +146,11 @@ mod tests {
         assert_eq!(keys.fence, "distlock:billing{user:42}:fence");
         assert_eq!(keys.owner, "distlock:billing{user:42}:owner");
         assert_eq!(layout.channel(&key), "distlock:billing{user:42}:released");
+        let token = distlock::LockToken::from_u128(0xabc);
+        assert_eq!(
+            keys.tombstone(&token),
+            format!("distlock:billing{{user:42}}:tombstone:{}", token.as_hex())
+        );
     }
 
     #[test]

@@ -33,8 +33,9 @@
 //!
 //! See [`RedisBackend`] for the key layout and the release channel. Each
 //! operation (acquire, extend, release, inspect) is one `EVALSHA` of a Lua
-//! script ([`ACQUIRE_LUA`] and its siblings); the scripts are reloaded
-//! automatically when Redis answers `NOSCRIPT`.
+//! script ([`ACQUIRE_LUA`] and its siblings); when Redis answers `NOSCRIPT`
+//! (restart, `SCRIPT FLUSH`, failover) the call is sent again as `EVAL` with
+//! the script's body, which also caches it.
 //!
 //! # Testing
 //!
@@ -50,6 +51,7 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod command;
 mod config;
 mod errors;
 mod keys;
@@ -63,12 +65,12 @@ pub mod testkit;
 
 pub use backend::RedisBackend;
 pub use config::{
-    RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
-    DEFAULT_POOL_WAIT_TIMEOUT,
+    RedisConfig, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FENCE_RETENTION,
+    DEFAULT_POOL_SIZE, DEFAULT_POOL_WAIT_TIMEOUT, MAX_FENCE_RETENTION, MIN_FENCE_RETENTION,
 };
 pub use keys::{
     KeyLayout, LockKeys, CHANNEL_SUFFIX, DEFAULT_KEY_PREFIX, FENCE_SUFFIX, MAX_KEY_PREFIX_LEN,
-    OWNER_SUFFIX,
+    OWNER_SUFFIX, RELEASE_TOMBSTONE_TTL, TOMBSTONE_INFIX,
 };
 pub use pool::CHECK_IDLE_AFTER;
 pub use scripts::{ACQUIRE_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};

@@ -19,6 +19,13 @@
 //! out is marked broken ([`Conn::discard`]) and replaced at the next
 //! checkout; one unused for [`CHECK_IDLE_AFTER`] goes back through the
 //! pool's check.
+//!
+//! Only one checkout at a time goes to the pool for a new shared connection
+//! ([`Pools::get`] holds a lock while it opens or checks one); concurrent
+//! callers wait for it and then share it, instead of each opening its own
+//! connection. So a backend with its own pool holds one connection for
+//! operations, however many calls arrive at once, including right after it
+//! was created and after it sat idle.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +46,9 @@ pub(crate) struct CheckIdleManager {
     inner: deadpool_redis::Manager,
     /// The connection checkouts share while it is healthy and in use.
     current: Mutex<Option<Current>>,
+    /// Held while a checkout opens or checks the next shared connection, so
+    /// concurrent callers wait for that one instead of opening their own.
+    opening: tokio::sync::Mutex<()>,
 }
 
 struct Current {
@@ -52,6 +62,7 @@ impl CheckIdleManager {
         Self {
             inner,
             current: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -130,6 +141,13 @@ impl Pools {
     pub(crate) async fn get(&self) -> Result<Conn, PoolError<RedisError>> {
         Ok(match self {
             Pools::Own(pool) => {
+                if let Some(conn) = pool.manager().current() {
+                    return Ok(conn);
+                }
+                // One caller at a time gets the next shared connection; the
+                // others find it current once they get the lock. (Cancel
+                // safe: a dropped caller releases the lock.)
+                let _opening = pool.manager().opening.lock().await;
                 if let Some(conn) = pool.manager().current() {
                     return Ok(conn);
                 }

@@ -1,14 +1,18 @@
-//! The Lua scripts (one per operation, one round trip each) and the parsing
-//! of their replies.
+//! The Lua scripts (one per operation, one round trip each), the commands
+//! that run them, and the parsing of their replies.
 //!
-//! Scripts run through [`redis::Script`]: `EVALSHA`, and on `NOSCRIPT` (after
-//! a restart or `SCRIPT FLUSH`) `SCRIPT LOAD` and `EVALSHA` again.
+//! A script is sent as `EVALSHA`; when Redis answers `NOSCRIPT` (after a
+//! restart, a `SCRIPT FLUSH`, or a failover to a server that never saw the
+//! script) it is sent once more as `EVAL` with its body, which runs it and
+//! caches it again. There is no `SCRIPT LOAD` in between, so no second flush
+//! can slip between loading and running: a call survives any number of
+//! flushes.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence};
-use redis::{Script, Value};
+use redis::{Cmd, Value};
 
 /// The source of the acquire script.
 pub const ACQUIRE_LUA: &str = include_str!("../lua/acquire.lua");
@@ -21,11 +25,70 @@ pub const INSPECT_LUA: &str = include_str!("../lua/inspect.lua");
 /// The source of the raise_fence script (quorum fencing).
 pub const RAISE_FENCE_LUA: &str = include_str!("../lua/raise_fence.lua");
 
-pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
-pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_LUA));
-pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LUA));
-pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(INSPECT_LUA));
-pub(crate) static RAISE_FENCE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_FENCE_LUA));
+pub(crate) static ACQUIRE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(ACQUIRE_LUA));
+pub(crate) static EXTEND: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(EXTEND_LUA));
+pub(crate) static RELEASE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RELEASE_LUA));
+pub(crate) static INSPECT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(INSPECT_LUA));
+pub(crate) static RAISE_FENCE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(RAISE_FENCE_LUA));
+
+/// A script's body and its SHA1 (the name `EVALSHA` runs it by).
+pub(crate) struct LuaScript {
+    body: &'static str,
+    sha: String,
+}
+
+impl LuaScript {
+    fn new(body: &'static str) -> Self {
+        Self {
+            body,
+            // The SHA1 of the body, as Redis computes it.
+            sha: redis::Script::new(body).get_hash().to_owned(),
+        }
+    }
+
+    /// One run of this script with `keys` and `args`.
+    pub(crate) fn call(&'static self, keys: Vec<String>, args: Vec<String>) -> ScriptCall {
+        ScriptCall {
+            script: self,
+            keys,
+            args,
+        }
+    }
+}
+
+/// One run of a [`LuaScript`]: the same keys and arguments, sent as
+/// `EVALSHA` or as `EVAL`.
+pub(crate) struct ScriptCall {
+    script: &'static LuaScript,
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl ScriptCall {
+    /// `EVALSHA sha numkeys keys… args…`.
+    pub(crate) fn evalsha(&self) -> Cmd {
+        self.command("EVALSHA", &self.script.sha)
+    }
+
+    /// `EVAL body numkeys keys… args…`: runs the script and caches it, for
+    /// the answer `NOSCRIPT`.
+    pub(crate) fn eval(&self) -> Cmd {
+        self.command("EVAL", self.script.body)
+    }
+
+    fn command(&self, name: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key);
+        }
+        for arg in &self.args {
+            cmd.arg(arg);
+        }
+        cmd
+    }
+}
 
 fn protocol(op: &str, reply: &Value) -> BackendError {
     BackendError::new(

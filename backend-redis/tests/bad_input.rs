@@ -669,7 +669,10 @@ async fn try_lock_with_backend(cx: &Cx, backend: RedisBackend) -> Result<(), Fai
     Ok(())
 }
 
-/// Keys of `cx`'s namespace under any backend prefix.
+/// Keys of `cx`'s namespace under any backend prefix, except release
+/// tombstones (the background release of a failed acquire leaves one so
+/// that a late copy of the acquire cannot take the lock): those are checked
+/// here to expire within `RELEASE_TOMBSTONE_TTL`, and are not lock state.
 async fn namespace_keys(cx: &Cx) -> Vec<String> {
     let mut admin = cx.admin().await;
     let mut found = Vec::new();
@@ -684,7 +687,15 @@ async fn namespace_keys(cx: &Cx) -> Vec<String> {
             .query_async(&mut admin)
             .await
             .unwrap();
-        found.extend(keys);
+        for key in keys {
+            if key.contains(distlock_redis::TOMBSTONE_INFIX) {
+                let pttl: i64 = admin.pttl(&key).await.unwrap();
+                let limit = distlock_redis::RELEASE_TOMBSTONE_TTL.as_millis() as i64;
+                assert!(pttl > 0 && pttl <= limit, "tombstone {key} PTTL {pttl}");
+            } else {
+                found.push(key);
+            }
+        }
         if next == 0 {
             return found;
         }

@@ -29,6 +29,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_millis(500);
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Slack on top of a configured bound, for a noisy machine.
 const MARGIN: Duration = Duration::from_millis(1500);
+/// The wait timeout of waiters in these tests.
+const WAIT: Duration = Duration::from_secs(1);
 /// No single step of a test may take longer than this: a hang fails.
 const HANG: Duration = Duration::from_secs(30);
 
@@ -150,7 +152,10 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
             g.release().await.unwrap();
         }
         let first = first.unwrap();
-        assert!(first > 1_600_000_000_000_000, "not a microsecond clock: {first}");
+        assert!(
+            first > 1_600_000_000_000_000,
+            "not a microsecond clock: {first}"
+        );
         let ttl = Duration::from_secs(8);
         let renewing = locker
             .lock_with(&name, |_| opts(ttl).with_auto_renew(true))
@@ -162,7 +167,8 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         let plain_name = unique("restart-plain");
         let mut plain = locker.lock_with(&plain_name, |_| opts(ttl)).await.unwrap();
         let lease = renewing.lease();
-        // Another client of the same server with eight idle connections.
+        // Another client of the same server, idle after eight concurrent
+        // calls: they shared one connection (issue 10, kind 4).
         let idle = RedisBackend::from_config(&fault_config(server.url())).unwrap();
         let probe = locker.key(&name).unwrap();
         let warm: Vec<_> = (0..8)
@@ -175,7 +181,7 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
             w.await.unwrap().unwrap();
         }
         let idle_connections = idle.pool_status().size;
-        assert!(idle_connections >= 2, "{idle_connections}");
+        assert_eq!(idle_connections, 1, "{:?}", idle.pool_status());
 
         let stopped_at = Instant::now();
         control(|| {
@@ -212,21 +218,22 @@ fn fault_redis_restarted_while_held_fires_lost_signal() {
         assert_eq!(renewing.release().await.unwrap(), Release::NotHeld);
         assert_eq!(plain.release().await.unwrap(), Release::NotHeld);
 
-        // The other client: only the first call finds a dead connection; the
-        // backend then drops the other idle ones instead of failing on each.
+        // The other client: its first call finds the dead connection,
+        // reconnects and sends the call again (issue 10, kind 3): no call
+        // fails.
         wait_until_ready(server.url()).await;
         let mut failures = Vec::new();
-        for _ in 0..idle_connections {
+        for _ in 0..4 {
             if let Err(e) = no_hang("inspect", idle.inspect(&probe)).await {
                 assert_eq!(e.kind(), BackendErrorKind::Unavailable, "{e}");
                 failures.push(e.to_string());
             }
         }
         println!(
-            "client with {idle_connections} idle connections: {} of {idle_connections} calls failed after the restart: {failures:?}",
+            "idle client: {} of 4 calls failed after the restart: {failures:?}",
             failures.len()
         );
-        assert!(failures.len() <= 1, "{failures:?}");
+        assert!(failures.is_empty(), "{failures:?}");
 
         // The same client acquires again. The fence counter was lost with
         // the data, but restarts from the server clock (microseconds), so
@@ -336,9 +343,9 @@ fn fault_redis_paused_calls_time_out_within_bound() {
                 })),
             ),
             (
-                "Locker::lock (wait 10 s)",
+                "Locker::lock (wait 1 s)",
                 timed(Box::pin(async move {
-                    let o = LockOptions::default().with_wait_timeout(Duration::from_secs(10));
+                    let o = LockOptions::default().with_wait_timeout(WAIT);
                     l2.lock_with(&wait_name, |_| o.clone())
                         .await
                         .err()
@@ -361,8 +368,16 @@ fn fault_redis_paused_calls_time_out_within_bound() {
             let (kind, took) = handle.await.unwrap();
             outcomes.push((name, kind, took));
         }
-        let limit = call_bound() + MARGIN;
         for (name, kind, took) in &outcomes {
+            // A waiter retries transient errors until its wait deadline
+            // (issue 10), then the attempt in flight ends within the bound.
+            let limit = call_bound()
+                + MARGIN
+                + if name.starts_with("Locker::lock ") {
+                    WAIT
+                } else {
+                    Duration::ZERO
+                };
             println!("paused Redis: {name} -> {kind:?} after {took:?} (limit {limit:?})");
             assert_eq!(*kind, Some(BackendErrorKind::Timeout), "{name}");
             assert!(kind.unwrap().is_transient());
@@ -891,7 +906,7 @@ fn fault_unreachable_at_startup_gives_clear_error() {
             assert!(took < limit, "{took:?}");
 
             let started = Instant::now();
-            let wait = LockOptions::default().with_wait_timeout(Duration::from_secs(20));
+            let wait = LockOptions::default().with_wait_timeout(WAIT);
             let err = no_hang("lock", locker.lock_with(&name, |_| wait.clone()))
                 .await
                 .unwrap_err();
@@ -899,10 +914,10 @@ fn fault_unreachable_at_startup_gives_clear_error() {
             println!("{url}: Locker::lock -> {err} after {took:?}");
             assert_eq!(backend_kind(&err), Some(BackendErrorKind::Unavailable));
             assert!(err.is_transient());
-            assert!(
-                took < limit,
-                "{took:?}: must not retry until the wait timeout"
-            );
+            // A waiter keeps trying until its wait deadline (issue 10, kind
+            // 3), then reports the last error.
+            assert!(took >= WAIT, "{took:?}: gave up before the wait timeout");
+            assert!(took < WAIT + limit, "{took:?}");
 
             // Waiting for releases registers anyway (waiters poll), in bounded time.
             let started = Instant::now();

@@ -312,8 +312,9 @@ async fn owner_labels_fences_and_key_layout_on_the_server() {
     assert_eq!(stored, t.as_hex());
     let owner: String = admin.get(&keys.owner).await.unwrap();
     assert_eq!(owner, "worker-7");
-    // The fence key lives a day from its start (then restarts from the
-    // server clock, still higher), so names used once do not stay forever.
+    // The fence key lives a day (the default fence_retention) after the
+    // name's last acquire (then restarts from the server clock, still
+    // higher), so names used once do not stay forever.
     let fence_ttl: i64 = admin.pttl(&keys.fence).await.unwrap();
     assert!(
         fence_ttl > 86_000_000 && fence_ttl <= 86_400_000,
@@ -347,7 +348,7 @@ async fn owner_labels_fences_and_key_layout_on_the_server() {
 }
 
 /// The fencing counter starts from the server clock (µs) whenever it is
-/// missing (first use, its one-day expiry, data loss), so fences handed out
+/// missing (first use, its expiry after fence_retention, data loss), so fences handed out
 /// after it vanished are still above every earlier one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_fence_counter_restarts_above_every_earlier_fence() {

@@ -32,15 +32,15 @@ use proptest::prelude::*;
 ///
 /// ```text
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
-///     +evalsha +script|load +get +set +del +incr +time +pttl
+///     +evalsha +eval +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
 /// ```
 ///
-/// - `~distlock:*`: the lock, fence and owner keys; `&distlock:*`: the
+/// - `~distlock:*`: the lock, fence, owner and tombstone keys; `&distlock:*`: the
 ///   release channels (lock key + `:released`; with another `key_prefix`,
 ///   use it in both patterns).
-/// - `evalsha` and `script|load` run the scripts (`SCRIPT LOAD` after
-///   `NOSCRIPT`, e.g. after a restart); `EVAL` is never used.
+/// - `evalsha` and `eval` run the scripts (`EVAL` with the script's body
+///   after `NOSCRIPT`, e.g. after a restart or `SCRIPT FLUSH`).
 /// - `get set del incr time pttl pexpire type publish`: the commands
 ///   the Lua scripts call (Redis checks them against the caller's ACL;
 ///   `time` starts a missing fencing counter from the clock).
@@ -55,7 +55,7 @@ use proptest::prelude::*;
 const MINIMAL_ACL: [&str; 16] = [
     "-@all",
     "+evalsha",
-    "+script|load",
+    "+eval",
     "+get",
     "+set",
     "+del",
@@ -241,7 +241,7 @@ async fn acl_user_restricted_to_the_prefix_works_and_is_refused_elsewhere() {
     let locker = Locker::new(RedisBackend::from_url(&url).unwrap());
     let first = lock_cycle(&locker).await;
 
-    // After SCRIPT FLUSH the scripts are loaded again (SCRIPT LOAD).
+    // After SCRIPT FLUSH the scripts run again (EVAL after NOSCRIPT).
     let () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut admin)

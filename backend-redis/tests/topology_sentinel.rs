@@ -161,6 +161,56 @@ async fn too_few_replica_acknowledgements_give_the_lock_back() {
     assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
 }
 
+/// Replica acknowledgement on the single-server path (the group's primary
+/// used as one server): `WAIT` pipelined after the script, also when the
+/// script cache was emptied (`EVAL` + `WAIT`); too few acknowledgements
+/// give the acquisition back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgement_on_the_single_server_path() {
+    let group = SentinelGroup::start();
+    let url = group.primary_url();
+    let flush = || {
+        let mut con = distlock_redis::redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap();
+        let () = distlock_redis::redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut con)
+            .unwrap();
+    };
+    let ttl = Duration::from_secs(30);
+    let acked =
+        RedisBackend::from_config(&RedisConfig::new(&url).with_replica_ack(ReplicaAck::new(2)))
+            .unwrap();
+    assert_eq!(acked.topology_name(), "single");
+    let key = LockKey::new("", "single-ack").unwrap();
+    let token = LockToken::generate();
+    flush();
+    let got = acked.try_acquire(&key, &token, ttl, None).await.unwrap();
+    assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
+    flush();
+    assert_eq!(
+        acked.extend(&key, &token, ttl).await.unwrap(),
+        distlock_redis::Extend::Extended
+    );
+    acked.release(&key, &token).await.unwrap();
+
+    let ack = ReplicaAck::new(3).with_timeout(Duration::from_millis(300));
+    let too_many =
+        RedisBackend::from_config(&RedisConfig::new(&url).with_replica_ack(ack)).unwrap();
+    flush();
+    let err = too_many
+        .try_acquire(&key, &LockToken::generate(), ttl, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), BackendErrorKind::ReplicationIncomplete, "{err}");
+    assert!(
+        !acked.inspect(&key).await.unwrap().held,
+        "the lock was not given back"
+    );
+}
+
 /// Bad configurations fail with typed errors within the timeouts and leave
 /// nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,16 +83,16 @@ impl LockError {
 ///
 /// | class of store error | kind | PostgreSQL (SQLSTATE) | Redis (as `distlock-redis` maps it) |
 /// |---|---|---|---|
-/// | cannot connect; connection reset or closed; the server is starting, shutting down, or read-only during a failover | [`Unavailable`](Self::Unavailable) | class `08`, `57P01`–`57P03`, `25006` read-only transaction | I/O errors, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY` |
+/// | cannot connect; connection reset or closed; the server is starting, shutting down, or read-only during a failover | [`Unavailable`](Self::Unavailable) | class `08`, `57P01`–`57P03`, `25006` read-only transaction | I/O errors, `LOADING`, `BUSY`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `READONLY`, `NOREPLICAS`, `OOM`, `MISCONF`, `ERR max number of clients reached` |
 /// | no answer within the backend's own timeout | [`Timeout`](Self::Timeout) | client-side timeout; `57014` after `statement_timeout` | client-side timeout |
 /// | no free pooled connection within the pool's wait | [`PoolExhausted`](Self::PoolExhausted) | pool wait timeout | pool wait timeout |
 /// | a concurrent operation made the server refuse; retrying is expected to work | [`Conflict`](Self::Conflict) | `40001` serialization failure, `40P01` deadlock, `55P03` lock not available | (not produced: the scripts are atomic) |
 /// | credentials refused | [`Auth`](Self::Auth) | `28P01`, `28000` | `WRONGPASS`, `NOAUTH` |
 /// | authenticated, but not allowed | [`Permission`](Self::Permission) | `42501` | `NOPERM`, ACL denials inside scripts |
-/// | the lock's storage has another shape | [`WrongType`](Self::WrongType) | `42P01` missing table, `42703` missing column | `WRONGTYPE` |
-/// | the backend's own configuration is unusable | [`Config`](Self::Config) | bad connection string | bad URL, untrusted TLS certificate |
-/// | an answer the backend cannot interpret | [`Protocol`](Self::Protocol) | unexpected row shape | unexpected reply type |
-/// | anything else (not retried) | [`Other`](Self::Other) | | |
+/// | the lock's storage has another shape | [`WrongType`](Self::WrongType) | `42P01` missing table, `42703` missing column | `WRONGTYPE`, a lock key without expiry |
+/// | the backend's own configuration is unusable | [`Config`](Self::Config) | bad connection string | bad URL, untrusted TLS certificate, `MOVED`/`ASK`/`CROSSSLOT` (a Cluster node), `ERR unknown command` |
+/// | an answer the backend cannot interpret | [`Protocol`](Self::Protocol) | unexpected row shape | unexpected reply type, `EXECABORT`, `NOSCRIPT` after the `EVAL` fallback |
+/// | anything else (not retried) | [`Other`](Self::Other) | | script errors, `STALE` (a late acquire refused) |
 ///
 /// When unsure between a transient kind and [`Other`](Self::Other), ask
 /// whether repeating the very same call in a second could succeed. The

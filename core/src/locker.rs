@@ -12,7 +12,7 @@ use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{within, Backoff, Turns};
+use crate::wait::{retry_while_waiting, within, Backoff, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
 /// backend, the background releases and the queue of local waiters.
@@ -187,6 +187,15 @@ impl<B: LockBackend> Locker<B> {
     /// acquisition that was in flight is released in the background) and no
     /// waiter registered.
     ///
+    /// A transient backend error ([`LockError::is_transient`]: the server
+    /// restarting or busy, a timeout) does not end the wait: the attempt is
+    /// repeated with the same backoff until the wait deadline; when the
+    /// deadline passes after such an error (while waiting it out, or
+    /// cutting off the next attempt), that error is the answer, not
+    /// `TimedOut` (which stays the answer for a call cut off at the deadline
+    /// without a transient error before it). Other errors are returned at
+    /// once.
+    ///
     /// An acquisition whose answer arrives after its lease could already
     /// have run out (the backend took longer than the TTL minus the drift
     /// allowance) is given back at once and reported as a
@@ -237,11 +246,36 @@ impl<B: LockBackend> Locker<B> {
                 .ok_or_else(timed_out)??;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
+        // The last transient error of an attempt, while no later attempt
+        // has got an answer.
+        let mut last_transient = None;
         loop {
-            let attempt = within(bound, self.attempt(key, opts)).await;
-            let remaining = match attempt.ok_or_else(timed_out)?? {
-                Ok(guard) => return Ok(guard),
-                Err(remaining) => remaining,
+            // A call cut off at the deadline is a timeout; a transient
+            // error with time left is waited through (with backoff, bounded
+            // by the deadline), and the last one is the answer when the
+            // deadline passes while sleeping it off.
+            let Some(attempt) = within(bound, self.attempt(key, opts)).await else {
+                // Cut off at the deadline: after a transient error the
+                // store's trouble is the better answer than the timeout.
+                return Err(last_transient.take().unwrap_or_else(timed_out));
+            };
+            let remaining = match attempt {
+                Ok(Ok(guard)) => return Ok(guard),
+                Ok(Err(remaining)) => {
+                    last_transient = None;
+                    remaining
+                }
+                Err(e) if retry_while_waiting(&e) && Instant::now() < deadline => {
+                    tracing::debug!(lock = %key.name(), error = %e, "transient error while waiting; retrying");
+                    let wake_at = deadline.min(Instant::now() + backoff.next_delay());
+                    tokio::time::sleep_until(wake_at).await;
+                    if Instant::now() >= deadline {
+                        return Err(e);
+                    }
+                    last_transient = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let now = Instant::now();
             if now >= deadline {
@@ -392,6 +426,9 @@ mod tests {
         holder: Mutex<Option<LockToken>>,
         hub: ReleaseHub,
         attempts: AtomicUsize,
+        /// The next this many attempts fail with `fail_kind`.
+        failures: AtomicUsize,
+        fail_kind: Mutex<Option<BackendErrorKind>>,
     }
 
     #[async_trait::async_trait]
@@ -408,6 +445,14 @@ mod tests {
             _owner: Option<&str>,
         ) -> Result<Acquire, BackendError> {
             self.attempts.fetch_add(1, Ordering::SeqCst);
+            let failing = self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if failing {
+                let kind = self.fail_kind.lock().unwrap().unwrap();
+                return Err(BackendError::new(kind, "injected"));
+            }
             let mut holder = self.holder.lock().unwrap();
             if holder.is_some() {
                 return Ok(Acquire::Held { remaining: None });
@@ -485,5 +530,68 @@ mod tests {
         let second = second.await.unwrap();
         assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1 + 3 + 2);
         second.release().await.unwrap();
+    }
+
+    fn failing(kind: BackendErrorKind, failures: usize) -> Locker<Counting> {
+        let backend = Counting::default();
+        backend.failures.store(failures, Ordering::SeqCst);
+        *backend.fail_kind.lock().unwrap() = Some(kind);
+        Locker::new(backend)
+            .with_defaults(
+                LockOptions::default()
+                    .with_retry(Duration::from_millis(10), Duration::from_millis(100))
+                    .with_wait_timeout(Duration::from_secs(10)),
+            )
+            .unwrap()
+    }
+
+    /// Issue 10, kind 3: a waiter with time left keeps waiting through
+    /// transient backend errors (a Redis restart, BUSY) and acquires once
+    /// the backend answers again.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_keeps_waiting_through_transient_errors() {
+        for kind in [
+            BackendErrorKind::Unavailable,
+            BackendErrorKind::Timeout,
+            BackendErrorKind::PoolExhausted,
+        ] {
+            let locker = failing(kind, 5);
+            let started = Instant::now();
+            let guard = locker.lock("k").await.unwrap();
+            assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 6);
+            assert!(started.elapsed() < Duration::from_secs(10), "{kind:?}");
+            guard.release().await.unwrap();
+        }
+    }
+
+    /// ... but only until the wait deadline, where the last error is the
+    /// answer; other errors and `try_lock` end at once.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_through_errors_ends_at_the_deadline_or_on_a_lasting_error() {
+        let locker = failing(BackendErrorKind::Unavailable, usize::MAX);
+        let started = Instant::now();
+        let err = locker.lock("k").await.unwrap_err();
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Unavailable
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+
+        let locker = failing(BackendErrorKind::Unavailable, 1);
+        let err = locker.try_lock("k").await.unwrap_err();
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Unavailable
+        );
+
+        let locker = failing(BackendErrorKind::Permission, 1);
+        let started = Instant::now();
+        let err = locker.lock("k").await.unwrap_err();
+        assert_eq!(
+            err.backend_error().unwrap().kind(),
+            BackendErrorKind::Permission
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1);
     }
 }

@@ -46,6 +46,17 @@ pub(crate) async fn within<T>(
     }
 }
 
+/// Whether a failed attempt of a waiting call ([`Locker::lock`]) is worth
+/// another one while the wait deadline allows: transient backend errors
+/// (the server restarting, busy with a script, failing over; a timeout; a
+/// busy pool) pass, so a waiter with time left keeps waiting through them
+/// (with backoff) instead of failing. Anything else ends the wait at once.
+///
+/// [`Locker::lock`]: crate::Locker::lock
+pub(crate) fn retry_while_waiting(err: &crate::LockError) -> bool {
+    matches!(err, crate::LockError::Backend(e) if e.is_transient())
+}
+
 /// The first-come-first-served queue of the tasks of one process that wait
 /// for the same key. Only the task at the head talks to the backend; the
 /// others wait for their turn locally, so a release wakes one task per

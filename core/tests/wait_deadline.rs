@@ -5,9 +5,10 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use distlock::{LockError, LockOptions, Locker};
+use distlock::{BackendErrorKind, LockError, LockOptions, Locker};
 use distlock_memory::MemoryBackend;
 use support::Faulty;
 use tokio::time::Instant;
@@ -43,6 +44,31 @@ async fn a_stalled_attempt_ends_at_the_wait_deadline() {
     });
     let (took, err) = timed_lock(&w, &wait(BUDGET)).await;
     assert!(matches!(err, LockError::TimedOut { .. }), "{err:?}");
+    assert_eq!(took, BUDGET, "the call ended {took:?} after it began");
+}
+
+/// Both rules at the deadline (merge of issues 10 and 13): a waiter that
+/// saw a transient error and whose next attempt is then cut off at the
+/// deadline answers with that error (the store's trouble), not `TimedOut`.
+/// Without an earlier error the cut-off is `TimedOut` (above).
+#[tokio::test(start_paused = true)]
+async fn a_cut_off_after_a_transient_error_returns_that_error() {
+    let faulty = Faulty {
+        acquire_stall: Duration::from_secs(1),
+        ..Faulty::default()
+    };
+    faulty.fail_acquires.store(1, Ordering::SeqCst);
+    let acquires = faulty.acquires.clone();
+    let w = Locker::new(faulty);
+    let opts = wait(BUDGET).with_retry(Duration::from_millis(1), Duration::from_millis(1));
+    let (took, err) = timed_lock(&w, &opts).await;
+    assert_eq!(
+        err.backend_error().map(|e| e.kind()),
+        Some(BackendErrorKind::Unavailable),
+        "{err:?}"
+    );
+    // The second attempt began and was cut off at the deadline.
+    assert_eq!(acquires.load(Ordering::SeqCst), 2);
     assert_eq!(took, BUDGET, "the call ended {took:?} after it began");
 }
 

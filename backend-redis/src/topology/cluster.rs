@@ -8,7 +8,9 @@ use std::time::Duration;
 use distlock::{BackendError, BackendErrorKind};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{ScriptInvocation, Value};
+use redis::Value;
+
+use crate::scripts::ScriptCall;
 use tokio::sync::OnceCell;
 
 use crate::errors::{from_redis, timed_out};
@@ -94,12 +96,12 @@ impl ClusterRemote {
     pub(crate) async fn run(
         &self,
         what: &(dyn Fn() -> String + Sync),
-        invocation: &ScriptInvocation<'_>,
+        call: &ScriptCall,
         wait: Option<(u32, Duration)>,
     ) -> Result<(Value, Option<u32>), BackendError> {
         let mut conn = self.connection().await?;
         let limit = self.settings.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
-        match tokio::time::timeout(limit, super::invoke(&mut conn, invocation, wait)).await {
+        match tokio::time::timeout(limit, super::invoke(&mut conn, call, wait)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) if redirected(&e) => Err(BackendError::new(
                 BackendErrorKind::Unavailable,

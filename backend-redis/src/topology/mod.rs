@@ -5,15 +5,16 @@
 //! The backend asks a [`Remote`] to "run this script on the lock's
 //! primary", and the release subscriber asks a [`pubsub::Source`] for "a
 //! subscriber connection that hears this lock's channel". The single-server
-//! path stays in `backend.rs`/`pool.rs`.
+//! path is `command.rs`/`pool.rs`; both run scripts through [`invoke`].
 
 use std::time::Duration;
 
 use distlock::BackendError;
-use redis::{ScriptInvocation, Value};
+use redis::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::errors::config;
+use crate::scripts::ScriptCall;
 
 pub(crate) mod cluster;
 pub(crate) mod pubsub;
@@ -161,18 +162,18 @@ pub(crate) enum Remote {
 }
 
 impl Remote {
-    /// Runs `invocation` (and then `WAIT` when `wait` is given, on the same
+    /// Runs `call` (and then `WAIT` when `wait` is given, on the same
     /// connection) on the primary of the lock `lock_key`, within
     /// `command_timeout` for the script (plus the `WAIT` timeout).
     pub(crate) async fn run(
         &self,
         what: &(dyn Fn() -> String + Sync),
-        invocation: &ScriptInvocation<'_>,
+        call: &ScriptCall,
         wait: Option<(u32, Duration)>,
     ) -> Result<(Value, Option<u32>), BackendError> {
         match self {
-            Remote::Sentinel(s) => s.run(what, invocation, wait).await,
-            Remote::Cluster(c) => c.run(what, invocation, wait).await,
+            Remote::Sentinel(s) => s.run(what, call, wait).await,
+            Remote::Cluster(c) => c.run(what, call, wait).await,
         }
     }
 
@@ -192,39 +193,45 @@ impl Remote {
     }
 }
 
-/// Runs a script (pipelined with `WAIT` when asked) on `conn`.
+/// Runs a script call on `conn` as `EVALSHA`, pipelined with `WAIT` when
+/// asked; when the server answers `NOSCRIPT` (its script cache was emptied:
+/// a restart, `SCRIPT FLUSH`, a failover or, in a cluster, a slot moved to
+/// a primary that never ran the script) it is sent once more as `EVAL`,
+/// which runs the body and caches it in the same round trip (no
+/// `SCRIPT LOAD` that a second flush could undo). In a cluster both are
+/// routed by the call's first key, so they reach the lock's primary.
 pub(crate) async fn invoke<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
-    invocation: &ScriptInvocation<'_>,
+    call: &ScriptCall,
+    wait: Option<(u32, Duration)>,
+) -> redis::RedisResult<(Value, Option<u32>)> {
+    match invoke_as(conn, &call.evalsha(), wait).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            invoke_as(conn, &call.eval(), wait).await
+        }
+        other => other,
+    }
+}
+
+/// Sends `cmd`, followed by `WAIT` in the same pipeline when asked.
+async fn invoke_as<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    cmd: &redis::Cmd,
     wait: Option<(u32, Duration)>,
 ) -> redis::RedisResult<(Value, Option<u32>)> {
     let Some((replicas, timeout)) = wait else {
-        return Ok((invocation.invoke_async(conn).await?, None));
+        return Ok((cmd.query_async(conn).await?, None));
     };
     let timeout_ms = u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    let mut loaded = false;
-    loop {
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(invocation)
-            .cmd("WAIT")
-            .arg(replicas)
-            .arg(timeout_ms);
-        match pipe.query_async::<(Value, u32)>(conn).await {
-            Ok((value, acked)) => return Ok((value, Some(acked))),
-            Err(e)
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
-                    && !loaded =>
-            {
-                // A pipeline does not load scripts: load it on this
-                // connection (in a cluster: every primary) and retry once.
-                invocation.load_async(conn).await?;
-                loaded = true;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone())
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout_ms);
+    let (value, acked) = pipe.query_async::<(Value, u32)>(conn).await?;
+    Ok((value, Some(acked)))
 }
 
 /// Default [`ReplicaAck::timeout`].

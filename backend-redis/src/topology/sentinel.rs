@@ -9,7 +9,9 @@ use std::time::Duration;
 use distlock::{BackendError, BackendErrorKind};
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{AsyncConnectionConfig, ScriptInvocation, TlsMode, Value};
+use redis::{AsyncConnectionConfig, TlsMode, Value};
+
+use crate::scripts::ScriptCall;
 
 use crate::errors::{config, from_redis, redis_kind, timed_out};
 
@@ -183,12 +185,12 @@ impl SentinelRemote {
     pub(crate) async fn run(
         &self,
         what: &(dyn Fn() -> String + Sync),
-        invocation: &ScriptInvocation<'_>,
+        call: &ScriptCall,
         wait: Option<(u32, Duration)>,
     ) -> Result<(Value, Option<u32>), BackendError> {
         let mut conn = self.connection().await?;
         let limit = self.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
-        match tokio::time::timeout(limit, super::invoke(&mut conn, invocation, wait)).await {
+        match tokio::time::timeout(limit, super::invoke(&mut conn, call, wait)).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
                 let demoted =

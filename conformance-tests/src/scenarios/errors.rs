@@ -60,8 +60,10 @@ fn assert_unreachable<T: std::fmt::Debug>(
 /// ([`Harness::unreachable_client`]), every backend call and every `Locker`
 /// entry point fails within a bounded time (30 s plus the slack) with a
 /// transient error of kind `Unavailable`, `Timeout` or `PoolExhausted`; a
-/// waiting `lock()` ends with that error instead of waiting out its wait
-/// timeout; `with_lock` does not run its closure. `watch` may register
+/// waiting `lock()` keeps trying until its wait timeout (a store that is
+/// down for a moment must not fail a waiter with time left) and then ends
+/// with that error, not with `TimedOut`; `with_lock` does not run its
+/// closure. `watch` may register
 /// locally (a later notification connection), or fail the same way.
 pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
     const CASE: &str = "unreachable_store_gives_transient_errors";
@@ -73,7 +75,11 @@ pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
         Err(e) => panic!("Harness::unreachable_client failed: {e}"),
     };
     let limit = Duration::from_secs(30) + h.timing_slack();
-    let l = Locker::new(down.clone());
+    // Waiters retry transient errors until their wait timeout: keep it short.
+    let wait = Duration::from_secs(1);
+    let l = Locker::new(down.clone())
+        .with_defaults(LockOptions::default().with_wait_timeout(wait))
+        .unwrap();
     let name = crate::unique_name("unreachable");
     let key = l.key(&name).unwrap();
     let token = LockToken::generate();
@@ -101,15 +107,20 @@ pub async fn unreachable_store_gives_transient_errors<H: Harness>(h: &H) {
     }
     let tried = bounded("try_lock", limit, l.try_lock(&name)).await;
     assert!(is_unreachable(&tried), "try_lock: {tried:?}");
-    let opts = LockOptions::default().with_wait_timeout(limit * 4);
-    let locked = bounded("lock", limit, l.lock_with(&name, |_| opts.clone())).await;
+    let started = tokio::time::Instant::now();
+    let locked = bounded("lock", limit + wait, l.lock(&name)).await;
     assert!(is_unreachable(&locked), "lock: {locked:?}");
+    assert!(
+        started.elapsed() >= wait,
+        "lock gave up after {:?}, before its wait timeout {wait:?}",
+        started.elapsed()
+    );
     let inspected = bounded("Locker::inspect", limit, l.inspect(&name)).await;
     assert!(is_unreachable(&inspected), "inspect: {inspected:?}");
     let ran = std::sync::atomic::AtomicBool::new(false);
     let with = bounded(
         "with_lock",
-        limit,
+        limit + wait,
         l.with_lock(&name, |_| async {
             ran.store(true, std::sync::atomic::Ordering::SeqCst)
         }),

@@ -12,6 +12,7 @@ use distlock::{
 use distlock_memory::MemoryBackend;
 
 /// Forwards to `inner`, except:
+/// - the next `fail_acquires` acquires fail with `Unavailable` at once;
 /// - `try_acquire` waits `acquire_stall` before doing anything (a stalled
 ///   server) and answers `acquire_delay` after doing its work (a slow
 ///   reply); `watch` waits `watch_stall` first;
@@ -36,6 +37,11 @@ pub struct Faulty {
     pub forbid_releases: Arc<AtomicBool>,
     /// Counts release calls.
     pub releases: Arc<AtomicUsize>,
+    /// The next this many acquires fail at once with `Unavailable` (before
+    /// any stall).
+    pub fail_acquires: Arc<AtomicUsize>,
+    /// Counts acquire calls.
+    pub acquires: Arc<AtomicUsize>,
 }
 
 impl Faulty {
@@ -65,6 +71,10 @@ impl LockBackend for Faulty {
         ttl: Duration,
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        if take_one(&self.fail_acquires) {
+            return Err(BackendError::new(BackendErrorKind::Unavailable, "refused"));
+        }
         if !self.acquire_stall.is_zero() {
             tokio::time::sleep(self.acquire_stall).await;
         }
