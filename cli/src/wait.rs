@@ -24,8 +24,15 @@ pub async fn acquire(
     opts: &LockOptions,
     limit: Option<Duration>,
 ) -> Result<Option<LockGuard>, LockError> {
+    // The first attempt does not wait: a backend that cannot be reached
+    // (or refuses the credentials) when the command starts is an error at
+    // once (exit 69), not a wait. Once waiting, the library waits through
+    // passing backend errors (a restart, a failover) until the wait ends.
+    if let Some(guard) = locker.try_lock_with(name, |_| opts.clone()).await? {
+        return Ok(Some(guard));
+    }
     if limit == Some(Duration::ZERO) {
-        return locker.try_lock_with(name, |_| opts.clone()).await;
+        return Ok(None);
     }
     let deadline = limit.map(|l| Instant::now() + l);
     loop {
