@@ -11,31 +11,45 @@ use tokio::time::Instant;
 use crate::support::{locker, ttl};
 use crate::{unique_name, Harness};
 
-/// 64 clients race `try_lock` on one free name at once: exactly one wins.
+/// 64 clients race `try_lock` on one free name at once: never more than one
+/// wins, and one wins within a few rounds (a quorum's split vote may leave a
+/// round without a winner).
 pub async fn racing_try_lock_has_one_winner<H: Harness>(h: &H) {
     const RACERS: usize = 64;
-    let name = unique_name("race");
-    let barrier = Arc::new(Barrier::new(RACERS));
-    let mut tasks = Vec::with_capacity(RACERS);
-    for _ in 0..RACERS {
-        let (l, name, barrier) = (locker(h).await, name.clone(), barrier.clone());
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            l.try_lock_with(&name, |_| ttl(Duration::from_secs(10)))
-                .await
-                .expect("try_lock")
-        }));
-    }
-    let mut winners = Vec::new();
-    for task in tasks {
-        if let Some(guard) = task.await.unwrap() {
-            winners.push(guard);
+    // Never two winners. A quorum may see a split vote (each racer holds a
+    // minority of the members) and let a round end without a winner, as
+    // Redlock does; a backend where nobody ever wins fails after ROUNDS.
+    const ROUNDS: usize = 5;
+    for _ in 0..ROUNDS {
+        let name = unique_name("race");
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let mut tasks = Vec::with_capacity(RACERS);
+        for _ in 0..RACERS {
+            let (l, name, barrier) = (locker(h).await, name.clone(), barrier.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                l.try_lock_with(&name, |_| ttl(Duration::from_secs(10)))
+                    .await
+                    .expect("try_lock")
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            if let Some(guard) = task.await.unwrap() {
+                winners.push(guard);
+            }
+        }
+        assert!(
+            winners.len() <= 1,
+            "{} of {RACERS} racers won",
+            winners.len()
+        );
+        if let Some(guard) = winners.pop() {
+            assert_eq!(guard.release().await.unwrap(), Release::Released);
+            return;
         }
     }
-    assert_eq!(winners.len(), 1, "{} of {RACERS} racers won", winners.len());
-    for guard in winners {
-        assert_eq!(guard.release().await.unwrap(), Release::Released);
-    }
+    panic!("no racer won in {ROUNDS} rounds of {RACERS}");
 }
 
 /// 32 tasks on 8 clients each run 50 lock-protected read–yield–write
