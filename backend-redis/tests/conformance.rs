@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use distlock_conformance::{BoxError, Harness, SetupError};
-use distlock_redis::redis;
-use distlock_redis::testkit::RedisServer;
+use distlock_redis::testkit::{self, RedisServer};
 use distlock_redis::{LockKey, RedisBackend};
 
 /// Every client is a new backend with its own pool and subscriber, on the
@@ -30,17 +29,7 @@ impl Harness for RedisHarness {
     }
 
     async fn expire_now(&self, client: &RedisBackend, key: &LockKey) -> Result<(), BoxError> {
-        let keys = client.keys(key);
-        let mut conn = redis::Client::open(self.url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        // Behind the holder's back, without a release notification.
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys.lock)
-            .arg(&keys.owner)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        Ok(testkit::delete_lock(&self.url, &client.keys(key)).await?)
     }
 
     fn registered_waiters(&self, client: &RedisBackend) -> Option<usize> {
@@ -48,11 +37,8 @@ impl Harness for RedisHarness {
     }
 
     async fn unreachable_client(&self) -> Result<Option<RedisBackend>, BoxError> {
-        // A loopback port that nothing listens on: bound, then closed. (The
-        // shared server stays up for the cases running in parallel.)
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        // (The shared server stays up for the cases running in parallel.)
+        let port = testkit::closed_loopback_port()?;
         Ok(Some(RedisBackend::from_url(&format!(
             "redis://127.0.0.1:{port}"
         ))?))

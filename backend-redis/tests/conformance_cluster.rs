@@ -5,8 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use distlock_conformance::{BoxError, Harness, SetupError};
-use distlock_redis::redis;
-use distlock_redis::testkit::RedisCluster;
+use distlock_redis::testkit::{self, RedisCluster};
 use distlock_redis::{LockKey, RedisBackend, RedisConfig};
 
 fn cluster() -> &'static RedisCluster {
@@ -45,16 +44,7 @@ impl Harness for ClusterHarness {
             c.primary_of_slot(c.key_slot(&lock_key)).url
         })
         .await?;
-        let mut conn = redis::Client::open(primary.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        // Behind the holder's back, without a release notification.
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys.lock)
-            .arg(&keys.owner)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        Ok(testkit::delete_lock(&primary, &keys).await?)
     }
 
     fn registered_waiters(&self, client: &RedisBackend) -> Option<usize> {
@@ -63,9 +53,7 @@ impl Harness for ClusterHarness {
 
     async fn unreachable_client(&self) -> Result<Option<RedisBackend>, BoxError> {
         // A seed at a loopback port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = testkit::closed_loopback_port()?;
         let config = RedisConfig::new(format!("redis://127.0.0.1:{port}"))
             .with_cluster(Vec::<String>::new());
         Ok(Some(RedisBackend::from_config(&config)?))

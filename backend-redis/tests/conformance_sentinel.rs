@@ -5,8 +5,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use distlock_conformance::{BoxError, Harness, SetupError};
-use distlock_redis::redis;
-use distlock_redis::testkit::SentinelGroup;
+use distlock_redis::testkit::{self, SentinelGroup};
 use distlock_redis::{LockKey, RedisBackend, RedisConfig};
 
 fn group() -> &'static SentinelGroup {
@@ -45,17 +44,7 @@ impl Harness for SentinelHarness {
     }
 
     async fn expire_now(&self, client: &RedisBackend, key: &LockKey) -> Result<(), BoxError> {
-        let keys = client.keys(key);
-        let mut conn = redis::Client::open(self.primary.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
-        // Behind the holder's back, without a release notification.
-        let _: i64 = redis::cmd("DEL")
-            .arg(&keys.lock)
-            .arg(&keys.owner)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        Ok(testkit::delete_lock(&self.primary, &client.keys(key)).await?)
     }
 
     fn registered_waiters(&self, client: &RedisBackend) -> Option<usize> {
@@ -64,13 +53,9 @@ impl Harness for SentinelHarness {
 
     async fn unreachable_client(&self) -> Result<Option<RedisBackend>, BoxError> {
         // Sentinels at a loopback port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = RedisConfig::new("redis://primary").with_sentinel(
-            distlock_redis::testkit::MASTER_NAME,
-            [format!("redis://127.0.0.1:{port}")],
-        );
+        let port = testkit::closed_loopback_port()?;
+        let config = RedisConfig::new("redis://primary")
+            .with_sentinel(testkit::MASTER_NAME, [format!("redis://127.0.0.1:{port}")]);
         Ok(Some(RedisBackend::from_config(&config)?))
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use distlock_conformance::fenced::{FencedResource, StaleFence};
 use distlock_redis::deadpool_redis;
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
-use distlock_redis::testkit::RedisServer;
+use distlock_redis::testkit::{self, RedisServer};
 use distlock_redis::{
     BackendError, BackendErrorKind, LockBackend, LockError, LockKey, LockOptions, LockToken,
     Locker, RedisBackend, RedisConfig, Release,
@@ -72,29 +72,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Waits until `url` answers `PING` (a restarted container accepts
-/// connections on its mapped port a moment before Redis is ready).
+/// Waits until `url` answers `PING` again (within [`HANG`]).
 async fn wait_until_ready(url: &str) {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let client = redis::Client::open(url).unwrap();
-        if let Ok(Ok(mut c)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.get_multiplexed_async_connection(),
-        )
+    testkit::wait_until_ready(url, HANG, Duration::from_millis(50))
         .await
-        {
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
-            if pong.is_ok() {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Redis at {url} never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .unwrap();
 }
 
 /// Runs blocking server control (Docker or signals) without stalling the

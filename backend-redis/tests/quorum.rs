@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use distlock::Quorum;
 use distlock_conformance::{BoxError, Harness, SetupError};
-use distlock_redis::redis;
-use distlock_redis::testkit::{ProcessOptions, RedisServer};
+use distlock_redis::testkit::{self, ProcessOptions, RedisServer};
 use distlock_redis::{LockKey, RedisBackend};
 
 /// Five dedicated `redis-server` processes shared by every test of this
@@ -66,14 +65,7 @@ impl<const LIVE: usize, const DOWN: bool> Harness for QuorumHarness<LIVE, DOWN> 
         // Behind the holder's back, on every live server.
         let keys = RedisBackend::from_url(UNREACHABLE)?.keys(key);
         for server in &servers()[..LIVE] {
-            let mut conn = redis::Client::open(server.url())?
-                .get_multiplexed_async_connection()
-                .await?;
-            let _: i64 = redis::cmd("DEL")
-                .arg(&keys.lock)
-                .arg(&keys.owner)
-                .query_async(&mut conn)
-                .await?;
+            testkit::delete_lock(server.url(), &keys).await?;
         }
         Ok(())
     }

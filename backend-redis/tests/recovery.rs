@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
-use distlock_redis::testkit::{ProcessOptions, RedisServer};
+use distlock_redis::testkit::{self, ProcessOptions, RedisServer};
 use distlock_redis::{
     Acquire, BackendErrorKind, LockBackend, LockError, LockKey, LockOptions, LockToken, Locker,
     RedisBackend, RedisConfig, Release,
@@ -84,24 +84,11 @@ async fn admin(url: &str) -> MultiplexedConnection {
     c
 }
 
+/// Waits until `url` answers `PING` again (within [`HANG`]).
 async fn wait_until_ready(url: &str) {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let client = redis::Client::open(url).unwrap();
-        if let Ok(Ok(mut c)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.get_multiplexed_async_connection(),
-        )
+    testkit::wait_until_ready(url, HANG, Duration::from_millis(20))
         .await
-        {
-            let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
-            if pong.is_ok() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "Redis at {url} never came back");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .unwrap();
 }
 
 fn kind(e: &LockError) -> Option<BackendErrorKind> {

@@ -4,7 +4,72 @@
 //! # 1. What you write
 //!
 //! An implementation of [`distlock::LockBackend`] (five methods and
-//! `capabilities`), and in your crate's `tests/conformance.rs` a
+//! `capabilities`). Its skeleton, with the rule each method must keep
+//! (the trait's docs have the whole contract):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use distlock::{
+//!     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey,
+//!     LockToken, Release, ReleaseWatch,
+//! };
+//!
+//! struct MyBackend {/* a client (pool) of your store, with its timeouts */}
+//!
+//! #[distlock::async_trait]
+//! impl LockBackend for MyBackend {
+//!     fn capabilities(&self) -> Capabilities {
+//!         // Claim only what the store really does: the suite checks each claim.
+//!         Capabilities::none().with_fencing(true)
+//!     }
+//!
+//!     async fn try_acquire(
+//!         &self,
+//!         key: &LockKey,
+//!         token: &LockToken,
+//!         ttl: Duration,
+//!         owner: Option<&str>,
+//!     ) -> Result<Acquire, BackendError> {
+//!         // One atomic step in the store: if nobody holds `key` (or its
+//!         // lease ran out), store `token` with an expiry of `ttl`, bump the
+//!         // key's fencing counter and answer `Acquired { fence }`; if
+//!         // `token` already holds it, answer the same again (a retried
+//!         // request); else `Held { remaining }`.
+//!         todo!("{key} {token:?} {ttl:?} {owner:?}")
+//!     }
+//!
+//!     async fn extend(
+//!         &self,
+//!         key: &LockKey,
+//!         token: &LockToken,
+//!         ttl: Duration,
+//!     ) -> Result<Extend, BackendError> {
+//!         // Only while `token` holds `key`: expiry = now + `ttl`.
+//!         todo!("{key} {token:?} {ttl:?}")
+//!     }
+//!
+//!     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+//!         // Only while `token` holds `key`: free it, keep the fencing
+//!         // counter, and wake the waiters of every client of the store
+//!         // (other processes too), not only this value's own.
+//!         todo!("{key} {token:?}")
+//!     }
+//!
+//!     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+//!         // Holder label, remaining lease, last fence; never the token.
+//!         todo!("{key}")
+//!     }
+//!
+//!     // Optional: with `release_notify`, register in a `ReleaseHub` and
+//!     // fire it on the store's release notifications.
+//!     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+//!         let _ = key;
+//!         Ok(None)
+//!     }
+//! }
+//! ```
+//!
+//! Then, in your crate's `tests/conformance.rs`, a
 //! [`Harness`](crate::Harness) and one [`suite!`](crate::suite) line:
 //!
 //! ```

@@ -77,8 +77,11 @@ pub trait LockBackend: Send + Sync + 'static {
     /// Backends with [`Capabilities::release_notify`] return a
     /// [`ReleaseWatch`] from their [`ReleaseHub`](crate::ReleaseHub); the
     /// registration must be in place when this returns, so a release that
-    /// happens afterwards is not missed. The default returns `None`, and
-    /// waiters then poll with backoff.
+    /// happens afterwards is not missed. Every release of `key` through any
+    /// client of the same store (another process, another backend value in
+    /// this process) must wake it, not only this value's own releases:
+    /// the conformance cases release through a second client. The default
+    /// returns `None`, and waiters then poll with backoff.
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         let _ = key;
         Ok(None)

@@ -27,24 +27,33 @@ async fn timed_lock(locker: &Locker<Faulty>, opts: &LockOptions) -> (Duration, L
     (start.elapsed(), err)
 }
 
-/// The issue's input: the lock is held elsewhere and every acquire attempt
-/// stalls for 1 s (as during `DEBUG SLEEP 1`).
-#[tokio::test(start_paused = true)]
-async fn a_stalled_attempt_ends_at_the_wait_deadline() {
-    let store = MemoryBackend::new();
+/// Holds "k" through another client of `store`, then has a waiter over
+/// `faulty` (a client of the same store) wait for it with [`BUDGET`]: the
+/// call must end with `TimedOut` exactly at the deadline.
+async fn waits_out_the_budget(store: MemoryBackend, faulty: Faulty) {
     let _held = Locker::new(store.clone())
         .try_lock("k")
         .await
         .unwrap()
         .unwrap();
     let w = Locker::new(Faulty {
-        inner: store.clone(),
-        acquire_stall: Duration::from_secs(1),
-        ..Faulty::default()
+        inner: store,
+        ..faulty
     });
     let (took, err) = timed_lock(&w, &wait(BUDGET)).await;
     assert!(matches!(err, LockError::TimedOut { .. }), "{err:?}");
     assert_eq!(took, BUDGET, "the call ended {took:?} after it began");
+}
+
+/// The issue's input: the lock is held elsewhere and every acquire attempt
+/// stalls for 1 s (as during `DEBUG SLEEP 1`).
+#[tokio::test(start_paused = true)]
+async fn a_stalled_attempt_ends_at_the_wait_deadline() {
+    let faulty = Faulty {
+        acquire_stall: Duration::from_secs(1),
+        ..Faulty::default()
+    };
+    waits_out_the_budget(MemoryBackend::new(), faulty).await;
 }
 
 /// Both rules at the deadline (merge of issues 10 and 13): a waiter that
@@ -75,20 +84,11 @@ async fn a_cut_off_after_a_transient_error_returns_that_error() {
 /// The subscription a waiter makes before it sleeps stalls.
 #[tokio::test(start_paused = true)]
 async fn a_stalled_subscription_ends_at_the_wait_deadline() {
-    let store = MemoryBackend::new();
-    let _held = Locker::new(store.clone())
-        .try_lock("k")
-        .await
-        .unwrap()
-        .unwrap();
-    let w = Locker::new(Faulty {
-        inner: store.clone(),
+    let faulty = Faulty {
         watch_stall: Duration::from_millis(1500),
         ..Faulty::default()
-    });
-    let (took, err) = timed_lock(&w, &wait(BUDGET)).await;
-    assert!(matches!(err, LockError::TimedOut { .. }), "{err:?}");
-    assert_eq!(took, BUDGET, "the call ended {took:?} after it began");
+    };
+    waits_out_the_budget(MemoryBackend::new(), faulty).await;
 }
 
 /// An acquisition answered after the deadline is given back: the caller got

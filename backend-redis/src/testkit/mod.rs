@@ -59,11 +59,13 @@ mod cluster;
 mod container;
 mod process;
 mod sentinel;
+mod tamper;
 
 pub use certs::TestCertificates;
 pub use cluster::{ClusterNode, RedisCluster, NODE_TIMEOUT};
 pub use process::ProcessOptions;
 pub use sentinel::{SentinelGroup, DOWN_AFTER, MASTER_NAME};
+pub use tamper::{closed_loopback_port, delete_lock, wait_until_ready, TAMPER_TIMEOUT};
 
 use container::{docker_reachable, ContainerServer};
 use process::ProcessServer;

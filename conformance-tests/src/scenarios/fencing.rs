@@ -28,7 +28,11 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
         Some(f1),
         "inspect shows the holder's fence"
     );
-    assert_eq!(first.release().await.unwrap(), Release::Released);
+    assert_eq!(
+        first.release().await.unwrap(),
+        Release::Released,
+        "the holder's own release"
+    );
 
     let second = b
         .try_lock_with(&name, |_| ttl(t))
@@ -37,14 +41,26 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
         .expect("released");
     let f2 = second.fence();
     assert!(f2 > f1, "release then re-acquire: {f2} after {f1}");
-    assert_eq!(b.inspect(&name).await.unwrap().last_fence, Some(f2));
+    assert_eq!(
+        b.inspect(&name).await.unwrap().last_fence,
+        Some(f2),
+        "inspect after release and re-acquire shows the new holder's fence"
+    );
 
     tokio::time::sleep(t + h.timing_slack()).await;
     let third = a.try_lock(&name).await.unwrap().expect("expired");
     let f3 = third.fence();
     assert!(f3 > f2, "expiry then takeover: {f3} after {f2}");
-    assert_eq!(a.inspect(&name).await.unwrap().last_fence, Some(f3));
-    assert_eq!(second.release().await.unwrap(), Release::NotHeld);
+    assert_eq!(
+        a.inspect(&name).await.unwrap().last_fence,
+        Some(f3),
+        "inspect after expiry and takeover shows the new holder's fence"
+    );
+    assert_eq!(
+        second.release().await.unwrap(),
+        Release::NotHeld,
+        "a release after the lease expired and was taken over"
+    );
     assert_eq!(
         a.inspect(&name).await.unwrap().last_fence,
         Some(f3),
@@ -52,7 +68,11 @@ pub async fn fences_strictly_increase<H: Harness>(h: &H) {
     );
 
     // A release never resets the sequence.
-    assert_eq!(third.release().await.unwrap(), Release::Released);
+    assert_eq!(
+        third.release().await.unwrap(),
+        Release::Released,
+        "the holder's own release"
+    );
     let fourth = b.try_lock(&name).await.unwrap().expect("released");
     assert!(fourth.fence() > f3, "{} after {f3}", fourth.fence());
     assert!(

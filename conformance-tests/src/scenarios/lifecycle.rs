@@ -145,10 +145,16 @@ pub async fn with_lock_reports_lost_lease<H: Harness>(h: &H) {
         )
         .await;
     match result {
-        Err(LockError::NotHeld { name: reported }) => assert_eq!(reported, name),
+        Err(LockError::NotHeld { name: reported }) => {
+            assert_eq!(reported, name, "NotHeld names the lock")
+        }
         other => panic!("with_lock after losing the lock: {other:?}"),
     }
     assert!(is_held(&b, &name).await, "the new holder keeps the lock");
     let thief = thief.into_inner().unwrap().expect("taken");
-    assert_eq!(thief.release().await.unwrap(), Release::Released);
+    assert_eq!(
+        thief.release().await.unwrap(),
+        Release::Released,
+        "with_lock's guard ending must not release the new holder's lock"
+    );
 }

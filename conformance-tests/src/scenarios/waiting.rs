@@ -6,10 +6,11 @@ use distlock::{LockBackend, LockError, LockOptions, Locker, Release};
 use tokio::time::Instant;
 
 use crate::counting::Counted;
-use crate::stalling::Stalling;
+use crate::stalling::Stalls;
 use crate::support::{
     assert_within, client, drop_bound, free_within, is_held, locker, short_ttl, skipped_for,
 };
+use crate::wrapper::Wrapped;
 use crate::{unique_name, Harness};
 
 /// Options for a waiter: a lease of 10 s and quick polling.
@@ -280,10 +281,16 @@ pub async fn wait_deadline_bounds_stalled_backend_calls<H: Harness>(h: &H) {
     let guard = holder.try_lock(&name).await.unwrap().expect("free");
     let wait = Duration::from_millis(300);
     let stall = Duration::from_secs(3).max(h.timing_slack() * 4);
-    let mut attempts = Stalling::new(client(h).await);
-    attempts.before_acquire = stall;
-    let mut subscription = Stalling::new(client(h).await);
-    subscription.before_watch = stall;
+    let attempts = Stalls {
+        before_acquire: stall,
+        ..Stalls::default()
+    };
+    let attempts = Wrapped::new(client(h).await, attempts);
+    let subscription = Stalls {
+        before_watch: stall,
+        ..Stalls::default()
+    };
+    let subscription = Wrapped::new(client(h).await, subscription);
     for (what, backend) in [("acquire", attempts), ("subscription", subscription)] {
         let waiter = Locker::new(backend);
         let start = Instant::now();
@@ -311,8 +318,11 @@ pub async fn acquisition_cut_at_wait_deadline_is_given_back<H: Harness>(h: &H) {
     let observer = locker(h).await;
     let name = unique_name("cut-acquire");
     let wait = Duration::from_millis(300);
-    let mut slow = Stalling::new(client(h).await);
-    slow.after_acquire = Duration::from_secs(3).max(h.timing_slack() * 4);
+    let slow = Stalls {
+        after_acquire: Duration::from_secs(3).max(h.timing_slack() * 4),
+        ..Stalls::default()
+    };
+    let slow = Wrapped::new(client(h).await, slow);
     let waiter = Locker::new(slow);
     let start = Instant::now();
     let result = waiter.lock_with(&name, |_| waiting(wait)).await;
