@@ -93,7 +93,9 @@ use crate::topology::{pubsub::Source, Remote};
 /// for that one, so a backend holds one connection for operations however
 /// many calls arrive at once. A connection that fails or times out is
 /// replaced at the next call. A call whose connection is found dead (Redis
-/// restarted, `CLIENT KILL`) is sent once more on a fresh connection (every
+/// restarted, `CLIENT KILL`) is sent once more on a fresh connection (with
+/// Sentinel to the primary looked up again; the Cluster client resends by
+/// itself) (every
 /// script is safe to run twice; a release sent again that finds the lock
 /// gone is reported as a transient `Unavailable` error, since the first
 /// attempt may have released it). A pool handed to
@@ -316,10 +318,10 @@ impl RedisBackend {
             return Err(config_error("a backend without a connection"));
         };
         let what = || format!("{op} {lock_key}");
-        let (value, acked) = remote.run(&what, call, wait).await?;
+        let ((value, acked), repeated) = remote.run(&what, call, wait).await?;
         Ok(Reply {
             value,
-            repeated: false,
+            repeated,
             acked,
         })
     }

@@ -107,7 +107,7 @@ impl Commands {
             tokio::time::timeout(limit, crate::topology::invoke(&mut *conn, call, wait)).await;
         Ok(match reply {
             Ok(Ok(value)) => Attempt::Done(value),
-            Ok(Err(e)) if connection_lost(&e) => {
+            Ok(Err(e)) if crate::topology::connection_lost(&e) => {
                 conn.discard();
                 // What broke this connection (a restart, `CLIENT KILL`, a
                 // failover) most likely broke the idle ones too: open fresh
@@ -166,10 +166,4 @@ impl Commands {
             }
         }
     }
-}
-
-/// Whether `err` means the connection is gone (reset, closed, broken pipe),
-/// as opposed to a server answer or a timeout.
-fn connection_lost(err: &RedisError) -> bool {
-    !err.is_timeout() && (err.is_connection_dropped() || err.is_io_error())
 }

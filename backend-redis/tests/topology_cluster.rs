@@ -272,3 +272,51 @@ async fn a_clean_cluster_failover_keeps_the_lock() {
     let next = locker.lock("clean-failover").await.unwrap();
     assert!(next.fence() > first);
 }
+
+/// Issue 10 kind 3 on the Cluster path: the backend's connections to the
+/// lock's primary die while it is idle (`CLIENT KILL`, as a restart of
+/// the node does to them); the next call of each kind must not fail on a
+/// dead connection (the cluster client reconnects and resends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_node_connection_is_not_handed_to_the_next_call() {
+    use distlock_redis::{Acquire, Extend, LockBackend, LockKey, LockToken, Release};
+    let cluster = RedisCluster::start();
+    let backend = backend(&cluster);
+    let key = LockKey::new("cluster", "dropped").unwrap();
+    let lock_key = backend.keys(&key).lock;
+    let primary =
+        tokio::task::block_in_place(|| cluster.primary_of_slot(cluster.key_slot(&lock_key)).url);
+    let ttl = Duration::from_secs(30);
+    for op in ["acquire", "extend", "release", "inspect"] {
+        // Warm: the connections are open.
+        backend.inspect(&key).await.unwrap();
+        let token = LockToken::generate();
+        if op != "acquire" {
+            let got = backend.try_acquire(&key, &token, ttl, None).await.unwrap();
+            assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
+        }
+        let killed = distlock_redis::testkit::kill_client_connections(&primary)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "{op}: the backend's connection was not found");
+        // Let the client see the closed socket, as after an idle restart.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = match op {
+            "acquire" => backend
+                .try_acquire(&key, &token, ttl, None)
+                .await
+                .map(|a| assert!(matches!(a, Acquire::Acquired { .. }), "{a:?}")),
+            "extend" => backend
+                .extend(&key, &token, ttl)
+                .await
+                .map(|e| assert_eq!(e, Extend::Extended)),
+            "release" => backend
+                .release(&key, &token)
+                .await
+                .map(|r| assert_eq!(r, Release::Released)),
+            _ => backend.inspect(&key).await.map(drop),
+        };
+        first.unwrap_or_else(|e| panic!("the first {op} after the connection died failed: {e}"));
+        backend.release(&key, &token).await.unwrap();
+    }
+}

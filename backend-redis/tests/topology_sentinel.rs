@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use distlock_redis::testkit::{RedisCluster, RedisServer, SentinelGroup};
+use distlock_redis::testkit::{self, RedisCluster, RedisServer, SentinelGroup};
 use distlock_redis::{Acquire, LockBackend};
 use distlock_redis::{
     BackendErrorKind, LockError, LockKey, LockOptions, LockToken, Locker, RedisBackend,
@@ -290,4 +290,48 @@ async fn bad_configurations_are_typed_errors_within_the_timeouts() {
         .unwrap();
     let refused = RedisBackend::from_pool(pool, &config(&group)).unwrap_err();
     assert_eq!(refused.kind(), BackendErrorKind::Config);
+}
+
+/// Issue 10 kind 3 on the Sentinel path: the backend's connection to the
+/// primary dies while it is idle (`CLIENT KILL`, as a restart of the
+/// primary does to it); the next call of each kind must not fail on the
+/// dead connection: it looks the primary up again and sends the call once
+/// more. (Before, the first call failed with `Unavailable`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_primary_connection_is_not_handed_to_the_next_call() {
+    let group = SentinelGroup::start();
+    let primary = tokio::task::block_in_place(|| group.primary_url());
+    let backend = RedisBackend::from_config(&config(&group)).unwrap();
+    let key = LockKey::new("sentinel", "dropped").unwrap();
+    let ttl = Duration::from_secs(30);
+    for op in ["acquire", "extend", "release", "inspect"] {
+        // Warm: the connection is open.
+        backend.inspect(&key).await.unwrap();
+        let token = LockToken::generate();
+        if op != "acquire" {
+            let got = backend.try_acquire(&key, &token, ttl, None).await.unwrap();
+            assert!(matches!(got, Acquire::Acquired { .. }), "{got:?}");
+        }
+        let killed = testkit::kill_client_connections(&primary).await.unwrap();
+        assert!(killed >= 1, "{op}: the backend's connection was not found");
+        // Let the client see the closed socket, as after an idle restart.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = match op {
+            "acquire" => backend
+                .try_acquire(&key, &token, ttl, None)
+                .await
+                .map(|a| assert!(matches!(a, Acquire::Acquired { .. }), "{a:?}")),
+            "extend" => backend
+                .extend(&key, &token, ttl)
+                .await
+                .map(|e| assert_eq!(e, distlock_redis::Extend::Extended)),
+            "release" => backend
+                .release(&key, &token)
+                .await
+                .map(|r| assert_eq!(r, distlock_redis::Release::Released)),
+            _ => backend.inspect(&key).await.map(drop),
+        };
+        first.unwrap_or_else(|e| panic!("the first {op} after the connection died failed: {e}"));
+        backend.release(&key, &token).await.unwrap();
+    }
 }

@@ -65,7 +65,9 @@ pub use certs::TestCertificates;
 pub use cluster::{ClusterNode, RedisCluster, NODE_TIMEOUT};
 pub use process::ProcessOptions;
 pub use sentinel::{SentinelGroup, DOWN_AFTER, MASTER_NAME};
-pub use tamper::{closed_loopback_port, delete_lock, wait_until_ready, TAMPER_TIMEOUT};
+pub use tamper::{
+    closed_loopback_port, delete_lock, kill_client_connections, wait_until_ready, TAMPER_TIMEOUT,
+};
 
 use container::{docker_reachable, ContainerServer};
 use process::ProcessServer;

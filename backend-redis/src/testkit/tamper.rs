@@ -80,3 +80,58 @@ pub async fn wait_until_ready(url: &str, within: Duration, every: Duration) -> R
         tokio::time::sleep(every).await;
     }
 }
+
+/// Kills the connections of ordinary clients of the server at `url`
+/// (`CLIENT KILL ID`), as a restart does to them, sparing the sentinels'
+/// links (named `sentinel-…`), replicas, pub/sub connections and its own;
+/// returns how many it killed. Every step is bounded by [`TAMPER_TIMEOUT`].
+///
+/// # Errors
+///
+/// A connection or command error, or a timeout.
+pub async fn kill_client_connections(url: &str) -> redis::RedisResult<usize> {
+    let work = async {
+        let mut admin = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let me: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut admin)
+            .await?;
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("normal")
+            .query_async(&mut admin)
+            .await?;
+        let mut killed = 0;
+        for line in list.lines() {
+            let field = |name: &str| {
+                line.split(' ')
+                    .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                    .unwrap_or_default()
+            };
+            let Ok(id) = field("id").parse::<i64>() else {
+                continue;
+            };
+            if id == me || field("name").starts_with("sentinel-") {
+                continue;
+            }
+            let n: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut admin)
+                .await?;
+            killed += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(killed)
+    };
+    match tokio::time::timeout(TAMPER_TIMEOUT, work).await {
+        Ok(result) => result,
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("killing client connections at {url}: no answer within {TAMPER_TIMEOUT:?}"),
+        ))),
+    }
+}

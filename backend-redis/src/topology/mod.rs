@@ -170,10 +170,12 @@ impl Remote {
         what: &(dyn Fn() -> String + Sync),
         call: &ScriptCall,
         wait: Option<(u32, Duration)>,
-    ) -> Result<(Value, Option<u32>), BackendError> {
+    ) -> Result<((Value, Option<u32>), bool), BackendError> {
         match self {
             Remote::Sentinel(s) => s.run(what, call, wait).await,
-            Remote::Cluster(c) => c.run(what, call, wait).await,
+            // The cluster client resends after a dropped connection itself
+            // (its retries), so a repeat is not visible here.
+            Remote::Cluster(c) => Ok((c.run(what, call, wait).await?, false)),
         }
     }
 
@@ -191,6 +193,12 @@ impl Remote {
             waiting: 0,
         }
     }
+}
+
+/// Whether `err` means the connection is gone (reset, closed, broken pipe),
+/// as opposed to a server answer or a timeout.
+pub(crate) fn connection_lost(err: &redis::RedisError) -> bool {
+    !err.is_timeout() && (err.is_connection_dropped() || err.is_io_error())
 }
 
 /// Runs a script call on `conn` as `EVALSHA`, pipelined with `WAIT` when

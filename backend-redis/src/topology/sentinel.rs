@@ -182,25 +182,59 @@ impl SentinelRemote {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
+    /// Runs `call` on the primary. Like the single-server path
+    /// (`Commands::run`), a call whose connection dropped (a restart of the
+    /// primary, `CLIENT KILL`, a failover that closed it) is sent once more
+    /// on a freshly looked-up connection, since every script is safe to run
+    /// twice; the `bool` says it was (see `Reply::repeated`). A timeout is
+    /// not retried.
     pub(crate) async fn run(
         &self,
         what: &(dyn Fn() -> String + Sync),
         call: &ScriptCall,
         wait: Option<(u32, Duration)>,
-    ) -> Result<(Value, Option<u32>), BackendError> {
+    ) -> Result<((Value, Option<u32>), bool), BackendError> {
+        match self.attempt(what, call, wait).await? {
+            Ok(reply) => Ok((reply, false)),
+            Err(first) => {
+                tracing::debug!(call = %what(), error = %first,
+                    "Redis connection to the Sentinel primary dropped; retrying once on a fresh connection");
+                match self.attempt(what, call, wait).await? {
+                    Ok(reply) => Ok((reply, true)),
+                    Err(e) => Err(from_redis(&what(), e)),
+                }
+            }
+        }
+    }
+
+    /// One attempt: the reply, or (inner `Err`) the error of a connection
+    /// that dropped before an answer came (the call may or may not have
+    /// run), or (outer `Err`) any other failure.
+    async fn attempt(
+        &self,
+        what: &(dyn Fn() -> String + Sync),
+        call: &ScriptCall,
+        wait: Option<(u32, Duration)>,
+    ) -> Result<Result<(Value, Option<u32>), redis::RedisError>, BackendError> {
         let mut conn = self.connection().await?;
         let limit = self.command_timeout + wait.map_or(Duration::ZERO, |(_, t)| t);
         match tokio::time::timeout(limit, super::invoke(&mut conn, call, wait)).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => Ok(Ok(reply)),
             Ok(Err(e)) => {
                 let demoted =
                     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-                if demoted || redis_kind(&e).is_transient() || e.is_unrecoverable_error() {
+                let dropped = super::connection_lost(&e);
+                if demoted || dropped || redis_kind(&e).is_transient() || e.is_unrecoverable_error()
+                {
                     // A failover, a restart or a demoted primary: look it up
                     // again next time.
                     self.forget();
                 }
-                Err(from_redis(&what(), e))
+                if dropped {
+                    Ok(Err(e))
+                } else {
+                    Err(from_redis(&what(), e))
+                }
             }
             Err(_) => {
                 self.forget();
