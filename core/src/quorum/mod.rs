@@ -6,6 +6,7 @@
 mod acquire;
 mod calls;
 mod config;
+mod contention;
 mod fencing;
 mod ops;
 mod watch;
@@ -134,6 +135,8 @@ pub(crate) struct Inner {
     fencing: bool,
     capabilities: Capabilities,
     watches: watch::Watches,
+    /// Contended keys and failing members: how acquisitions are gated.
+    contention: contention::Contention,
 }
 
 impl Inner {
@@ -191,6 +194,7 @@ impl Quorum {
         Ok(Self {
             inner: Arc::new(Inner {
                 majority: members.len() / 2 + 1,
+                contention: contention::Contention::new(members.len()),
                 members,
                 member_timeout: config.member_timeout,
                 fencing,
