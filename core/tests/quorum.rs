@@ -1,7 +1,7 @@
 //! Quorum behaviour over in-memory members with injected faults, on a
 //! paused clock (deterministic; no real waiting).
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ struct Member {
     no_raise: bool,
     /// How many acquire calls reached this member (in any mode).
     acquires: Arc<AtomicUsize>,
+    /// Make `watch` fail (registration for release events only).
+    watch_fails: Arc<AtomicBool>,
 }
 
 const SLOW_BY: Duration = Duration::from_secs(2);
@@ -92,6 +94,12 @@ impl LockBackend for Member {
         self.gate(self.store.inspect(key)).await
     }
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        if self.watch_fails.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                "watch registration timed out",
+            ));
+        }
         self.gate(self.store.watch(key)).await
     }
     async fn raise_fence(
@@ -587,4 +595,41 @@ async fn contended_waiters_all_get_the_lock_one_at_a_time() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// When a majority of members could not register a waiter for release
+/// events (their registration failed once), the quorum registers again
+/// while the waiter waits, so a release still wakes it instead of the
+/// waiter polling only (here: every 60 s).
+#[tokio::test(start_paused = true)]
+async fn failed_watch_registrations_are_retried_while_waited_on() {
+    let m = members(3);
+    let holder = Locker::new(quorum(&m));
+    let waiter = Locker::new(quorum(&m))
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                .with_wait_timeout(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let guard = holder.lock("rewatch").await.unwrap();
+    m[0].watch_fails.store(true, Ordering::SeqCst);
+    m[1].watch_fails.store(true, Ordering::SeqCst);
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let g = waiter.lock("rewatch").await.unwrap();
+        let waited = start.elapsed();
+        g.release().await.unwrap();
+        waited
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    m[0].watch_fails.store(false, Ordering::SeqCst);
+    m[1].watch_fails.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    guard.release().await.unwrap();
+    let waited = task.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(6),
+        "woken by the release after registering again, not the 60 s backoff: waited {waited:?}"
+    );
 }
