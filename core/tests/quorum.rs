@@ -1,7 +1,7 @@
 //! Quorum behaviour over in-memory members with injected faults, on a
 //! paused clock (deterministic; no real waiting).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,10 @@ struct Member {
     mode: Arc<AtomicU8>,
     /// Hide raise_fence (a third-party backend without it).
     no_raise: bool,
+    /// How many acquire calls reached this member (in any mode).
+    acquires: Arc<AtomicUsize>,
+    /// Make `watch` fail (registration for release events only).
+    watch_fails: Arc<AtomicBool>,
 }
 
 const SLOW_BY: Duration = Duration::from_secs(2);
@@ -71,6 +75,7 @@ impl LockBackend for Member {
         ttl: Duration,
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
         self.gate(self.store.try_acquire(key, token, ttl, owner))
             .await
     }
@@ -89,6 +94,12 @@ impl LockBackend for Member {
         self.gate(self.store.inspect(key)).await
     }
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        if self.watch_fails.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                "watch registration timed out",
+            ));
+        }
         self.gate(self.store.watch(key)).await
     }
     async fn raise_fence(
@@ -430,4 +441,195 @@ async fn extend_needs_a_majority() {
     holding[holding.len() - 2].store.expire_now(&k);
     assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::NotHeld);
     assert_eq!(q.release(&k, &t).await.unwrap(), Release::NotHeld);
+}
+
+/// How many acquire calls each member received so far, once the calls
+/// an operation left to finish in the background have run.
+async fn acquire_calls(m: &[Member]) -> Vec<usize> {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    m.iter()
+        .map(|m| m.acquires.load(Ordering::SeqCst))
+        .collect()
+}
+
+fn delta(after: &[usize], before: &[usize]) -> Vec<usize> {
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
+}
+
+/// Once a key is contended (a member answered "held"), a racer asks the
+/// gate (the first member) alone and, finding it held, asks nobody else:
+/// no partial holds, nothing to give back. A second later the key is no
+/// longer counted as contended and every member is asked at once again.
+#[tokio::test(start_paused = true)]
+async fn a_racer_that_finds_the_gate_held_asks_no_other_member() {
+    let m = members(3);
+    let k = key("gate");
+    acquired(&quorum(&m), &k, &LockToken::generate()).await;
+    let racer = quorum(&m);
+
+    let before = acquire_calls(&m).await;
+    let out = racer
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await;
+    assert!(matches!(out, Ok(Acquire::Held { .. })), "{out:?}");
+    assert_eq!(
+        delta(&acquire_calls(&m).await, &before),
+        [1, 1, 1],
+        "not contended yet: every member at once"
+    );
+
+    let before = acquire_calls(&m).await;
+    let out = racer
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await;
+    assert!(
+        matches!(out, Ok(Acquire::Held { remaining: Some(_) })),
+        "{out:?}"
+    );
+    assert_eq!(
+        delta(&acquire_calls(&m).await, &before),
+        [1, 0, 0],
+        "contended: the gate alone"
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = acquire_calls(&m).await;
+    let out = racer
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await;
+    assert!(matches!(out, Ok(Acquire::Held { .. })), "{out:?}");
+    assert_eq!(
+        delta(&acquire_calls(&m).await, &before),
+        [1, 1, 1],
+        "contention forgotten after a quiet second"
+    );
+}
+
+/// The winner of the gate keeps it while it asks again the members still
+/// held by a racer's partial holds (given back a few milliseconds later),
+/// instead of giving everything back and starting over.
+#[tokio::test(start_paused = true)]
+async fn the_gate_winner_keeps_the_gate_while_a_racer_gives_back() {
+    let m = members(3);
+    let k = key("split");
+    let q = quorum(&m);
+    // Make the key contended for q.
+    let first = LockToken::generate();
+    acquired(&quorum(&m), &k, &first).await;
+    let out = q.try_acquire(&k, &LockToken::generate(), TTL, None).await;
+    assert!(matches!(out, Ok(Acquire::Held { .. })), "{out:?}");
+    for member in &m {
+        member.store.release(&k, &first).await.unwrap();
+    }
+    // Racers hold members 1 and 2 (their partial holds); the gate is free.
+    let (r1, r2) = (LockToken::generate(), LockToken::generate());
+    acquired_on(&m[1], &k, &r1).await;
+    acquired_on(&m[2], &k, &r2).await;
+    let giver = m[1].clone();
+    let k2 = k.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        giver.store.release(&k2, &r1).await.unwrap();
+    });
+
+    let before = acquire_calls(&m).await;
+    let out = q.try_acquire(&k, &LockToken::generate(), TTL, None).await;
+    assert!(matches!(out, Ok(Acquire::Acquired { .. })), "{out:?}");
+    let calls = delta(&acquire_calls(&m).await, &before);
+    assert_eq!(calls[0], 1, "the gate was won once and kept: {calls:?}");
+    assert!(calls[1] >= 2, "member 1 was asked again: {calls:?}");
+}
+
+/// A member that failed an acquisition is not the gate: the next member
+/// in list order is, so a down first member does not cost every
+/// contended attempt a failed call.
+#[tokio::test(start_paused = true)]
+async fn a_failed_member_is_not_the_gate() {
+    let m = members(3);
+    let k = key("gate-down");
+    m[0].set(DOWN);
+    acquired(&quorum(&m), &k, &LockToken::generate()).await;
+    let racer = quorum(&m);
+    let out = racer
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await;
+    assert!(matches!(out, Ok(Acquire::Held { .. })), "{out:?}");
+
+    let before = acquire_calls(&m).await;
+    let out = racer
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await;
+    assert!(matches!(out, Ok(Acquire::Held { .. })), "{out:?}");
+    assert_eq!(
+        delta(&acquire_calls(&m).await, &before),
+        [0, 1, 0],
+        "member 1 is the gate while member 0 fails"
+    );
+}
+
+async fn acquired_on(member: &Member, k: &LockKey, token: &LockToken) {
+    let out = member.store.try_acquire(k, token, TTL, None).await.unwrap();
+    assert!(matches!(out, Acquire::Acquired { .. }), "{out:?}");
+}
+
+/// Waiters in separate "processes" (one quorum each) over three members
+/// all get the lock in turn, one at a time, with the gate in use.
+#[tokio::test(start_paused = true)]
+async fn contended_waiters_all_get_the_lock_one_at_a_time() {
+    let m = members(3);
+    let inside = Arc::new(AtomicU8::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let locker = Locker::new(quorum(&m));
+        let inside = inside.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let g = locker.lock("queue").await.unwrap();
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// When a majority of members could not register a waiter for release
+/// events (their registration failed once), the quorum registers again
+/// while the waiter waits, so a release still wakes it instead of the
+/// waiter polling only (here: every 60 s).
+#[tokio::test(start_paused = true)]
+async fn failed_watch_registrations_are_retried_while_waited_on() {
+    let m = members(3);
+    let holder = Locker::new(quorum(&m));
+    let waiter = Locker::new(quorum(&m))
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                .with_wait_timeout(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let guard = holder.lock("rewatch").await.unwrap();
+    m[0].watch_fails.store(true, Ordering::SeqCst);
+    m[1].watch_fails.store(true, Ordering::SeqCst);
+    let task = tokio::spawn(async move {
+        let start = Instant::now();
+        let g = waiter.lock("rewatch").await.unwrap();
+        let waited = start.elapsed();
+        g.release().await.unwrap();
+        waited
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    m[0].watch_fails.store(false, Ordering::SeqCst);
+    m[1].watch_fails.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    guard.release().await.unwrap();
+    let waited = task.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(6),
+        "woken by the release after registering again, not the 60 s backoff: waited {waited:?}"
+    );
 }

@@ -21,6 +21,8 @@ struct Tally {
     acquired: Vec<(usize, u64)>,
     /// How many members answered that someone holds the key.
     held: usize,
+    /// Which members answered that someone holds the key.
+    held_by: Vec<usize>,
     /// The shortest remaining lease a holding member reported.
     remaining: Option<Duration>,
     /// Members that failed or did not answer in time: they may hold the
@@ -34,6 +36,7 @@ impl Tally {
             Ok(Acquire::Acquired { fence }) => self.acquired.push((i, fence)),
             Ok(Acquire::Held { remaining }) => {
                 self.held += 1;
+                self.held_by.push(i);
                 if let Some(r) = remaining {
                     self.remaining = Some(self.remaining.map_or(r, |m| m.min(r)));
                 }
@@ -53,8 +56,26 @@ pub(super) async fn acquire(
 ) -> Result<Acquire, BackendError> {
     let started = Instant::now();
     let limit = q.call_limit(ttl);
+    let mut tally = Tally::default();
+    // A contended key is acquired through its gate first (see the
+    // `contention` module): a racer that finds the gate held stops there,
+    // holding nothing, so racers do not split the vote.
+    let gate = q.contention.gate(key);
+    if let Some(g) = gate {
+        let answer = bounded(limit, q.members[g].try_acquire(key, token, ttl, owner)).await;
+        if let Ok(Acquire::Held { remaining }) = answer {
+            q.contention.saw_held(key);
+            return Ok(Acquire::Held { remaining });
+        }
+        // Acquired, or failed (then the others decide, as usual; the gate's
+        // request may have landed, so it is given back like any failed one).
+        tally.count(g, answer);
+    }
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {
+        if Some(i) == gate {
+            continue;
+        }
         let (member, key, token) = (member.clone(), key.clone(), token.clone());
         let owner = owner.map(str::to_owned);
         calls.push(i, limit, async move {
@@ -63,12 +84,11 @@ pub(super) async fn acquire(
                 .await
         });
     }
-    let mut tally = Tally::default();
-    while let Some((i, answer)) = calls.next().await {
-        tally.count(i, answer);
-        if tally.acquired.len() >= q.majority || tally.acquired.len() + calls.len() < q.majority {
+    while tally.acquired.len() < q.majority && tally.acquired.len() + calls.len() >= q.majority {
+        let Some((i, answer)) = calls.next().await else {
             break;
-        }
+        };
+        tally.count(i, answer);
     }
 
     if tally.acquired.len() < q.majority {
@@ -80,20 +100,32 @@ pub(super) async fn acquire(
                 tally.count(i, answer);
             }
         }
-        // No majority: give back every partial hold, including the ones of
-        // members that have not answered yet.
-        give_back(q, key, token, &tally, calls).await;
+        note(q, key, &tally);
+        let gate_won = gate.is_some_and(|g| tally.acquired.iter().any(|&(i, _)| i == g));
         let split = !tally.acquired.is_empty() && tally.held > 0 && tally.errors.len() < q.majority;
-        let retried = if split {
-            ordered(q, key, token, ttl, owner, &tally).await
+        let retried = if split && gate_won {
+            // We hold the gate, so no other gated racer gets further: the
+            // members still held are most likely a release in flight or a
+            // racer's partial hold about to be given back. Keep what we
+            // have and ask them again.
+            complete(q, key, token, ttl, owner, tally).await
         } else {
-            None
+            // No majority: give back every partial hold, including the ones
+            // of members that have not answered yet.
+            give_back(q, key, token, &tally, calls).await;
+            if split {
+                ordered(q, key, token, ttl, owner, &tally).await
+            } else {
+                Err(tally)
+            }
         };
-        match retried {
-            Some(won) => tally = won,
-            None => return failure(q, tally),
-        }
         calls = Calls::new();
+        match retried {
+            Ok(won) => tally = won,
+            Err(lost) => return failure(q, lost),
+        }
+    } else {
+        note(q, key, &tally);
     }
     // Answers already there count too (an in-process member answers at
     // once); the calls still in flight finish in the background: a late
@@ -176,7 +208,7 @@ async fn ordered(
     ttl: Duration,
     owner: Option<&str>,
     first: &Tally,
-) -> Option<Tally> {
+) -> Result<Tally, Tally> {
     let limit = q.call_limit(ttl);
     let mut tally = Tally::default();
     for (i, member) in q.members.iter().enumerate() {
@@ -216,10 +248,84 @@ async fn ordered(
         }
     }
     if tally.acquired.len() >= q.majority {
-        return Some(tally);
+        return Ok(tally);
     }
     give_back(q, key, token, &tally, Calls::new()).await;
-    None
+    // The answer reports the first round's view (who held it, who failed).
+    Err(Tally {
+        acquired: Vec::new(),
+        held: first.held,
+        held_by: first.held_by.clone(),
+        remaining: first.remaining,
+        errors: Vec::new(),
+    })
+}
+
+/// After winning the gate without a majority: asks the members that
+/// answered "held" again, one at a time in list order, each up to
+/// [`ORDERED_RETRIES`] times with a short pause, until a majority is
+/// reached. `Err` (with every hold given back) if it is not.
+async fn complete(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    mut tally: Tally,
+) -> Result<Tally, Tally> {
+    let limit = q.call_limit(ttl);
+    let mut still_held = std::mem::take(&mut tally.held_by);
+    still_held.sort_unstable();
+    tally.held = 0;
+    for i in still_held {
+        if tally.acquired.len() >= q.majority {
+            break;
+        }
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
+            let answer = bounded(limit, q.members[i].try_acquire(key, token, ttl, owner)).await;
+            match answer {
+                Ok(Acquire::Held { .. }) if tries < ORDERED_RETRIES => continue,
+                answer => {
+                    tally.count(i, answer);
+                    break;
+                }
+            }
+        }
+    }
+    if tally.acquired.len() >= q.majority {
+        return Ok(tally);
+    }
+    give_back(q, key, token, &tally, Calls::new()).await;
+    tally.acquired.clear();
+    Err(tally)
+}
+
+/// Remembers what an acquisition learnt: contention (a member answered
+/// "held") and failing members (for the choice of the gate).
+fn note(q: &Inner, key: &LockKey, tally: &Tally) {
+    if tally.held > 0 {
+        q.contention.saw_held(key);
+    }
+    for (i, _) in &tally.errors {
+        q.contention.member_failed(*i);
+    }
+}
+
+/// One member call bounded by `limit` (a `Timeout` error past it).
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(BackendError::new(
+            BackendErrorKind::Timeout,
+            format!("no answer within the member timeout {limit:?}"),
+        )),
+    }
 }
 
 /// Releases `key` for `token` on every member that acquired (waiting for

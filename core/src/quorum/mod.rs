@@ -6,6 +6,7 @@
 mod acquire;
 mod calls;
 mod config;
+mod contention;
 mod fencing;
 mod ops;
 mod watch;
@@ -69,7 +70,18 @@ use crate::token::LockToken;
 ///   came too late. A split vote (racers each got some members, nobody a
 ///   majority) is retried once, member by member in list order, where the
 ///   winner of the first member has priority: simultaneous `try_acquire`s
-///   still have a winner.
+///   still have a winner. While a key is **contended** (a member answered
+///   "held" to an acquisition of it within the last second), an acquisition
+///   first asks one **gate** member alone (the first member in list order
+///   that has not failed an acquisition within the last 10 s): if the gate
+///   is held, the answer is [`Acquire::Held`] without calling the others
+///   (no partial holds, nothing to give back, no release events that wake
+///   other waiters for nothing); if it acquired the gate, it asks the
+///   others and retries the ones still held a few times (a few
+///   milliseconds) before giving everything back. Processes that list the
+///   members in the same order share the gate, so they no longer split the
+///   vote; list them in the same order everywhere (another order is safe,
+///   only slower under contention).
 /// - [`extend`](LockBackend::extend): [`Extend::Extended`] if a majority
 ///   extended, otherwise [`Extend::NotHeld`] (the guard then treats the
 ///   lease as lost), even when failed members might still hold it; an
@@ -134,6 +146,8 @@ pub(crate) struct Inner {
     fencing: bool,
     capabilities: Capabilities,
     watches: watch::Watches,
+    /// Contended keys and failing members: how acquisitions are gated.
+    contention: contention::Contention,
 }
 
 impl Inner {
@@ -191,6 +205,7 @@ impl Quorum {
         Ok(Self {
             inner: Arc::new(Inner {
                 majority: members.len() / 2 + 1,
+                contention: contention::Contention::new(members.len()),
                 members,
                 member_timeout: config.member_timeout,
                 fencing,

@@ -48,31 +48,46 @@ pub(super) async fn watch(
     if !start {
         return Ok(Some(watch));
     }
-    // Register with every member at once, each within the member timeout.
+    let registered = register(q, key).await;
+    let q = q.clone();
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(forward(q, key.clone(), registered));
+        }
+        Err(_) => stop_forwarding(&q, key.encoded()),
+    }
+    Ok(Some(watch))
+}
+
+/// The member registrations of one key, and whether a member failed to
+/// register (rather than having no notifications).
+struct Registered {
+    watches: Vec<ReleaseWatch>,
+    failed: bool,
+}
+
+/// Registers with every member at once, each within the member timeout.
+async fn register(q: &Arc<Inner>, key: &LockKey) -> Registered {
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {
         let (member, key) = (member.clone(), key.clone());
         calls.push(i, q.member_timeout, async move { member.watch(&key).await });
     }
-    let mut member_watches = Vec::new();
+    let mut registered = Registered {
+        watches: Vec::new(),
+        failed: false,
+    };
     while let Some((i, answer)) = calls.next().await {
         match answer {
-            Ok(Some(w)) => member_watches.push(w),
+            Ok(Some(w)) => registered.watches.push(w),
             Ok(None) => {}
             Err(e) => {
+                registered.failed = true;
                 tracing::debug!(member = i, error = %e, "quorum: a member could not watch; its releases are polled for");
             }
         }
     }
-    let q = q.clone();
-    let key = key.encoded().to_owned();
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(forward(q, key, member_watches));
-        }
-        Err(_) => stop_forwarding(&q, &key),
-    }
-    Ok(Some(watch))
+    registered
 }
 
 /// Forwards member release events of `key` to the quorum's hub until no
@@ -85,7 +100,15 @@ pub(super) async fn watch(
 /// covers less than a majority, so it does not: otherwise every failed
 /// attempt would wake the next waiter, whose failed attempt would wake the
 /// next, in a storm of useless retries while the holder keeps the lock.
-async fn forward(q: Arc<Inner>, key: String, mut members: Vec<ReleaseWatch>) {
+///
+/// When fewer than a majority of members could be registered because some
+/// failed (a timeout while the machine was busy, a member down), the task
+/// registers again every [`IDLE_CHECK`] while waiters remain: without it,
+/// a process that waits without a break would only ever poll.
+async fn forward(q: Arc<Inner>, lock_key: LockKey, registered: Registered) {
+    let key = lock_key.encoded().to_owned();
+    let mut retry = registered.failed;
+    let mut members = registered.watches;
     if members.len() < q.majority {
         // Too few members notify to ever see a majority: rely on polling.
         members.clear();
@@ -94,6 +117,17 @@ async fn forward(q: Arc<Inner>, key: String, mut members: Vec<ReleaseWatch>) {
     loop {
         if members.is_empty() {
             tokio::time::sleep(IDLE_CHECK).await;
+            if retry && q.watches.hub.is_watched(&key) {
+                let again = register(&q, &lock_key).await;
+                retry = again.failed;
+                if again.watches.len() >= q.majority {
+                    members = again.watches;
+                    fired = vec![false; members.len()];
+                    // A release may have been missed meanwhile.
+                    q.watches.hub.notify(&key);
+                    continue;
+                }
+            }
         } else {
             let any = select_all(members.iter_mut().map(|w| Box::pin(w.released())));
             if let Ok(((), which, _)) = tokio::time::timeout(IDLE_CHECK, any).await {
