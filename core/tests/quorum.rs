@@ -633,3 +633,41 @@ async fn failed_watch_registrations_are_retried_while_waited_on() {
         "woken by the release after registering again, not the 60 s backoff: waited {waited:?}"
     );
 }
+
+/// A stale partial hold on the gate member (the holder's release reached
+/// the other members but not the gate, whose lease then runs for the whole
+/// TTL) does not keep a contended key whose majority is free locked
+/// through the gate: the gate's "held" answers do not prolong the
+/// contention, so within about a second an acquisition asks every member
+/// again and wins the majority.
+#[tokio::test(start_paused = true)]
+async fn a_stale_partial_hold_on_the_gate_does_not_block_a_free_majority() {
+    let m = members(3);
+    let k = key("stale-gate");
+    let holder = LockToken::generate();
+    acquired(&quorum(&m), &k, &holder).await;
+    let locker = Locker::new(quorum(&m));
+    // The waiter finds the key held: it is contended from now on.
+    assert!(locker.try_lock("stale-gate").await.unwrap().is_none());
+    // The release reaches members 1 and 2 only.
+    for member in &m[1..] {
+        assert_eq!(
+            member.store.release(&k, &holder).await.unwrap(),
+            Release::Released
+        );
+    }
+    let started = Instant::now();
+    let guard = locker
+        .lock_with("stale-gate", |o| {
+            o.with_wait_timeout(TTL / 2)
+                .with_retry(Duration::from_millis(10), Duration::from_millis(50))
+        })
+        .await
+        .expect("the majority (members 1 and 2) is free");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the partial hold on the gate kept the key locked for {took:?}"
+    );
+    guard.release().await.unwrap();
+}

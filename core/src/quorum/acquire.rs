@@ -64,7 +64,11 @@ pub(super) async fn acquire(
     if let Some(g) = gate {
         let answer = bounded(limit, q.members[g].try_acquire(key, token, ttl, owner)).await;
         if let Ok(Acquire::Held { remaining }) = answer {
-            q.contention.saw_held(key);
+            // Not a new sighting: only a round that asked every member
+            // prolongs the contention. So the gate alone decides for at
+            // most `CONTENDED_FOR`, and a stale hold on the gate (a release
+            // that reached the others only) cannot hide a free majority
+            // for longer than that.
             return Ok(Acquire::Held { remaining });
         }
         // Acquired, or failed (then the others decide, as usual; the gate's

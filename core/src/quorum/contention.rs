@@ -5,7 +5,9 @@
 //! some members, nobody a majority, every partial hold is given back (and
 //! each give-back is a release event that wakes more waiters), and the
 //! round is lost for everyone. So while a key is contended (a member
-//! answered "held" to an acquisition of it within [`CONTENDED_FOR`]), an
+//! answered "held" to an acquisition that asked every member, within
+//! [`CONTENDED_FOR`]; the gate's own answers do not count, so a stale hold
+//! on the gate alone delays a free majority by at most that long), an
 //! acquisition first asks one member, the **gate**: the first member in
 //! list order that has not failed an acquisition within [`GATE_REST`].
 //! Whoever wins the gate asks the others (and may briefly retry the ones

@@ -71,7 +71,10 @@ use crate::token::LockToken;
 ///   majority) is retried once, member by member in list order, where the
 ///   winner of the first member has priority: simultaneous `try_acquire`s
 ///   still have a winner. While a key is **contended** (a member answered
-///   "held" to an acquisition of it within the last second), an acquisition
+///   "held" to an acquisition of it that asked every member, within the
+///   last second; the gate's own answers do not prolong it, so a stale hold
+///   left on the gate alone delays a free majority by a second at most), an
+///   acquisition
 ///   first asks one **gate** member alone (the first member in list order
 ///   that has not failed an acquisition within the last 10 s): if the gate
 ///   is held, the answer is [`Acquire::Held`] without calling the others
