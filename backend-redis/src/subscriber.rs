@@ -404,9 +404,9 @@ impl Task {
                 // job sees everything that waits and picks by priority.
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ended::Closed };
-                    pending.push(request);
+                    pending.accept(request, &channels);
                     while let Ok(request) = self.requests.try_recv() {
-                        pending.push(request);
+                        pending.accept(request, &channels);
                     }
                 },
                 _ = prune.tick(), if sink.is_some() => {
@@ -502,6 +502,17 @@ enum Next {
 }
 
 impl Pending {
+    /// Queues `request`, or answers it at once when its key's channel is
+    /// subscribed already (`channels`), even while a command runs.
+    fn accept(&mut self, request: Request, channels: &HashMap<String, String>) {
+        match request {
+            Request::Subscribe { encoded_key, done } if channels.contains_key(&encoded_key) => {
+                let _ = done.send(());
+            }
+            request => self.push(request),
+        }
+    }
+
     fn push(&mut self, request: Request) {
         match request {
             Request::Subscribe { encoded_key, done } => self.subscribes.push((encoded_key, done)),
