@@ -462,11 +462,12 @@ impl Task {
                     }
                 }
                 Some(Next::Move(keys)) => {
-                    // Only channels still subscribed and still waited on
-                    // (the others are pruned soon anyway).
+                    // Only channels still subscribed. Not only those still
+                    // waited on: the waiter that won has usually stopped
+                    // watching by now, and the move is what puts this
+                    // process behind the others for the next release.
                     let moved: Vec<String> = keys
                         .iter()
-                        .filter(|k| self.hub.is_watched(k))
                         .filter_map(|k| channels.get(k).cloned())
                         .collect();
                     if !moved.is_empty() {
