@@ -80,7 +80,10 @@ use crate::topology::{pubsub::Source, Remote};
 /// subscriber therefore moves its subscription of that lock's channel to
 /// the back of that order (`UNSUBSCRIBE` + `SUBSCRIBE` in the background,
 /// while this process holds the lock), and handoffs rotate among the
-/// waiting processes.
+/// waiting processes. Moves of many names that wait together are sent as
+/// one `UNSUBSCRIBE` and one `SUBSCRIBE` of all their channels, after any
+/// new subscriptions, so a waiter's watch never waits behind the moves of
+/// other names.
 ///
 /// # Connections
 ///

@@ -16,11 +16,20 @@
 //! the back ([`Subscriber::rotate`]), and handoffs rotate among the waiting
 //! processes. Subscribing, moving, pruning and pings run beside the message
 //! stream, so they never delay a release message.
+//!
+//! The connection runs one command at a time, so the work waiting for it is
+//! ordered ([`Pending`]): new subscriptions first (a waiter's `watch()` is
+//! blocked on each), all of them in one `SUBSCRIBE`; then every pending move
+//! together, as one `UNSUBSCRIBE` of all their channels and one `SUBSCRIBE`
+//! of all of them. A new `watch()` therefore waits for at most the one
+//! command batch already running, however many names are contended, and a
+//! move costs two commands per batch rather than per name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::topology::pubsub::{Event, Sink as PubSubSink, Source, Stream as PubSubStream};
@@ -74,6 +83,30 @@ struct Running {
     subscribed: watch::Receiver<usize>,
 }
 
+/// Counts of the subscription moves sent (for tests and debugging).
+#[derive(Debug, Default)]
+pub(crate) struct MoveStats {
+    /// `UNSUBSCRIBE` + `SUBSCRIBE` batches sent.
+    batches: AtomicU64,
+    /// Channels in those batches.
+    channels: AtomicU64,
+    /// Channels whose move has completed.
+    moved: AtomicU64,
+}
+
+impl MoveStats {
+    /// (batches sent, channels in them, channels whose move completed)
+    /// so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn get(&self) -> (u64, u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.channels.load(Ordering::Relaxed),
+            self.moved.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Owns the hub and, once the first waiter watches, the subscriber task.
 pub(crate) struct Subscriber {
     client: Option<Source>,
@@ -81,6 +114,7 @@ pub(crate) struct Subscriber {
     hub: ReleaseHub,
     connect_timeout: Duration,
     running: Mutex<Option<Running>>,
+    moves: Arc<MoveStats>,
 }
 
 impl Subscriber {
@@ -97,7 +131,14 @@ impl Subscriber {
             hub: ReleaseHub::new(),
             connect_timeout,
             running: Mutex::new(None),
+            moves: Arc::default(),
         }
+    }
+
+    /// The subscription moves sent so far.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn moves(&self) -> &MoveStats {
+        &self.moves
     }
 
     /// Whether this backend delivers release notifications.
@@ -157,7 +198,8 @@ impl Subscriber {
     /// subscribers of that channel, in the background and without a moment
     /// unsubscribed. The backend calls this when one of its waiters has just
     /// acquired `key`: the winner goes to the back of the line, so handoffs
-    /// rotate among the waiting processes.
+    /// rotate among the waiting processes. Moves requested while others
+    /// wait are sent together, after any new subscriptions.
     pub(crate) fn rotate(&self, key: &LockKey) {
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = running.as_ref() {
@@ -192,6 +234,7 @@ impl Subscriber {
                 status: status_tx,
                 count: count_tx,
                 requests: requests_rx,
+                moves: self.moves.clone(),
             }
             .run(),
         );
@@ -226,6 +269,7 @@ struct Task {
     status: watch::Sender<Status>,
     count: watch::Sender<usize>,
     requests: mpsc::UnboundedReceiver<Request>,
+    moves: Arc<MoveStats>,
 }
 
 /// Why a connection's loop ended.
@@ -319,7 +363,14 @@ impl Task {
         // The sink is either here (idle) or inside the one running job.
         let mut sink = Some(sink);
         let mut job: Option<SinkJob> = None;
+        let mut pending = Pending::default();
         loop {
+            if let Some(idle) = sink.take() {
+                match self.next_job(idle, &mut pending, &channels) {
+                    Ok(next) => job = Some(next),
+                    Err(idle) => sink = Some(idle),
+                }
+            }
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(Event::Released(encoded_key)) => self.hub.notify(&encoded_key),
@@ -342,34 +393,37 @@ impl Task {
                         return Ended::Lost;
                     }
                     sink = Some(returned);
-                    if let After::Subscribed { encoded_key, channel, done } = after {
-                        if outcome == Outcome::Done {
-                            channels.insert(encoded_key, channel);
+                    match after {
+                        After::Subscribed(subscribed) => {
+                            let mut waiters = Vec::with_capacity(subscribed.len());
+                            for (encoded_key, channel, done) in subscribed {
+                                if outcome == Outcome::Done {
+                                    channels.insert(encoded_key, channel);
+                                }
+                                waiters.push(done);
+                            }
+                            // The count first: a woken waiter may read it.
                             self.count.send_replace(channels.len());
+                            // Refused: the waiters fall back on their backoff.
+                            for done in waiters {
+                                let _ = done.send(());
+                            }
                         }
-                        // Refused: the waiter falls back on its backoff.
-                        let _ = done.send(());
+                        After::Moved(n) => {
+                            if outcome == Outcome::Done {
+                                self.moves.moved.fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
+                        After::Nothing => {}
                     }
                 },
-                request = self.requests.recv(), if sink.is_some() => {
+                // Always read requests, also while a job runs, so the next
+                // job sees everything that waits and picks by priority.
+                request = self.requests.recv() => {
                     let Some(request) = request else { return Ended::Closed };
-                    let Some(idle) = sink.take() else { continue };
-                    match request {
-                        Request::Subscribe { encoded_key, done } => {
-                            if channels.contains_key(&encoded_key) {
-                                let _ = done.send(());
-                                sink = Some(idle);
-                            } else {
-                                let channel = self.layout.channel_of_encoded(&encoded_key);
-                                job = Some(Box::pin(subscribe(idle, encoded_key, channel, done, self.timeout)));
-                            }
-                        }
-                        Request::Rotate { encoded_key } => match channels.get(&encoded_key) {
-                            Some(channel) => {
-                                job = Some(Box::pin(move_to_back(idle, channel.clone(), self.timeout)));
-                            }
-                            None => sink = Some(idle),
-                        },
+                    pending.accept(request, &channels);
+                    while let Ok(request) = self.requests.try_recv() {
+                        pending.accept(request, &channels);
                     }
                 },
                 _ = prune.tick(), if sink.is_some() => {
@@ -397,6 +451,111 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The next command batch for the idle `sink`, by priority: new
+    /// subscriptions, then moves. With nothing to send the sink comes back
+    /// as the error.
+    fn next_job(
+        &self,
+        sink: PubSubSink,
+        pending: &mut Pending,
+        channels: &HashMap<String, String>,
+    ) -> Result<SinkJob, PubSubSink> {
+        loop {
+            match pending.next() {
+                None => return Err(sink),
+                Some(Next::Subscribe(requests)) => {
+                    let mut new = Vec::with_capacity(requests.len());
+                    for (encoded_key, done) in requests {
+                        if channels.contains_key(&encoded_key) {
+                            let _ = done.send(());
+                        } else {
+                            let channel = self.layout.channel_of_encoded(&encoded_key);
+                            new.push((encoded_key, channel, done));
+                        }
+                    }
+                    if !new.is_empty() {
+                        return Ok(Box::pin(subscribe(sink, new, self.timeout)));
+                    }
+                }
+                Some(Next::Move(keys)) => {
+                    // Only channels still subscribed. Not only those still
+                    // waited on: the waiter that won has usually stopped
+                    // watching by now, and the move is what puts this
+                    // process behind the others for the next release.
+                    let moved: Vec<String> = keys
+                        .iter()
+                        .filter_map(|k| channels.get(k).cloned())
+                        .collect();
+                    if !moved.is_empty() {
+                        self.moves.batches.fetch_add(1, Ordering::Relaxed);
+                        self.moves
+                            .channels
+                            .fetch_add(moved.len() as u64, Ordering::Relaxed);
+                        return Ok(Box::pin(move_to_back(sink, moved, self.timeout)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Requests waiting for the subscriber connection.
+#[derive(Default)]
+struct Pending {
+    /// New subscriptions, in arrival order; each has a waiter blocked on it.
+    subscribes: Vec<(String, oneshot::Sender<()>)>,
+    /// Keys whose subscription is to move to the back, each once.
+    moves: Vec<String>,
+    queued_moves: HashSet<String>,
+}
+
+/// The next batch of [`Pending`] work.
+enum Next {
+    /// Subscribe to the channels of these keys (one `SUBSCRIBE`).
+    Subscribe(Vec<(String, oneshot::Sender<()>)>),
+    /// Move the subscriptions of these keys to the back (one `UNSUBSCRIBE`
+    /// and one `SUBSCRIBE` of all their channels).
+    Move(Vec<String>),
+}
+
+impl Pending {
+    /// Queues `request`, or answers it at once when its key's channel is
+    /// subscribed already (`channels`), even while a command runs.
+    fn accept(&mut self, request: Request, channels: &HashMap<String, String>) {
+        match request {
+            Request::Subscribe { encoded_key, done } if channels.contains_key(&encoded_key) => {
+                let _ = done.send(());
+            }
+            request => self.push(request),
+        }
+    }
+
+    fn push(&mut self, request: Request) {
+        match request {
+            Request::Subscribe { encoded_key, done } => self.subscribes.push((encoded_key, done)),
+            Request::Rotate { encoded_key } => {
+                if self.queued_moves.insert(encoded_key.clone()) {
+                    self.moves.push(encoded_key);
+                }
+            }
+        }
+    }
+
+    /// Everything of the most urgent kind: all new subscriptions if any
+    /// wait, else all moves.
+    fn next(&mut self) -> Option<Next> {
+        if !self.subscribes.is_empty() {
+            return Some(Next::Subscribe(std::mem::take(&mut self.subscribes)));
+        }
+        if !self.moves.is_empty() {
+            self.queued_moves.clear();
+            return Some(Next::Move(std::mem::take(&mut self.moves)));
+        }
+        None
+    }
+}
+
 /// A request on the subscriber connection that runs beside the message
 /// stream; it hands the sink back with whether it succeeded and what to
 /// record.
@@ -406,28 +565,22 @@ type SinkJob = Pin<Box<dyn Future<Output = (PubSubSink, Outcome, After)> + Send>
 enum After {
     /// Nothing to record.
     Nothing,
-    /// A key's channel is subscribed; tell the waiter.
-    Subscribed {
-        encoded_key: String,
-        channel: String,
-        done: oneshot::Sender<()>,
-    },
+    /// These keys' channels (encoded key, channel, the waiter to tell) are
+    /// subscribed if the outcome is `Done`.
+    Subscribed(Vec<(String, String, oneshot::Sender<()>)>),
+    /// This many channels were moved to the back if the outcome is `Done`.
+    Moved(u64),
 }
 
+/// Subscribes to all `new` channels with one command.
 async fn subscribe(
     mut sink: PubSubSink,
-    encoded_key: String,
-    channel: String,
-    done: oneshot::Sender<()>,
+    new: Vec<(String, String, oneshot::Sender<()>)>,
     timeout: Duration,
 ) -> (PubSubSink, Outcome, After) {
-    let ok = call(timeout, sink.subscribe(&channel)).await;
-    let after = After::Subscribed {
-        encoded_key,
-        channel,
-        done,
-    };
-    (sink, ok, after)
+    let channels: Vec<String> = new.iter().map(|(_, c, _)| c.clone()).collect();
+    let ok = call(timeout, sink.subscribe_all(&channels)).await;
+    (sink, ok, After::Subscribed(new))
 }
 
 async fn unsubscribe(
@@ -444,23 +597,26 @@ async fn ping_sink(mut sink: PubSubSink, timeout: Duration) -> (PubSubSink, Outc
     (sink, ok, After::Nothing)
 }
 
-/// Re-subscribes to `channel` so that the server lists this connection
-/// last. Called right after a waiter of this backend acquired the lock, so
+/// Re-subscribes to `channels` (one `UNSUBSCRIBE` and one `SUBSCRIBE` of
+/// all of them) so that the server lists this connection last for each.
+/// Requested right after a waiter of this backend acquired the lock, so
 /// the only releases of it in the short gap between `UNSUBSCRIBE` and
 /// `SUBSCRIBE` would be this process's own, and those reach the hub
-/// directly. (A pattern subscription could cover the gap, but Redis ACLs
+/// directly; a release by another process in the gap (when the move waited
+/// behind other commands) is missed, and the waiters fall back on their
+/// polling. (A pattern subscription could cover the gap, but Redis ACLs
 /// only allow `PSUBSCRIBE` of patterns identical to a permitted one.)
 async fn move_to_back(
     mut sink: PubSubSink,
-    channel: String,
+    channels: Vec<String>,
     timeout: Duration,
 ) -> (PubSubSink, Outcome, After) {
     let steps = async {
-        sink.unsubscribe(std::slice::from_ref(&channel)).await?;
-        sink.subscribe(&channel).await
+        sink.unsubscribe(&channels).await?;
+        sink.subscribe_all(&channels).await
     };
     let outcome = call(timeout, steps).await;
-    (sink, outcome, After::Nothing)
+    (sink, outcome, After::Moved(channels.len() as u64))
 }
 
 /// How a command on the subscriber connection went.
@@ -499,5 +655,139 @@ async fn call<T>(
             tracing::debug!("release subscriber command timed out");
             Outcome::Lost
         }
+    }
+}
+
+#[cfg(test)]
+mod pending_tests {
+    use super::*;
+
+    fn subscribe(key: &str) -> Request {
+        let (done, _) = oneshot::channel();
+        Request::Subscribe {
+            encoded_key: key.to_owned(),
+            done,
+        }
+    }
+
+    fn rotate(key: &str) -> Request {
+        Request::Rotate {
+            encoded_key: key.to_owned(),
+        }
+    }
+
+    /// A subscription requested after 300 moves goes first, and the moves
+    /// follow as one batch, each key once.
+    #[test]
+    fn a_new_subscription_goes_before_any_number_of_moves() {
+        let mut pending = Pending::default();
+        for i in 0..300 {
+            pending.push(rotate(&format!("k{i}")));
+        }
+        pending.push(rotate("k7"));
+        pending.push(subscribe("new"));
+        match pending.next() {
+            Some(Next::Subscribe(s)) => {
+                let keys: Vec<&str> = s.iter().map(|(k, _)| k.as_str()).collect();
+                assert_eq!(keys, ["new"]);
+            }
+            _ => panic!("the new subscription did not go first"),
+        }
+        match pending.next() {
+            Some(Next::Move(keys)) => {
+                assert_eq!(keys.len(), 300);
+                assert_eq!(keys[0], "k0");
+            }
+            _ => panic!("the moves did not follow as one batch"),
+        }
+        assert!(pending.next().is_none());
+        // A key moved before may be queued again.
+        pending.push(rotate("k7"));
+        assert!(matches!(pending.next(), Some(Next::Move(k)) if k == ["k7"]));
+    }
+
+    /// Subscriptions waiting together go as one batch.
+    #[test]
+    fn waiting_subscriptions_go_together() {
+        let mut pending = Pending::default();
+        pending.push(subscribe("a"));
+        pending.push(rotate("x"));
+        pending.push(subscribe("b"));
+        assert!(matches!(pending.next(), Some(Next::Subscribe(s)) if s.len() == 2));
+        assert!(matches!(pending.next(), Some(Next::Move(k)) if k == ["x"]));
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::*;
+    use crate::testkit::RedisServer;
+    use std::time::Instant;
+
+    /// With 300 moves queued on the subscriber connection, the `watch()` of
+    /// a new key is served before them (none has completed when it
+    /// returns); the moves go as one batch, each channel once, and a moved
+    /// channel still hears releases. Counts, not timings. On the
+    /// current-thread runtime the subscriber task cannot run while the test
+    /// queues the moves, so all 300 and the new subscription wait together.
+    #[tokio::test]
+    async fn a_new_watch_does_not_wait_behind_moves() {
+        let url = RedisServer::shared().url();
+        let client = redis::Client::open(url).unwrap();
+        let prefix = "distlock:";
+        let sub = Subscriber::new(
+            Some(Source::Client(client.clone())),
+            KeyLayout::new(prefix).unwrap(),
+            Duration::from_secs(10),
+        );
+        let tag = format!("moves:{}:{:?}", std::process::id(), Instant::now());
+        let keys: Vec<LockKey> = (0..300)
+            .map(|i| LockKey::new(prefix, format!("{tag}:{i}")).unwrap())
+            .collect();
+        let mut watches = Vec::new();
+        for key in &keys {
+            watches.push(sub.watch(key).await.unwrap());
+        }
+        assert_eq!(sub.subscribed_count(), 300);
+        assert_eq!(sub.moves().get(), (0, 0, 0));
+
+        for key in &keys {
+            sub.rotate(key);
+        }
+        let new = LockKey::new(prefix, format!("{tag}:new")).unwrap();
+        let _new_watch = sub.watch(&new).await.unwrap();
+        let (batches, _, moved) = sub.moves().get();
+        assert!(
+            batches <= 1 && moved == 0,
+            "the new watch() waited behind moves: {batches} batches, {moved} channels moved"
+        );
+        assert_eq!(sub.subscribed_count(), 301, "the new key is not subscribed");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Until every move has completed (its `SUBSCRIBE` answered).
+        while sub.moves().get().2 < 300 {
+            assert!(Instant::now() < deadline, "moves: {:?}", sub.moves().get());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (batches, sent, moved) = sub.moves().get();
+        assert_eq!(
+            (sent, moved),
+            (300, 300),
+            "a channel moved twice or was left out"
+        );
+        assert_eq!(batches, 1, "300 moves took {batches} batches");
+        assert_eq!(sub.subscribed_count(), 301);
+
+        let mut publisher = client.get_multiplexed_async_connection().await.unwrap();
+        let layout = KeyLayout::new(prefix).unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(layout.channel(&keys[299]))
+            .arg(keys[299].encoded())
+            .query_async(&mut publisher)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), watches[299].released())
+            .await
+            .expect("a moved channel no longer hears releases");
     }
 }

@@ -21,19 +21,20 @@
 //! (comma-separated scenario filter). Fails if a contended run loses a
 //! counter update.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use distlock::{LockGuard, LockOptions, Locker, Quorum};
-use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
 use distlock_redis::testkit::{ProcessOptions, RedisServer};
 use distlock_redis::RedisBackend;
 
+// The quorum tables print no attempts per acquisition (one member's
+// `SET` count would not be the whole story).
+#[allow(dead_code)]
+#[path = "common/procs.rs"]
+mod procs;
+
 /// The lease both implementations ask for.
 const TTL: Duration = Duration::from_secs(30);
-/// The critical section's sleep and the pause after releasing (contended).
-const WORK: Duration = Duration::from_millis(1);
 /// Tasks of the many-keys scenario.
 const MANY_KEYS_TASKS: usize = 64;
 
@@ -126,12 +127,16 @@ impl Client {
     }
 }
 
-async fn connect(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
+impl procs::Contender for Client {
+    type Held = Held;
+
+    async fn acquire(&self, name: &str) -> Held {
+        Client::acquire(self, name).await
+    }
+
+    async fn release(&self, held: Held) {
+        Client::release(self, held).await
+    }
 }
 
 fn now_ns() -> u128 {
@@ -142,143 +147,6 @@ fn now_ns() -> u128 {
 
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
-}
-
-// ---------------------------------------------------------------- child
-
-/// One contending process: waits until `start_ns`, then locks, updates the
-/// counter and releases until `end_ns`; prints one line per hold:
-/// `hold ACQUIRED_NS RELEASED_NS WAIT_NS`.
-fn child(which: Impl) {
-    let urls: Vec<String> = std::env::var("QB_URLS")
-        .unwrap()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    let name = std::env::var("QB_NAME").unwrap();
-    let start_ns: u128 = std::env::var("QB_START").unwrap().parse().unwrap();
-    let end_ns: u128 = std::env::var("QB_END").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = Client::new(which, &urls);
-        let mut data = connect(&urls[0]).await;
-        let counter = format!("{name}:counter");
-        // Warm up (connections, scripts) before the common start.
-        let held = client.acquire(&name).await;
-        client.release(held).await;
-        let wait = Duration::from_nanos(start_ns.saturating_sub(now_ns()) as u64);
-        tokio::time::sleep(wait).await;
-        let mut out = String::new();
-        while now_ns() < end_ns {
-            let asked = Instant::now();
-            let held = client.acquire(&name).await;
-            let acquired = now_ns();
-            let waited = asked.elapsed();
-            let n: i64 = data.get(&counter).await.unwrap_or(0);
-            tokio::time::sleep(WORK).await;
-            let _: () = data.set(&counter, n + 1).await.expect("SET");
-            let released = now_ns();
-            client.release(held).await;
-            out.push_str(&format!(
-                "hold {acquired} {released} {}\n",
-                waited.as_nanos()
-            ));
-            tokio::time::sleep(WORK).await;
-        }
-        print!("{out}");
-    });
-}
-
-// ---------------------------------------------------------------- parent
-
-struct Contended {
-    acquisitions: usize,
-    per_sec: f64,
-    held_share: f64,
-    mean_gap: Duration,
-    fewest: usize,
-    most: usize,
-    longest_wait: Duration,
-    lost_updates: i64,
-}
-
-fn contended(which: Impl, urls: &[String], procs: usize, secs: Duration, run: &str) -> Contended {
-    let name = format!("qbench:{run}:contended{procs}:{}", which.arg());
-    let counter = format!("{name}:counter");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut admin = connect(&urls[0]).await;
-        let _: () = admin.set(&counter, 0i64).await.unwrap();
-    });
-    // Children start together, after time to start and warm up.
-    let start = now_ns() + 2_000_000_000 + procs as u128 * 100_000_000;
-    let end = start + secs.as_nanos();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..procs)
-        .map(|_| {
-            Command::new(&exe)
-                .env(CHILD_ENV, which.arg())
-                .env("QB_URLS", urls.join(","))
-                .env("QB_NAME", &name)
-                .env("QB_START", start.to_string())
-                .env("QB_END", end.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawn a child")
-        })
-        .collect();
-    let mut holds: Vec<(u128, u128)> = Vec::new();
-    let mut per_proc = Vec::new();
-    let mut longest_wait = Duration::ZERO;
-    for mut c in children {
-        let out = c.stdout.take().unwrap();
-        let mut n = 0;
-        for line in BufReader::new(out).lines() {
-            let line = line.unwrap();
-            let f: Vec<u128> = line
-                .split_whitespace()
-                .skip(1)
-                .map(|x| x.parse().unwrap())
-                .collect();
-            holds.push((f[0], f[1]));
-            longest_wait = longest_wait.max(Duration::from_nanos(f[2] as u64));
-            n += 1;
-        }
-        assert!(c.wait().unwrap().success(), "a child failed");
-        per_proc.push(n);
-    }
-    let counted: i64 = rt.block_on(async {
-        let mut admin = connect(&urls[0]).await;
-        admin.get(&counter).await.unwrap()
-    });
-    holds.sort_unstable();
-    let wall = Duration::from_nanos((holds.last().map_or(end, |h| h.1.max(end)) - start) as u64);
-    let held: u128 = holds.iter().map(|h| h.1 - h.0).sum();
-    let gaps: Vec<u128> = holds
-        .windows(2)
-        .map(|w| w[1].0.saturating_sub(w[0].1))
-        .collect();
-    let mean_gap = if gaps.is_empty() {
-        Duration::ZERO
-    } else {
-        Duration::from_nanos((gaps.iter().sum::<u128>() / gaps.len() as u128) as u64)
-    };
-    Contended {
-        acquisitions: holds.len(),
-        per_sec: holds.len() as f64 / wall.as_secs_f64(),
-        held_share: held as f64 / wall.as_nanos() as f64,
-        mean_gap,
-        fewest: per_proc.iter().copied().min().unwrap_or(0),
-        most: per_proc.iter().copied().max().unwrap_or(0),
-        longest_wait,
-        lost_updates: holds.len() as i64 - counted,
-    }
 }
 
 /// Lock + release one name in a loop for `secs`: cycles per second.
@@ -328,9 +196,19 @@ fn ratio(x: f64, base: f64) -> String {
     }
 }
 
+/// A child process of a contended scenario (see `common/procs.rs`).
+fn child(args: &procs::ChildArgs) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = Client::new(Impl::parse(&args.which), &args.urls);
+    rt.block_on(procs::child(&client, args));
+}
+
 fn main() {
-    if let Ok(which) = std::env::var(CHILD_ENV) {
-        child(Impl::parse(&which));
+    if let Some(args) = procs::ChildArgs::from_env(CHILD_ENV) {
+        child(&args);
         return;
     }
     let secs = std::env::var("DISTLOCK_BENCH_SECS")
@@ -382,17 +260,24 @@ fn main() {
         }
         println!();
     }
-    for procs in [4usize, 16] {
-        let scenario = format!("contended{procs}");
+    for n in [4usize, 16] {
+        let scenario = format!("contended{n}");
         if !wanted(&scenario) {
             continue;
         }
-        println!("## {scenario}: {procs} OS processes wait for one name (GET, 1 ms, SET; 1 ms pause after release)");
+        println!("## {scenario}: {n} OS processes wait for one name (GET, 1 ms, SET; 1 ms pause after release)");
         println!();
         println!("| impl | acq/s | held | mean gap | fewest/most | longest wait | lost updates |");
         println!("|---|---|---|---|---|---|---|");
         for w in Impl::ALL {
-            let c = contended(w, &urls, procs, secs, &run);
+            let c = rt.block_on(procs::run(&procs::Run {
+                marker: CHILD_ENV,
+                which: w.arg(),
+                urls: &urls,
+                name: format!("qbench:{run}:contended{n}:{}", w.arg()),
+                procs: n,
+                secs,
+            }));
             println!(
                 "| {} | {:.0} | {:.0} % | {} | {}/{} | {:.0} ms | {} |",
                 w.label(),

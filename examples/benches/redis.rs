@@ -15,21 +15,45 @@
 //!   3; fractions allowed, e.g. `0.2` for a smoke run).
 //! - `DISTLOCK_BENCH_ONLY`: comma-separated scenario filter (`uncontended`,
 //!   `contended4`, `contended8`, `contended16`, `contended16shared`,
-//!   `manykeys`); default
+//!   `manykeys`, `procs4`, `procs16`, `names300`); default
 //!   all. `contended16shared` is the 16-task case with one client for all
 //!   tasks (distlock's per-process waiter queue at work).
+//!
+//! - `procs4`, `procs16`: 4 or 16 separate OS processes (this binary re-run
+//!   in child mode, see `common/procs.rs`), each with its own client, wait
+//!   for one name; each hold does `GET`, 1 ms sleep, `SET` of a counter and
+//!   pauses 1 ms after releasing. The implementations run one after
+//!   another, each for `DISTLOCK_BENCH_SECS`. The longest wait is also
+//!   given ÷ the fair share (the other N - 1 processes' holds at the
+//!   measured rate).
+//! - `names300`: one distlock `Locker`, 3 tasks per name doing lock +
+//!   release, once with 1 name and once with 300: the time `watch()` takes
+//!   (a wrapper backend times it) and the lock waits must not grow with the
+//!   number of other contended names (issue 15).
 //!
 //! A smoke run for CI (one 250 ms slice per scenario and implementation,
 //! about 5 s; fails if a contended run loses a counter update):
 //! `DISTLOCK_BENCH_SECS=0.1 cargo bench -p distlock-examples --bench redis`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use distlock::{
+    Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
+    RaiseFence, Release, ReleaseWatch,
+};
 use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
 use distlock_redis::testkit::RedisServer;
 use distlock_redis::{LockGuard, LockOptions, Locker, RedisBackend};
+
+#[path = "common/procs.rs"]
+mod procs;
+
+/// Set (to the implementation's label) in the child processes of `procs4`
+/// and `procs16`.
+const CHILD_ENV: &str = "DISTLOCK_BENCH_CHILD";
 
 /// The lease every implementation asks for.
 const TTL: Duration = Duration::from_secs(30);
@@ -62,6 +86,10 @@ impl Impl {
             Impl::Distlock => "distlock",
             Impl::Rslock => "rslock",
         }
+    }
+
+    fn parse(label: &str) -> Option<Impl> {
+        Impl::ALL.into_iter().find(|w| w.label() == label)
     }
 }
 
@@ -288,19 +316,6 @@ struct Contended {
     attempts: f64,
 }
 
-/// How many `SET` commands Redis ran (also those inside scripts).
-async fn set_calls(con: &mut MultiplexedConnection) -> i64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(con)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_set:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `shared`: all tasks use one client (one backend, one connection, one
 /// manager) instead of one each.
 async fn contended_setup(
@@ -341,7 +356,7 @@ async fn contended_slice(
     len: Duration,
     acc: &mut ContendedAcc,
 ) {
-    let sets_before = set_calls(admin).await;
+    let sets_before = procs::set_calls(admin).await;
     let start = Instant::now();
     let deadline = start + len;
     let handles: Vec<_> = setup
@@ -384,7 +399,7 @@ async fn contended_slice(
         all.extend(holds);
     }
     acc.wall += start.elapsed();
-    acc.sets += set_calls(admin).await - sets_before;
+    acc.sets += procs::set_calls(admin).await - sets_before;
     all.sort_by_key(|h| h.acquired);
     acc.held += all
         .iter()
@@ -456,6 +471,206 @@ async fn many_keys_slice(
     (total, start.elapsed())
 }
 
+// ---------------------------------------------------------------- names300
+//
+// Many contended names in one process: every handoff to a waiter of this
+// backend asks the release subscriber to move that name's subscription to
+// the back of Redis's subscriber order. With 300 names the moves must not
+// delay the next waiter's `watch()` (issue 15).
+
+/// `watch()` calls of a backend: how many and how long they took.
+#[derive(Default)]
+struct WatchStats {
+    calls: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+/// A [`RedisBackend`] that times its `watch()` calls (everything forwarded).
+#[derive(Clone)]
+struct TimedWatch {
+    inner: RedisBackend,
+    stats: Arc<WatchStats>,
+}
+
+#[distlock::async_trait]
+impl LockBackend for TimedWatch {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn try_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        self.inner.try_acquire(key, token, ttl, owner).await
+    }
+
+    async fn extend(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+    ) -> Result<Extend, BackendError> {
+        self.inner.extend(key, token, ttl).await
+    }
+
+    async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.inner.release(key, token).await
+    }
+
+    async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        let t0 = Instant::now();
+        let w = self.inner.watch(key).await;
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.stats.max_ns.fetch_max(ns, Ordering::Relaxed);
+        w
+    }
+
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        at_least: u64,
+    ) -> Result<RaiseFence, BackendError> {
+        self.inner.raise_fence(key, token, at_least).await
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
+}
+
+/// Tasks per name in the `names300` scenario.
+const NAMES_TASKS: usize = 3;
+
+struct ManyNames {
+    acquisitions: u64,
+    per_sec: f64,
+    watch_calls: u64,
+    watch_mean: Duration,
+    watch_max: Duration,
+    wait_mean: Duration,
+    longest_wait: Duration,
+}
+
+/// One `Locker` for `names` names, `NAMES_TASKS` tasks each doing lock +
+/// release in a loop for `len`.
+async fn many_names(url: &str, names: usize, run: &str, len: Duration) -> ManyNames {
+    let stats = Arc::new(WatchStats::default());
+    let backend = TimedWatch {
+        inner: RedisBackend::from_url(url).expect("backend"),
+        stats: stats.clone(),
+    };
+    let defaults = LockOptions::default()
+        .with_ttl(TTL)
+        .with_wait_timeout(Duration::from_secs(600));
+    let locker = Locker::new(backend)
+        .with_defaults(defaults)
+        .expect("options");
+    // Warm up (connection, script cache, subscriber connection).
+    for n in 0..names.min(8) {
+        let name = format!("bench:{run}:names{names}:{n}");
+        locker
+            .lock(&name)
+            .await
+            .expect("lock")
+            .release()
+            .await
+            .expect("release");
+    }
+    let start = Instant::now();
+    let deadline = start + len;
+    let handles: Vec<_> = (0..names * NAMES_TASKS)
+        .map(|t| {
+            let locker = locker.clone();
+            let name = format!("bench:{run}:names{names}:{}", t % names);
+            tokio::spawn(async move {
+                let (mut n, mut waited, mut longest) = (0u64, Duration::ZERO, Duration::ZERO);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let guard = locker.lock(&name).await.expect("lock");
+                    let w = t0.elapsed();
+                    waited += w;
+                    longest = longest.max(w);
+                    guard.release().await.expect("release");
+                    n += 1;
+                }
+                (n, waited, longest)
+            })
+        })
+        .collect();
+    let (mut total, mut waited, mut longest) = (0u64, Duration::ZERO, Duration::ZERO);
+    for h in handles {
+        let (n, w, l) = h.await.expect("task");
+        total += n;
+        waited += w;
+        longest = longest.max(l);
+    }
+    let wall = start.elapsed();
+    let calls = stats.calls.load(Ordering::Relaxed);
+    ManyNames {
+        acquisitions: total,
+        per_sec: total as f64 / wall.as_secs_f64(),
+        watch_calls: calls,
+        watch_mean: Duration::from_nanos(stats.total_ns.load(Ordering::Relaxed) / calls.max(1)),
+        watch_max: Duration::from_nanos(stats.max_ns.load(Ordering::Relaxed)),
+        wait_mean: waited / total.max(1) as u32,
+        longest_wait: longest,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+// ---------------------------------------------------------------- procs
+
+/// A client in a child process of `procs4`/`procs16`, with its own tokens.
+struct ProcClient {
+    client: Client,
+    tokens: AtomicU64,
+}
+
+impl procs::Contender for ProcClient {
+    type Held = Held;
+
+    async fn acquire(&self, name: &str) -> Held {
+        let i = self.tokens.fetch_add(1, Ordering::Relaxed);
+        let token = format!("{}-{i}", std::process::id());
+        self.client.acquire(name, token).await
+    }
+
+    async fn release(&self, held: Held) {
+        self.client.release(held).await
+    }
+}
+
+/// A child process of `procs4`/`procs16` (see `common/procs.rs`).
+fn child(args: &procs::ChildArgs) {
+    let which = Impl::parse(&args.which).expect("implementation label");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = ProcClient {
+            client: Client::new(which, &args.urls[0]).await,
+            tokens: AtomicU64::new(0),
+        };
+        procs::child(&client, args).await;
+    });
+}
+
 // ---------------------------------------------------------------- report
 
 fn ratio(x: f64, base: f64) -> String {
@@ -467,6 +682,10 @@ fn ratio(x: f64, base: f64) -> String {
 }
 
 fn main() {
+    if let Some(args) = procs::ChildArgs::from_env(CHILD_ENV) {
+        child(&args);
+        return;
+    }
     let secs = std::env::var("DISTLOCK_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
@@ -644,6 +863,85 @@ fn main() {
                     ratio(r[&which], r[&Impl::Floor]),
                     ratio(r[&which], r[&Impl::Rslock]),
                 );
+            }
+            println!();
+        }
+
+
+        for n in [4usize, 16] {
+            let scenario = format!("procs{n}");
+            if !wanted(&scenario) {
+                continue;
+            }
+            let urls = [url.clone()];
+            let mut r = HashMap::new();
+            for which in Impl::ALL {
+                let c = procs::run(&procs::Run {
+                    marker: CHILD_ENV,
+                    which: which.label(),
+                    urls: &urls,
+                    name: format!("bench:{run}:procs{n}:{}", which.label()),
+                    procs: n,
+                    secs,
+                })
+                .await;
+                r.insert(which, c);
+            }
+            println!(
+                "## {scenario}: {n} OS processes, each with its own client, one name, GET + 1 ms + SET inside, 1 ms outside"
+            );
+            println!();
+            println!("| impl | acq/s | held | mean gap | fewest/most (ratio) | longest wait (÷ fair share) | lost updates | attempts/acq | acq/s ÷ floor | acq/s ÷ rslock |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for which in Impl::ALL {
+                let x: &procs::Contended = &r[&which];
+                // A fair share of waiting: the other n - 1 processes' holds
+                // at this implementation's mean hold + gap.
+                let fair = (n as f64 - 1.0) / x.per_sec.max(f64::MIN_POSITIVE);
+                println!(
+                    "| {} | {:.0} | {:.1} % | {} | {}/{} ({:.2}) | {:.1} ms ({:.1}) | {} | {:.2} | {} | {} |",
+                    which.label(),
+                    x.per_sec,
+                    x.held_share * 100.0,
+                    us(x.mean_gap),
+                    x.fewest,
+                    x.most,
+                    x.fewest as f64 / x.most.max(1) as f64,
+                    x.longest_wait.as_secs_f64() * 1e3,
+                    x.longest_wait.as_secs_f64() / fair,
+                    x.lost_updates,
+                    x.attempts,
+                    ratio(x.per_sec, r[&Impl::Floor].per_sec),
+                    ratio(x.per_sec, r[&Impl::Rslock].per_sec),
+                );
+                assert!(x.acquisitions > 0, "{}: no acquisition", which.label());
+                assert_eq!(x.lost_updates, 0, "{}: lost updates", which.label());
+            }
+            println!();
+        }
+
+        if wanted("names300") {
+            // The same run with one name first: handoff cost must not grow
+            // with the number of other contended names.
+            let mut rows = Vec::new();
+            for names in [1usize, 300] {
+                rows.push((names, many_names(&url, names, &run, secs).await));
+            }
+            println!("## names300: one Locker (distlock), {NAMES_TASKS} tasks per name, lock + release in a loop");
+            println!();
+            println!("| names | acq/s | watch() calls | watch() mean | watch() max | lock wait mean | longest wait |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
+            for (names, x) in &rows {
+                println!(
+                    "| {names} | {:.0} | {} | {} | {} | {} | {} |",
+                    x.per_sec,
+                    x.watch_calls,
+                    ms(x.watch_mean),
+                    ms(x.watch_max),
+                    ms(x.wait_mean),
+                    ms(x.longest_wait),
+                );
+                assert!(x.acquisitions > 0, "names{names}: no acquisition");
             }
             println!();
         }

@@ -73,6 +73,21 @@ impl Sink {
         }
     }
 
+    /// Subscribes to all `channels`: one `SUBSCRIBE` on a single server;
+    /// one `SSUBSCRIBE` each on a cluster (they may live on different
+    /// nodes).
+    pub(crate) async fn subscribe_all(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Sink::Plain(sink) => sink.subscribe(channels).await,
+            Sink::Sharded(conn) => {
+                for channel in channels {
+                    conn.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub(crate) async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             Sink::Plain(sink) => sink.unsubscribe(channels).await,
