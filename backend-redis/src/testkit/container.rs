@@ -129,23 +129,38 @@ impl ContainerServer {
             .map_err(|e| format!("building a runtime: {e}"))?;
         let (name, tag) = split_image(image);
         let port: ContainerPort = 6379.tcp();
-        let mut request = Redis::default()
-            .with_name(name)
-            .with_tag(tag)
-            .with_cmd(CONTAINER_ARGS)
-            .with_label(CONTAINER_LABEL, "1")
-            .with_label(
-                format!("{CONTAINER_LABEL}.pid"),
-                std::process::id().to_string(),
-            )
-            .with_startup_timeout(Duration::from_secs(60));
-        if fixed_port {
-            // A restarted container keeps its host port only if it is fixed.
-            let host_port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
-            request = request.with_mapped_port(host_port, port);
-        }
+        let request = || {
+            Redis::default()
+                .with_name(name.clone())
+                .with_tag(tag.clone())
+                .with_cmd(CONTAINER_ARGS)
+                .with_label(CONTAINER_LABEL, "1")
+                .with_label(
+                    format!("{CONTAINER_LABEL}.pid"),
+                    std::process::id().to_string(),
+                )
+                .with_startup_timeout(Duration::from_secs(60))
+        };
         let (container, url) = runtime.block_on(async {
-            let container = request.start().await.map_err(|e| e.to_string())?;
+            let container = if fixed_port {
+                // A restarted container keeps its host port only if it is
+                // fixed. Another program may take the port between the
+                // check and Docker's bind: try another one then.
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    let host_port = free_port().map_err(|e| format!("finding a free port: {e}"))?;
+                    match request().with_mapped_port(host_port, port).start().await {
+                        Ok(container) => break container,
+                        Err(e) if tries < 3 && e.to_string().contains("already allocated") => {
+                            continue
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            } else {
+                request().start().await.map_err(|e| e.to_string())?
+            };
             let host = container.get_host().await.map_err(|e| e.to_string())?;
             let host_port = container
                 .get_host_port_ipv4(port)

@@ -329,9 +329,36 @@ fn redis_server_on_path() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A free TCP port on the loopback interface (free when this returns).
+/// The ports [`free_port`] hands out: below Linux's default ephemeral
+/// range (32768–60999), from which the kernel picks the local ports of
+/// outgoing connections and Docker picks the host ports of containers
+/// started without a fixed mapping (with its iptables mapping nothing
+/// listens on those, so a bind test cannot see them). A port from the
+/// ephemeral range could be taken between the check and the server's
+/// bind; CI failed once on that ("Bind for :::32925 failed: port is
+/// already allocated").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A TCP port that nothing of this machine uses when this returns (it
+/// binds on all interfaces, as Docker does), from [`PORTS`]. Successive
+/// calls of one process hand out successive ports, and processes start at
+/// places spread by their id, so concurrent tests rarely try the same one.
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = std::process::id().wrapping_mul(97) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port in {PORTS:?}"),
+    ))
 }
 
 /// Waits until Redis at `addr` answers `PING`.
