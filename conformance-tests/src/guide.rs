@@ -10,11 +10,16 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use distlock::{
-//!     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-//!     LockToken, Release, ReleaseWatch,
+//!     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo,
+//!     LockKey, LockToken, Release, ReleaseWatch,
 //! };
 //!
 //! struct MyBackend {/* a client (pool) of your store, with its timeouts */}
+//!
+//! /// Stands for the store call you write (a typed error, never a panic).
+//! fn store_call<T>(what: String) -> Result<T, BackendError> {
+//!     Err(BackendError::new(BackendErrorKind::Unavailable, what))
+//! }
 //!
 //! #[distlock::async_trait]
 //! impl LockBackend for MyBackend {
@@ -35,7 +40,7 @@
 //!         // key's fencing counter and answer `Acquired { fence }`; if
 //!         // `token` already holds it, answer the same again (a retried
 //!         // request); else `Held { remaining }`.
-//!         todo!("{key} {token:?} {ttl:?} {owner:?}")
+//!         store_call(format!("acquire {key} {token:?} {ttl:?} {owner:?}"))
 //!     }
 //!
 //!     async fn extend(
@@ -45,19 +50,19 @@
 //!         ttl: Duration,
 //!     ) -> Result<Extend, BackendError> {
 //!         // Only while `token` holds `key`: expiry = now + `ttl`.
-//!         todo!("{key} {token:?} {ttl:?}")
+//!         store_call(format!("extend {key} {token:?} {ttl:?}"))
 //!     }
 //!
 //!     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
 //!         // Only while `token` holds `key`: free it, keep the fencing
 //!         // counter, and wake the waiters of every client of the store
 //!         // (other processes too), not only this value's own.
-//!         todo!("{key} {token:?}")
+//!         store_call(format!("release {key} {token:?}"))
 //!     }
 //!
 //!     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
 //!         // Holder label, remaining lease, last fence; never the token.
-//!         todo!("{key}")
+//!         store_call(format!("inspect {key}"))
 //!     }
 //!
 //!     // Optional: with `release_notify`, register in a `ReleaseHub` and

@@ -32,6 +32,8 @@ use distlock_redis::RedisBackend;
 #[allow(dead_code)]
 #[path = "common/procs.rs"]
 mod procs;
+#[path = "common/settings.rs"]
+mod settings;
 
 /// The lease both implementations ask for.
 const TTL: Duration = Duration::from_secs(30);
@@ -211,17 +213,9 @@ fn main() {
         child(&args);
         return;
     }
-    let secs = std::env::var("DISTLOCK_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(2));
-    let only: Option<Vec<String>> = std::env::var("DISTLOCK_BENCH_ONLY")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
-    let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == s));
+    let settings = settings::Settings::from_env(Duration::from_secs(2));
+    let secs = settings.secs;
+    let wanted = |s: &str| settings.wanted(s);
 
     let servers: Vec<RedisServer> = (0..3)
         .map(|_| RedisServer::start_process(ProcessOptions::new()))
@@ -241,8 +235,9 @@ fn main() {
     );
     println!();
 
-    if wanted("uncontended") {
-        println!("## uncontended: one task, lock + release one name");
+    // One row per implementation: cycles per second and the ratio to rslock.
+    let throughput = |title: &str, tag: &str, many: bool| {
+        println!("## {title}");
         println!();
         println!("| impl | cycles/s | ÷ rslock |");
         println!("|---|---|---|");
@@ -251,7 +246,12 @@ fn main() {
             .map(|&w| {
                 rt.block_on(async {
                     let c = Client::new(w, &urls);
-                    uncontended(&c, &format!("qbench:{run}:u:{}", w.arg()), secs).await
+                    let name = format!("qbench:{run}:{tag}:{}", w.arg());
+                    if many {
+                        many_keys(&c, &name, secs).await
+                    } else {
+                        uncontended(&c, &name, secs).await
+                    }
                 })
             })
             .collect();
@@ -259,6 +259,9 @@ fn main() {
             println!("| {} | {:.0} | {} |", w.label(), x, ratio(*x, r[1]));
         }
         println!();
+    };
+    if wanted("uncontended") {
+        throughput("uncontended: one task, lock + release one name", "u", false);
     }
     for n in [4usize, 16] {
         let scenario = format!("contended{n}");
@@ -295,23 +298,11 @@ fn main() {
         println!();
     }
     if wanted("manykeys") {
-        println!("## manykeys: {MANY_KEYS_TASKS} tasks, each its own name");
-        println!();
-        println!("| impl | cycles/s | ÷ rslock |");
-        println!("|---|---|---|");
-        let r: Vec<f64> = Impl::ALL
-            .iter()
-            .map(|&w| {
-                rt.block_on(async {
-                    let c = Client::new(w, &urls);
-                    many_keys(&c, &format!("qbench:{run}:m:{}", w.arg()), secs).await
-                })
-            })
-            .collect();
-        for (w, x) in Impl::ALL.iter().zip(&r) {
-            println!("| {} | {:.0} | {} |", w.label(), x, ratio(*x, r[1]));
-        }
-        println!();
+        throughput(
+            &format!("manykeys: {MANY_KEYS_TASKS} tasks, each its own name"),
+            "m",
+            true,
+        );
     }
     drop(servers);
 }

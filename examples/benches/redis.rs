@@ -50,6 +50,8 @@ use distlock_redis::{LockGuard, LockOptions, Locker, RedisBackend};
 
 #[path = "common/procs.rs"]
 mod procs;
+#[path = "common/settings.rs"]
+mod settings;
 
 /// Set (to the implementation's label) in the child processes of `procs4`
 /// and `procs16`.
@@ -686,17 +688,9 @@ fn main() {
         child(&args);
         return;
     }
-    let secs = std::env::var("DISTLOCK_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-        .filter(|s| *s > 0.0)
-        .map(Duration::from_secs_f64)
-        .unwrap_or(Duration::from_secs(3));
-    let only: Option<Vec<String>> = std::env::var("DISTLOCK_BENCH_ONLY")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
-    let wanted = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|p| p == s));
+    let settings = settings::Settings::from_env(Duration::from_secs(3));
+    let secs = settings.secs;
+    let wanted = |s: &str| settings.wanted(s);
 
     let server = RedisServer::shared();
     let url = server.url().to_owned();
