@@ -279,7 +279,7 @@ async fn a_clean_cluster_failover_keeps_the_lock() {
 /// dead connection (the cluster client reconnects and resends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_node_connection_is_not_handed_to_the_next_call() {
-    use distlock_redis::{Acquire, Extend, LockBackend, LockKey, LockToken, Release};
+    use distlock_redis::{Acquire, LockBackend, LockKey, LockToken};
     let cluster = RedisCluster::start();
     let backend = backend(&cluster);
     let key = LockKey::new("cluster", "dropped").unwrap();
@@ -301,21 +301,7 @@ async fn a_dropped_node_connection_is_not_handed_to_the_next_call() {
         assert!(killed >= 1, "{op}: the backend's connection was not found");
         // Let the client see the closed socket, as after an idle restart.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let first = match op {
-            "acquire" => backend
-                .try_acquire(&key, &token, ttl, None)
-                .await
-                .map(|a| assert!(matches!(a, Acquire::Acquired { .. }), "{a:?}")),
-            "extend" => backend
-                .extend(&key, &token, ttl)
-                .await
-                .map(|e| assert_eq!(e, Extend::Extended)),
-            "release" => backend
-                .release(&key, &token)
-                .await
-                .map(|r| assert_eq!(r, Release::Released)),
-            _ => backend.inspect(&key).await.map(drop),
-        };
+        let first = distlock_redis::testkit::holder_call(&backend, op, &key, &token, ttl).await;
         first.unwrap_or_else(|e| panic!("the first {op} after the connection died failed: {e}"));
         backend.release(&key, &token).await.unwrap();
     }

@@ -66,7 +66,8 @@ pub use cluster::{ClusterNode, RedisCluster, NODE_TIMEOUT};
 pub use process::ProcessOptions;
 pub use sentinel::{SentinelGroup, DOWN_AFTER, MASTER_NAME};
 pub use tamper::{
-    closed_loopback_port, delete_lock, kill_client_connections, wait_until_ready, TAMPER_TIMEOUT,
+    closed_loopback_port, delete_lock, holder_call, kill_client_connections, wait_until_ready,
+    TAMPER_TIMEOUT,
 };
 
 use container::{docker_reachable, ContainerServer};

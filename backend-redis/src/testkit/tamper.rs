@@ -135,3 +135,40 @@ pub async fn kill_client_connections(url: &str) -> redis::RedisResult<usize> {
         ))),
     }
 }
+
+/// One call of kind `op` (`"acquire"`, `"extend"`, `"release"`, else
+/// inspect) of `token` on `key`, checked against what it must answer when
+/// `token` holds `key` (for acquire: when the key is free); the fault
+/// tests run it as the first call after a connection died.
+///
+/// # Errors
+///
+/// The backend's error.
+///
+/// # Panics
+///
+/// When the call answers something else than that.
+pub async fn holder_call(
+    backend: &crate::RedisBackend,
+    op: &str,
+    key: &distlock::LockKey,
+    token: &distlock::LockToken,
+    ttl: Duration,
+) -> Result<(), distlock::BackendError> {
+    use distlock::{Acquire, Extend, LockBackend, Release};
+    match op {
+        "acquire" => backend
+            .try_acquire(key, token, ttl, None)
+            .await
+            .map(|a| assert!(matches!(a, Acquire::Acquired { .. }), "{a:?}")),
+        "extend" => backend
+            .extend(key, token, ttl)
+            .await
+            .map(|e| assert_eq!(e, Extend::Extended)),
+        "release" => backend
+            .release(key, token)
+            .await
+            .map(|r| assert_eq!(r, Release::Released)),
+        _ => backend.inspect(key).await.map(drop),
+    }
+}
