@@ -131,6 +131,142 @@ pub trait LockBackend: Send + Sync + 'static {
     fn identity(&self) -> Option<String> {
         None
     }
+
+    /// [`try_acquire`](LockBackend::try_acquire) for a `lock()` call that
+    /// keeps waiting, on a backend that keeps a line of waiters
+    /// ([`Capabilities::waiter_queue`]).
+    ///
+    /// The [`Locker`](crate::Locker) sends the same `token` and `waiter` on
+    /// every call of one waiting `lock()` and makes at most one such call
+    /// per key at a time in a process. The rules, checked by the
+    /// conformance case `queued_waiters_make_one_attempt_per_release`:
+    /// - `key` held by `token` (handed over to this waiter by a release, or
+    ///   a repeated call): the lease is now `ttl` from now, the waiter leaves
+    ///   the line, and the answer is [`Acquire::Acquired`] with the fencing
+    ///   token of this hold (the handover already counted it; a claim does
+    ///   not take a new one).
+    /// - held by another token: join the line at its tail (or, already in
+    ///   line, keep the place) for `waiter.lease`; [`Acquire::Held`].
+    /// - free, and `waiter` first among the live waiters (or nobody in
+    ///   line): take it as `try_acquire` would and leave the line.
+    /// - free, another live waiter first: hand the key to that waiter (see
+    ///   below), join the line, [`Acquire::Held`].
+    ///
+    /// **Handover.** A release (of a held key) with a live waiter in line
+    /// does not free the key: it sets it to the first live waiter's token
+    /// for a short claim window (the waiter's `lease`), counts a new fencing
+    /// token, and wakes only that waiter's [`watch_queued`]. The waiter then
+    /// claims it with this call. A waiter whose place lapses (no call within
+    /// its `lease`) leaves the line; a lapsed handover frees the key.
+    /// [`release`](LockBackend::release) of a `token` that does not hold the
+    /// key removes it from the line (how a cancelled waiter leaves).
+    ///
+    /// Retrying is harmless. The default (for backends without a line)
+    /// calls [`try_acquire`](LockBackend::try_acquire).
+    ///
+    /// [`watch_queued`]: LockBackend::watch_queued
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        let _ = waiter;
+        self.try_acquire(key, token, ttl, owner).await
+    }
+
+    /// [`watch`](LockBackend::watch) for a waiter in line: woken when `key`
+    /// is handed over to `waiter`, on a release of `key` that handed it to
+    /// nobody, and after the backend may have missed events (a reconnect).
+    /// The registration must be in place when this returns. The default
+    /// calls [`watch`](LockBackend::watch).
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        let _ = waiter;
+        self.watch(key).await
+    }
+}
+
+/// How long a place in a backend's line of waiters lasts after the
+/// waiter's last call: 500 ms. A waiter that crashed, was cut off or
+/// stopped calling is out of line this long after its last call, and a
+/// handover to it lapses after as long again.
+///
+/// The [`Locker`](crate::Locker) calls again at least every third of it,
+/// and uses the line only for TTLs of at least this much (a shorter lease
+/// would end inside a claim window).
+pub const WAITER_LEASE: Duration = Duration::from_millis(500);
+
+/// Names one waiting `lock()` call in a backend's line of waiters
+/// ([`LockBackend::try_acquire_queued`]): random and not secret (a backend
+/// may publish it to address the waiter's wake-up).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WaiterId(u64);
+
+impl WaiterId {
+    /// Draws a new random id from the operating system's random source, as
+    /// [`LockToken::generate`] does (so forked processes never share one).
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 8];
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => Self(u64::from_le_bytes(bytes)),
+            Err(_) => Self(rand::random::<u64>()),
+        }
+    }
+
+    /// An id from a known value (tests, and backends reading it back).
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The id as a number.
+    pub const fn to_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The id as 16 lowercase hex digits.
+    pub fn as_hex(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// Parses [`WaiterId::as_hex`]'s form (exactly 16 hex digits, either
+    /// case); `None` for anything else.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok().map(Self)
+    }
+}
+
+impl std::fmt::Debug for WaiterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WaiterId({:016x})", self.0)
+    }
+}
+
+/// One waiting `lock()` call, as a backend's line of waiters sees it
+/// ([`LockBackend::try_acquire_queued`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Waiter {
+    /// Which call this is; the same on every call of one `lock()`.
+    pub id: WaiterId,
+    /// How long the place in line lasts after this call, and how long a
+    /// handover to this waiter waits for its claim ([`WAITER_LEASE`]).
+    pub lease: Duration,
+}
+
+impl Waiter {
+    /// A waiter with a place lasting `lease` after each call.
+    pub fn new(id: WaiterId, lease: Duration) -> Self {
+        Self { id, lease }
+    }
 }
 
 /// The outcome of [`LockBackend::raise_fence`].
@@ -260,6 +396,11 @@ pub struct Capabilities {
     /// [`Quorum`](crate::Quorum) of such backends keeps fencing tokens
     /// strictly increasing.
     pub raise_fence: bool,
+    /// The backend keeps a first-come-first-served line of waiters per key
+    /// and hands a released lock to the first of them
+    /// ([`LockBackend::try_acquire_queued`]): one acquisition attempt per
+    /// release, across processes.
+    pub waiter_queue: bool,
 }
 
 impl Capabilities {
@@ -271,6 +412,7 @@ impl Capabilities {
             distributed: false,
             tokio_clock: false,
             raise_fence: false,
+            waiter_queue: false,
         }
     }
 
@@ -301,6 +443,12 @@ impl Capabilities {
     /// Sets [`raise_fence`](Capabilities::raise_fence).
     pub const fn with_raise_fence(mut self, on: bool) -> Self {
         self.raise_fence = on;
+        self
+    }
+
+    /// Sets [`waiter_queue`](Capabilities::waiter_queue).
+    pub const fn with_waiter_queue(mut self, on: bool) -> Self {
+        self.waiter_queue = on;
         self
     }
 }

@@ -72,6 +72,27 @@ macro_rules! forward_lock_backend {
             fn identity(&self) -> Option<String> {
                 (**self).identity()
             }
+
+            async fn try_acquire_queued(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+                ttl: Duration,
+                owner: Option<&str>,
+                waiter: &crate::Waiter,
+            ) -> Result<Acquire, BackendError> {
+                (**self)
+                    .try_acquire_queued(key, token, ttl, owner, waiter)
+                    .await
+            }
+
+            async fn watch_queued(
+                &self,
+                key: &LockKey,
+                waiter: &crate::Waiter,
+            ) -> Result<Option<ReleaseWatch>, BackendError> {
+                (**self).watch_queued(key, waiter).await
+            }
         }
     };
 }

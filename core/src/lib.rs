@@ -101,7 +101,8 @@ mod wait;
 pub use async_trait::async_trait;
 
 pub use backend::{
-    Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release, MAX_FENCE,
+    Acquire, Capabilities, Extend, LockBackend, LockInfo, RaiseFence, Release, Waiter, WaiterId,
+    MAX_FENCE, WAITER_LEASE,
 };
 pub use calls::{Guarded, Holder, TryLock};
 pub use error::{BackendError, BackendErrorKind, LockError};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
+use crate::backend::WaiterId;
 use crate::key::LockKey;
 
 /// A key's [`LockKey::digest`]: what the hub is keyed by.
@@ -55,8 +56,13 @@ pub struct ReleaseHub {
 
 struct Entry {
     encoded: String,
+    /// Shared by the plain watchers of the key.
     notify: Arc<Notify>,
+    /// Every watcher of the key, plain and queued.
     watchers: usize,
+    /// The queued watchers ([`ReleaseHub::watch_waiter`]), each with its own
+    /// wake-up.
+    queued: Vec<(WaiterId, Arc<Notify>)>,
 }
 
 impl ReleaseHub {
@@ -74,17 +80,64 @@ impl ReleaseHub {
             encoded: key.encoded().to_owned(),
             notify: Arc::new(Notify::new()),
             watchers: 0,
+            queued: Vec::new(),
         });
         entry.watchers += 1;
         ReleaseWatch {
             hub: self.clone(),
             key: digest,
             notify: entry.notify.clone(),
+            waiter: None,
+        }
+    }
+
+    /// Registers the watcher of one waiter in a backend's line for `key`
+    /// ([`LockBackend::watch_queued`](crate::LockBackend::watch_queued)):
+    /// woken by [`ReleaseHub::notify_waiter`] for exactly this `waiter`,
+    /// and by every event for the key ([`ReleaseHub::notify`] and the
+    /// others), since those mean that the key was freed without a handover
+    /// to this waiter. In place when this returns; ends when the
+    /// [`ReleaseWatch`] is dropped.
+    pub fn watch_waiter(&self, key: &LockKey, waiter: WaiterId) -> ReleaseWatch {
+        let digest = key.digest();
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = keys.entry(digest).or_insert_with(|| Entry {
+            encoded: key.encoded().to_owned(),
+            notify: Arc::new(Notify::new()),
+            watchers: 0,
+            queued: Vec::new(),
+        });
+        entry.watchers += 1;
+        let notify = Arc::new(Notify::new());
+        entry.queued.push((waiter, notify.clone()));
+        ReleaseWatch {
+            hub: self.clone(),
+            key: digest,
+            notify,
+            waiter: Some(waiter),
         }
     }
 
     /// Reports that the key whose [`LockKey::encoded`] form is `encoded_key`
-    /// was released. Wakes one watcher; does nothing if nobody watches.
+    /// was handed over to `waiter`. Wakes that waiter's watch only, and
+    /// returns whether it is registered here.
+    pub fn notify_waiter(&self, encoded_key: &str, waiter: WaiterId) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = keys.get(&digest_of(encoded_key)) else {
+            return false;
+        };
+        match entry.queued.iter().find(|(id, _)| *id == waiter) {
+            Some((_, notify)) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Reports that the key whose [`LockKey::encoded`] form is `encoded_key`
+    /// was released. Wakes one plain watcher and every queued watcher
+    /// ([`ReleaseHub::watch_waiter`]); does nothing if nobody watches.
     pub fn notify(&self, encoded_key: &str) {
         self.notify_digest(&digest_of(encoded_key));
     }
@@ -97,7 +150,7 @@ impl ReleaseHub {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         match keys.get(digest) {
             Some(entry) => {
-                entry.notify.notify_one();
+                entry.wake();
                 true
             }
             None => false,
@@ -128,7 +181,7 @@ impl ReleaseHub {
     pub fn notify_all(&self) {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         for entry in keys.values() {
-            entry.notify.notify_one();
+            entry.wake();
         }
     }
 
@@ -163,6 +216,18 @@ impl std::fmt::Debug for ReleaseHub {
     }
 }
 
+impl Entry {
+    /// Wakes one plain watcher (if any) and every queued one.
+    fn wake(&self) {
+        if self.watchers > self.queued.len() {
+            self.notify.notify_one();
+        }
+        for (_, notify) in &self.queued {
+            notify.notify_one();
+        }
+    }
+}
+
 /// One hex digit's value.
 fn hex_value(digit: u8) -> Option<u8> {
     match digit {
@@ -178,6 +243,8 @@ pub struct ReleaseWatch {
     hub: ReleaseHub,
     key: KeyDigest,
     notify: Arc<Notify>,
+    /// Set for a queued watcher ([`ReleaseHub::watch_waiter`]).
+    waiter: Option<WaiterId>,
 }
 
 impl ReleaseWatch {
@@ -194,6 +261,7 @@ impl std::fmt::Debug for ReleaseWatch {
         let encoded = keys.get(&self.key).map(|e| e.encoded.as_str());
         f.debug_struct("ReleaseWatch")
             .field("key", &encoded)
+            .field("waiter", &self.waiter)
             .finish()
     }
 }
@@ -203,9 +271,12 @@ impl Drop for ReleaseWatch {
         let mut keys = self.hub.keys.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = keys.get_mut(&self.key) {
             entry.watchers -= 1;
+            if let Some(waiter) = self.waiter {
+                entry.queued.retain(|(id, _)| *id != waiter);
+            }
             if entry.watchers == 0 {
                 keys.remove(&self.key);
-            } else if Arc::strong_count(&self.notify) > 1 {
+            } else if self.waiter.is_none() && Arc::strong_count(&self.notify) > 1 {
                 // Pass a wake-up we may have consumed on to the next watcher.
                 entry.notify.notify_one();
             }
@@ -234,6 +305,39 @@ mod tests {
         assert!(hub.notify_digest_hex(&key.digest_hex().to_uppercase()));
         watch.released().await;
         drop(watch);
+        assert_eq!(hub.watcher_count(), 0);
+        assert!(!hub.is_watched(key.encoded()));
+    }
+
+    #[tokio::test]
+    async fn a_handover_wakes_only_its_waiter_and_a_release_wakes_all_queued() {
+        use std::future::Future as _;
+        use std::task::{Context, Poll};
+
+        let hub = ReleaseHub::new();
+        let key = LockKey::new("p", "k").unwrap();
+        let (a, b) = (WaiterId::from_u64(1), WaiterId::from_u64(2));
+        let mut wa = hub.watch_waiter(&key, a);
+        let mut wb = hub.watch_waiter(&key, b);
+        let mut plain = hub.watch(&key);
+        assert_eq!(hub.watcher_count(), 3);
+        let ready = |w: &mut ReleaseWatch| {
+            let fut = std::pin::pin!(w.released());
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            matches!(fut.poll(&mut cx), Poll::Ready(()))
+        };
+        assert!(hub.notify_waiter(key.encoded(), b));
+        assert!(
+            !ready(&mut wa) && !ready(&mut plain),
+            "only b was handed the key"
+        );
+        assert!(ready(&mut wb));
+        assert!(!hub.notify_waiter(key.encoded(), WaiterId::from_u64(3)));
+        hub.notify(key.encoded());
+        assert!(ready(&mut wa) && ready(&mut wb) && ready(&mut plain));
+        drop(wa);
+        assert!(!hub.notify_waiter(key.encoded(), a), "a left");
+        drop((wb, plain));
         assert_eq!(hub.watcher_count(), 0);
         assert!(!hub.is_watched(key.encoded()));
     }

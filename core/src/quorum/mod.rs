@@ -329,4 +329,36 @@ impl LockBackend for Quorum {
             None => Ok(RaiseFence::Unsupported),
         }
     }
+
+    /// With one member, that member's. A quorum of several members has no
+    /// line of waiters (independent lines on each member would order
+    /// waiters differently), so this is `try_acquire`.
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &crate::Waiter,
+    ) -> Result<Acquire, BackendError> {
+        match self.single() {
+            Some(only) => {
+                only.try_acquire_queued(key, token, ttl, owner, waiter)
+                    .await
+            }
+            None => self.try_acquire(key, token, ttl, owner).await,
+        }
+    }
+
+    /// With one member, that member's; otherwise [`LockBackend::watch`].
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &crate::Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        match self.single() {
+            Some(only) => only.watch_queued(key, waiter).await,
+            None => self.watch(key).await,
+        }
+    }
 }
