@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 
 use distlock::{
     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    RaiseFence, Release, ReleaseWatch,
+    RaiseFence, Release, ReleaseWatch, Waiter,
 };
 use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
 use distlock_redis::testkit::RedisServer;
-use distlock_redis::{LockGuard, LockOptions, Locker, RedisBackend};
+use distlock_redis::{LockGuard, LockOptions, Locker, RedisBackend, RedisConfig};
 
 #[path = "common/procs.rs"]
 mod procs;
@@ -76,16 +76,20 @@ return 0";
 enum Impl {
     Floor,
     Distlock,
+    /// distlock with the server-side line of waiters turned off (today's
+    /// behaviour before it), so before and after come from one run.
+    DistlockNoq,
     Rslock,
 }
 
 impl Impl {
-    const ALL: [Impl; 3] = [Impl::Floor, Impl::Distlock, Impl::Rslock];
+    const ALL: [Impl; 4] = [Impl::Floor, Impl::Distlock, Impl::DistlockNoq, Impl::Rslock];
 
     fn label(self) -> &'static str {
         match self {
             Impl::Floor => "floor",
             Impl::Distlock => "distlock",
+            Impl::DistlockNoq => "distlock-noq",
             Impl::Rslock => "rslock",
         }
     }
@@ -120,8 +124,9 @@ impl Client {
                 con: connect(url).await,
                 script: Arc::new(redis::Script::new(COMPARE_AND_DELETE)),
             },
-            Impl::Distlock => {
-                let backend = RedisBackend::from_url(url).expect("backend");
+            Impl::Distlock | Impl::DistlockNoq => {
+                let config = RedisConfig::new(url).with_waiter_queue(which == Impl::Distlock);
+                let backend = RedisBackend::from_config(&config).expect("backend");
                 let defaults = LockOptions::default()
                     .with_ttl(TTL)
                     .with_wait_timeout(Duration::from_secs(600));
@@ -488,7 +493,21 @@ struct WatchStats {
     max_ns: AtomicU64,
 }
 
-/// A [`RedisBackend`] that times its `watch()` calls (everything forwarded).
+impl WatchStats {
+    /// Runs one `watch`/`watch_queued` call and counts its time.
+    async fn time<T>(&self, call: impl std::future::Future<Output = T>) -> T {
+        let t0 = Instant::now();
+        let w = call.await;
+        let ns = t0.elapsed().as_nanos() as u64;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.total_ns.fetch_add(ns, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+        w
+    }
+}
+
+/// A [`RedisBackend`] that times its `watch()` and `watch_queued()` calls
+/// (everything forwarded).
 #[derive(Clone)]
 struct TimedWatch {
     inner: RedisBackend,
@@ -529,13 +548,30 @@ impl LockBackend for TimedWatch {
     }
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        let t0 = Instant::now();
-        let w = self.inner.watch(key).await;
-        let ns = t0.elapsed().as_nanos() as u64;
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.stats.total_ns.fetch_add(ns, Ordering::Relaxed);
-        self.stats.max_ns.fetch_max(ns, Ordering::Relaxed);
-        w
+        self.stats.time(self.inner.watch(key)).await
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        self.inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await
+    }
+
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.stats
+            .time(self.inner.watch_queued(key, waiter))
+            .await
     }
 
     async fn raise_fence(
