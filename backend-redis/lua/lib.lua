@@ -64,10 +64,16 @@ local function guarded(body)
   if ok then
     return r
   end
+  -- An error table, or (Redis 7 turns raised tables into their message)
+  -- its message; keep its code (WRONGTYPE, NOPERM, ...).
   if type(r) == 'table' and r['err'] then
-    return redis.error_reply(r['err'])
+    r = r['err']
   end
-  return redis.error_reply('ERR ' .. tostring(r))
+  r = tostring(r)
+  if string.match(r, '^%-?%u[%u_]* ') then
+    return redis.error_reply(r)
+  end
+  return redis.error_reply('ERR ' .. r)
 end
 
 -- {milliseconds, microseconds} of the server clock, as numbers and as the
