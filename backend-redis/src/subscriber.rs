@@ -228,10 +228,6 @@ impl Subscriber {
             // Not inside a tokio runtime: no subscriber, waiters poll.
             return Some(watch);
         };
-        if *status.borrow() == Status::Down {
-            // The task subscribes every watched key once it reconnects.
-            return Some(watch);
-        }
         let (done, subscribed) = oneshot::channel();
         let request = Request::Subscribe {
             sub: Sub {
@@ -240,7 +236,10 @@ impl Subscriber {
             },
             done,
         };
-        if requests.send(request).is_ok() {
+        // Sent also while the connection is down: the task keeps it and
+        // subscribes once it reconnects. Only then is it not waited for.
+        let down = *status.borrow() == Status::Down;
+        if requests.send(request).is_ok() && !down {
             let _ = tokio::time::timeout(self.connect_timeout, subscribed).await;
         }
         Some(watch)
@@ -396,21 +395,17 @@ impl Task {
     ) -> Ended {
         // subscription -> its channel, for every subscribed channel.
         let mut channels: HashMap<Sub, String> = HashMap::new();
+        // Every subscription asked for so far (also those still queued:
+        // they are answered once their channel is subscribed below),
+        // while someone still watches its key. A watch always sends its
+        // request, so nothing watched is missing here for long.
+        let mut pending = Pending::default();
+        while let Ok(request) = self.requests.try_recv() {
+            self.remember(&request);
+            pending.push(request);
+        }
         let watched: HashSet<String> = self.hub.watched_keys().into_iter().collect();
         self.known.retain(|sub| watched.contains(&sub.encoded_key));
-        // A key watched with no subscription asked for yet (a watch whose
-        // request is still on its way) gets its release channel.
-        let asked: HashSet<&str> = self.known.iter().map(|s| s.encoded_key.as_str()).collect();
-        let unasked: Vec<String> = watched
-            .into_iter()
-            .filter(|k| !asked.contains(k.as_str()))
-            .collect();
-        for encoded_key in unasked {
-            self.known.insert(Sub {
-                encoded_key,
-                kind: Kind::Released,
-            });
-        }
         let wanted: Vec<Sub> = self.known.iter().cloned().collect();
         for sub in wanted {
             let channel = self.channel_of(&sub);
@@ -438,7 +433,6 @@ impl Task {
         // The sink is either here (idle) or inside the one running job.
         let mut sink = Some(sink);
         let mut job: Option<SinkJob> = None;
-        let mut pending = Pending::default();
         loop {
             if let Some(idle) = sink.take() {
                 match self.next_job(idle, &mut pending, &channels) {

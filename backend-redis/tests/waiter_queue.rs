@@ -658,3 +658,62 @@ async fn the_uncontended_cycle_pays_one_zrange_per_release() {
     assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 0);
     assert_eq!(off.release(&k, &t).await.unwrap(), Release::Released);
 }
+
+/// After the subscriber's connection is killed, it subscribes to the grant
+/// channel again: a waiter whose calls are 60 s apart is still woken by
+/// its grant. A dedicated server (`CLIENT KILL TYPE pubsub` hits every
+/// subscriber on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_heard_again_after_the_subscriber_reconnects() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let (holder, b) = (backend(url), backend(url));
+    let mut admin = admin(url).await;
+    let k = unique("reconnect");
+    let keys = holder.keys(&k);
+    let grant = b.grant_channel(&k);
+    let numsub = |admin: &mut MultiplexedConnection| {
+        let mut admin = admin.clone();
+        let grant = grant.clone();
+        async move {
+            let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&grant)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    let t0 = LockToken::generate();
+    acquired(holder.try_acquire(&k, &t0, TTL, None).await.unwrap());
+    let slow = Duration::from_secs(60);
+    let task = {
+        let (b, k) = (b.clone(), k.clone());
+        tokio::spawn(async move {
+            let (token, w) = (LockToken::generate(), waiter(Duration::from_secs(120)));
+            wait_in_line(&b, &k, &token, &w, slow).await
+        })
+    };
+    line_reaches(&mut admin, &keys.waiters, 1).await;
+    assert_eq!(numsub(&mut admin).await, 1);
+    assert_eq!(b.subscribed_channels(), 1, "only the grant channel");
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    no_hang("the grant channel's new subscription", async {
+        while numsub(&mut admin).await != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let released_at = Instant::now();
+    assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
+    let (_, at) = no_hang("the waiter", task).await.unwrap();
+    assert!(at - released_at < slow / 2, "the grant was not heard");
+}
