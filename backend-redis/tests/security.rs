@@ -459,8 +459,9 @@ fn cluster_slot_matches_the_redis_specification() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Lock, fence and owner keys (and the release channel) share one hash tag (the whole encoded
-    /// name) and so one Cluster slot, whatever the name and prefixes.
+    /// Lock, fence, owner, waiters and leases keys (and the release and
+    /// grant channels) share one hash tag (the whole encoded name) and so
+    /// one Cluster slot, whatever the name and prefixes.
     #[test]
     fn lock_fence_and_owner_keys_share_one_cluster_slot(
         backend_prefix in "[a-z:._-]{0,12}",
@@ -474,6 +475,9 @@ proptest! {
         prop_assert_eq!(cluster_slot(keys.fence.as_bytes()), slot);
         prop_assert_eq!(cluster_slot(keys.owner.as_bytes()), slot);
         prop_assert_eq!(cluster_slot(layout.channel(&key).as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(keys.waiters.as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(keys.leases.as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(layout.grant_channel(&key, u64::MAX).as_bytes()), slot);
         // The tag is exactly the encoded name (between the only braces).
         let encoded = key.encoded();
         let open = encoded.find('{').unwrap();
