@@ -85,13 +85,17 @@ local function server_now()
 end
 
 -- Joins the line at its tail, or renews the place of a waiter already in
--- line, for `lease` ms from `now_ms`.
+-- line, for `lease` ms from `now_ms`. Both keys then live at least `lease`
+-- ms (never shortened: another waiter's lease may be longer).
 local function join(waiters, leases, token, now_ms, now_us, backend, waiter, lease)
   queue_call('ZADD', waiters, 'NX', now_us, token)
   local record = string.format('%d', now_ms + tonumber(lease)) .. ' ' .. backend .. ' ' .. waiter .. ' ' .. lease
   queue_call('HSET', leases, token, record)
-  redis.call('PEXPIRE', waiters, lease)
-  redis.call('PEXPIRE', leases, lease)
+  for _, key in ipairs({waiters, leases}) do
+    if redis.call('PTTL', key) < tonumber(lease) then
+      redis.call('PEXPIRE', key, lease)
+    end
+  end
 end
 
 -- Takes `token` out of the line.
@@ -113,7 +117,8 @@ local function first_live(waiters, leases, now_ms, skip)
     local record = queue_call('HGET', leases, head)
     if head ~= skip and type(record) == 'string' then
       local lease_end, backend, waiter, claim = string.match(record, '^(%d+) (%x+) (%x+) (%d+)$')
-      if lease_end and tonumber(lease_end) > now_ms then
+      -- A record distlock did not write counts as lapsed.
+      if lease_end and #backend == 16 and #waiter == 16 and tonumber(lease_end) > now_ms then
         return head, {backend = backend, waiter = waiter, claim = claim}
       end
     end

@@ -717,3 +717,37 @@ async fn grants_are_heard_again_after_the_subscriber_reconnects() {
     let (_, at) = no_hang("the waiter", task).await.unwrap();
     assert!(at - released_at < slow / 2, "the grant was not heard");
 }
+
+/// A waiter with a short lease joining behind one with a long lease does
+/// not cut the line's expiry short: the long-lease waiter keeps its place
+/// (and is handed the lock) after the short lease ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lease_does_not_shorten_the_line() {
+    let url = RedisServer::shared().url();
+    let b = backend(url);
+    let mut admin = admin(url).await;
+    let k = unique("short-lease");
+    let keys = b.keys(&k);
+    let t0 = LockToken::generate();
+    acquired(b.try_acquire(&k, &t0, TTL, None).await.unwrap());
+    let (tl, wl) = (LockToken::generate(), waiter(Duration::from_secs(10)));
+    let (ts, ws) = (LockToken::generate(), waiter(Duration::from_millis(100)));
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &tl, TTL, None, &wl).await.unwrap()
+    ));
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &ts, TTL, None, &ws).await.unwrap()
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 2);
+    assert_eq!(b.release(&k, &t0).await.unwrap(), Release::Released);
+    assert_eq!(
+        get(&mut admin, &keys.lock).await.as_deref(),
+        Some(tl.as_hex())
+    );
+    acquired(b.try_acquire_queued(&k, &tl, TTL, None, &wl).await.unwrap());
+    // The short-lease waiter's place lapsed: the release frees the lock.
+    assert_eq!(b.release(&k, &tl).await.unwrap(), Release::Released);
+    assert!(!b.inspect(&k).await.unwrap().held);
+    assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 0);
+}
