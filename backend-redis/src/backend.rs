@@ -83,7 +83,9 @@ use crate::topology::{pubsub::Source, Remote};
 ///
 /// # Release notifications
 ///
-/// A release publishes the encoded key (`billing{user:42}`, without the
+/// (For waiters in the line of waiters, see above: a release that hands the
+/// lock over publishes only the grant, to the waiter's backend.) A release
+/// that hands it to nobody publishes the encoded key (`billing{user:42}`, without the
 /// prefix) on the lock's own channel, the lock key + `:released`
 /// (`distlock:billing{user:42}:released`). Each backend keeps **one**
 /// subscriber connection, started by the first waiter; it subscribes to a

@@ -32,7 +32,7 @@
 //! # What is stored, and what each operation costs
 //!
 //! See [`RedisBackend`] for the key layout and the release channel. Each
-//! operation (acquire, extend, release, inspect) is one `EVALSHA` of a Lua
+//! operation (acquire, a queued acquire, extend, release, inspect) is one `EVALSHA` of a Lua
 //! script ([`ACQUIRE_LUA`] and its siblings); when Redis answers `NOSCRIPT`
 //! (restart, `SCRIPT FLUSH`, failover) the call is sent again as `EVAL` with
 //! the script's body, which also caches it.

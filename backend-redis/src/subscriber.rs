@@ -1,20 +1,27 @@
-//! The one pub/sub connection per backend that turns release messages into
-//! [`ReleaseHub`] events.
+//! The one pub/sub connection per backend that turns release and grant
+//! messages into [`ReleaseHub`] events.
 //!
-//! Every lock name has its own channel (the lock key + `:released`). The
-//! connection subscribes to a name's channel when the first local waiter of
-//! that name starts watching, before the waiter's next attempt, and
-//! unsubscribes about a second after the last one leaves, so a process only
-//! receives releases of locks it waits for. After a reconnect it subscribes
-//! again to every watched name and wakes one waiter of each (a release may
-//! have been missed while it was down).
+//! Every lock name has its own release channel (the lock key +
+//! `:released`), and per backend its grant channel (the lock key +
+//! `:grant:` + the backend's id), on which a release that hands the lock to
+//! one of this backend's waiters in the line names that waiter
+//! ([`ReleaseHub::notify_waiter`]). The connection subscribes to a name's
+//! release channel when the first local plain waiter of that name starts
+//! watching ([`Subscriber::watch`]), to its grant channel when the first
+//! waiter in the line does ([`Subscriber::watch_grant`]), before the
+//! waiter's next attempt, and unsubscribes about a second after the last
+//! waiter of the name leaves, so a process only receives messages of locks
+//! it waits for. After a reconnect it subscribes again to every channel
+//! still watched and wakes the waiters of each (a message may have been
+//! missed while it was down).
 //!
 //! Redis delivers a message to a channel's subscribers in the order they
 //! subscribed, so among several processes waiting for one lock the first
-//! subscriber would win nearly every handoff. When a waiter of this backend
-//! acquires, the subscriber moves its subscription of that lock's channel to
-//! the back ([`Subscriber::rotate`]), and handoffs rotate among the waiting
-//! processes. Subscribing, moving, pruning and pings run beside the message
+//! subscriber would win nearly every handoff. When a plain waiter of this
+//! backend acquires, the subscriber moves its subscription of that lock's
+//! release channel to the back ([`Subscriber::rotate`]), and handoffs rotate
+//! among the waiting processes. (Waiters in the line need no moves: the
+//! server orders them and addresses each grant.) Subscribing, moving, pruning and pings run beside the message
 //! stream, so they never delay a release message.
 //!
 //! The connection runs one command at a time, so the work waiting for it is
