@@ -751,3 +751,52 @@ async fn a_short_lease_does_not_shorten_the_line() {
     assert!(!b.inspect(&k).await.unwrap().held);
     assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 0);
 }
+
+/// A waiter cancelled after it was handed the lock (its `release` lands
+/// during the claim window) passes it straight on to the next waiter: no
+/// claim window is waited out, and the fence counts the second handover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_waiter_that_gives_up_passes_the_lock_on_at_once() {
+    let url = RedisServer::shared().url();
+    let (holder, a, b) = (backend(url), backend(url), backend(url));
+    let mut admin = admin(url).await;
+    let k = unique("cancelled-after-grant");
+    let keys = holder.keys(&k);
+    let t0 = LockToken::generate();
+    let f0 = acquired(holder.try_acquire(&k, &t0, TTL, None).await.unwrap());
+    let lease = Duration::from_secs(10);
+    let (ta, wa) = (LockToken::generate(), waiter(lease));
+    let (tb, wb) = (LockToken::generate(), waiter(lease));
+    let mut watch_b = b.watch_queued(&k, &wb).await.unwrap().unwrap();
+    assert!(is_held(
+        &a.try_acquire_queued(&k, &ta, TTL, None, &wa).await.unwrap()
+    ));
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &tb, TTL, None, &wb).await.unwrap()
+    ));
+    assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
+    assert_eq!(
+        get(&mut admin, &keys.lock).await.as_deref(),
+        Some(ta.as_hex())
+    );
+    // A gives up before claiming: its release hands the lock on to B.
+    assert_eq!(a.release(&k, &ta).await.unwrap(), Release::Released);
+    assert_eq!(
+        get(&mut admin, &keys.lock).await.as_deref(),
+        Some(tb.as_hex())
+    );
+    no_hang("the grant to B", watch_b.released()).await;
+    let fb = acquired(b.try_acquire_queued(&k, &tb, TTL, None, &wb).await.unwrap());
+    assert_eq!(fb, f0 + 2, "one fence per handover");
+    // A late copy of A's queued call cannot take it back or re-join.
+    let late = a.try_acquire_queued(&k, &ta, TTL, None, &wa).await.unwrap();
+    assert!(is_held(&late), "{late:?}");
+    assert_eq!(b.release(&k, &tb).await.unwrap(), Release::Released);
+    // A's late copy re-joined as an orphan place (the design's stated
+    // case: its release ran while it held the handover, so no tombstone);
+    // the release hands the lock to it, and the lapse frees it later.
+    assert_eq!(
+        get(&mut admin, &keys.lock).await.as_deref(),
+        Some(ta.as_hex())
+    );
+}
