@@ -1,7 +1,4 @@
--- distlock acquire: one round trip.
--- Needs effects replication for TIME before a write (the default since
--- Redis 5; the only mode since 7).
-if redis.replicate_commands then pcall(redis.replicate_commands) end
+-- distlock acquire: one round trip (after lib.lua).
 -- KEYS[1] lock key, KEYS[2] fence key, KEYS[3] owner key,
 -- KEYS[4] tombstone of this token (written by a release that found the lock
 -- not held by it)
@@ -34,33 +31,10 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   end
   return {0, pttl}
 end
-local fence = redis.pcall('INCR', KEYS[2])
-if type(fence) == 'table' and fence['err'] then
-  -- Undo: Redis does not roll a script back on error.
-  redis.call('DEL', KEYS[1])
-  local e = fence['err']
-  if string.find(e, 'WRONGTYPE', 1, true) or string.find(e, 'not an integer', 1, true) then
-    return redis.error_reply('WRONGTYPE key ' .. KEYS[2] .. ' does not hold a fencing counter')
-  end
-  -- Anything else (an ACL denial of INCR, ...) is reported as it is.
-  return fence
+local fence, err = bump_fence(KEYS[2], ARGV[3], KEYS[1])
+if err then
+  return err
 end
--- INCR answered 1: the counter was missing (first use, expired after the
--- retention, or lost with the data on a restart without persistence or a
--- failover). It starts from the server clock in microseconds instead: no
--- name is acquired more than once per microsecond, so the new fences are
--- above every fence handed out before, unless the server's clock stepped
--- back by more than the time since the counter's last acquire (at least the
--- retention when it expired).
-if fence == 1 then
-  local now = redis.call('TIME')
-  local start = now[1] .. string.format('%06d', tonumber(now[2]))
-  redis.call('SET', KEYS[2], start)
-  fence = tonumber(start)
-end
--- The counter lives for the retention after the name's last acquire, so
--- names no longer used do not stay in Redis.
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
 if ARGV[4] then
   redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
 else

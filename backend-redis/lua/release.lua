@@ -1,21 +1,40 @@
--- distlock release: one round trip.
--- KEYS[1] lock key, KEYS[2] owner key, KEYS[3] tombstone of this token
--- ARGV[1] token, ARGV[2] release channel, ARGV[3] notification payload,
--- ARGV[4] tombstone lifetime in ms,
--- ARGV[5] 's' to publish with SPUBLISH (Redis Cluster: sharded pub/sub)
--- Returns 1 when released (and published), 0 when the token does not hold it.
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v['err'] then
-  return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' does not hold a lock')
-end
-if v ~= ARGV[1] then
-  -- Not held by this token: its acquire may still be on its way (cancelled
-  -- in flight on a connection that was then dropped). Leave a short-lived
-  -- tombstone that the acquire script honours, so a late acquire cannot
-  -- take the lock after this release.
-  redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
-  return 0
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call(ARGV[5] == 's' and 'SPUBLISH' or 'PUBLISH', ARGV[2], ARGV[3])
-return 1
+-- distlock release: one round trip (after lib.lua).
+-- KEYS[1] lock key, KEYS[2] owner key, KEYS[3] tombstone of this token,
+-- KEYS[4] fence key, KEYS[5] waiters, KEYS[6] leases
+-- ARGV[1] token, ARGV[2] release channel, ARGV[3] notification payload
+-- (the encoded lock key), ARGV[4] tombstone lifetime in ms,
+-- ARGV[5] 's' to publish with SPUBLISH (Redis Cluster: sharded pub/sub),
+-- ARGV[6] fence retention in ms
+-- Returns 1 when released (and published on the release channel),
+-- 'BACKEND WAITER' when released and handed over to the first live waiter
+-- in line, 0 when the token does not hold the lock.
+local k = {lock = KEYS[1], owner = KEYS[2], fence = KEYS[4], waiters = KEYS[5], leases = KEYS[6]}
+local sharded = ARGV[5] == 's'
+return guarded(function()
+  local v = redis.pcall('GET', k.lock)
+  if type(v) == 'table' and v['err'] then
+    return redis.error_reply('WRONGTYPE key ' .. k.lock .. ' does not hold a lock')
+  end
+  if v ~= ARGV[1] then
+    -- Not held by this token: its acquire may still be on its way (cancelled
+    -- in flight on a connection that was then dropped). Leave a short-lived
+    -- tombstone that the acquire scripts honour, so a late acquire cannot
+    -- take the lock after this release. A place of this token in line is
+    -- given back.
+    redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
+    leave(k.waiters, k.leases, ARGV[1])
+    return 0
+  end
+  -- The one probe of the uncontended release: a missing key.
+  local head = queue_call('ZRANGE', k.waiters, 0, 0)[1]
+  redis.call('DEL', k.lock, k.owner)
+  if head then
+    local now_ms = server_now()
+    local first, rec = first_live(k.waiters, k.leases, now_ms, ARGV[1])
+    if first then
+      return grant(k, first, rec, ARGV[6], ARGV[3], sharded)
+    end
+  end
+  redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end)

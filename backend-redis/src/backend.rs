@@ -9,7 +9,7 @@ use deadpool::managed::{Pool as ManagedPool, Status};
 use deadpool_redis::{Manager, Pool, Runtime};
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, RaiseFence, Release, ReleaseWatch,
+    LockToken, RaiseFence, Release, ReleaseWatch, Waiter, WaiterId,
 };
 use redis::AsyncConnectionConfig;
 
@@ -44,9 +44,28 @@ use crate::topology::{pubsub::Source, Remote};
 /// | `P` `billing{user:42}:fence` | the last fencing token (`INCR`) | [`fence_retention`](RedisConfig::fence_retention) (default one day) after the name's last acquire |
 /// | `P` `billing{user:42}:owner` | the owner label, if any | with the lease |
 /// | `P` `billing{user:42}:tombstone:TOKEN` | a release found the lock not held by `TOKEN` | after [`RELEASE_TOMBSTONE_TTL`](crate::RELEASE_TOMBSTONE_TTL) |
+/// | `P` `billing{user:42}:waiters` | the line of waiters: a sorted set of their tokens, scored by the server time of joining (µs) | [`WAITER_LEASE`](distlock::WAITER_LEASE) (500 ms) after the last join or renewal |
+/// | `P` `billing{user:42}:leases` | hash `TOKEN` → `LEASE_END_MS BACKEND WAITER CLAIM_MS` | as `:waiters` |
 ///
-/// All keys of a lock share the `{…}` hash tag, so they are in one Redis
-/// Cluster slot.
+/// All keys of a lock (and its channels) share the `{…}` hash tag, so they
+/// are in one Redis Cluster slot.
+///
+/// # The line of waiters
+///
+/// With [`waiter_queue`](RedisConfig::waiter_queue) (the default) and the
+/// release subscriber, a `lock()` call that keeps waiting joins the lock's
+/// line ([`LockBackend::try_acquire_queued`], `acquire_queued.lua`) and
+/// keeps its place by calling again within the waiter lease. A release
+/// with a live waiter in line does not free the lock: it sets the lock key
+/// to that waiter's token for a claim window of one waiter lease, counts
+/// the fence, and publishes `ENCODED-KEY WAITER` on the lock key +
+/// `:grant:` + the waiter's backend id (a random number drawn once per
+/// backend and shared by its clones), so only that backend's subscriber
+/// hears of it; a release by this backend wakes its own waiter directly.
+/// The waiter then claims the lock with one more call (full TTL, the fence
+/// of the handover). A release by a token that is only in line gives its
+/// place back. The uncontended path is unchanged, except that a release
+/// reads the head of a line that does not exist (`ZRANGE … 0 0`).
 ///
 /// A missing fence key (a name's first use, its expiry, or data lost by a
 /// restart without persistence or a failover) starts from the server's
@@ -64,7 +83,9 @@ use crate::topology::{pubsub::Source, Remote};
 ///
 /// # Release notifications
 ///
-/// A release publishes the encoded key (`billing{user:42}`, without the
+/// (For waiters in the line of waiters, see above: a release that hands the
+/// lock over publishes only the grant, to the waiter's backend.) A release
+/// that hands it to nobody publishes the encoded key (`billing{user:42}`, without the
 /// prefix) on the lock's own channel, the lock key + `:released`
 /// (`distlock:billing{user:42}:released`). Each backend keeps **one**
 /// subscriber connection, started by the first waiter; it subscribes to a
@@ -142,6 +163,12 @@ struct Inner {
     identity: String,
     /// [`RedisConfig::fence_retention`] in ms, as the acquire script wants it.
     fence_retention_ms: String,
+    /// [`RedisConfig::waiter_queue`].
+    waiter_queue: bool,
+    /// This backend's id (shared by clones): its grant channels end with
+    /// it, and the release script names it with the waiter it handed the
+    /// lock to.
+    backend_id: u64,
 }
 
 impl RedisBackend {
@@ -222,7 +249,10 @@ impl RedisBackend {
     ) -> Result<Self, BackendError> {
         let sharded = matches!(remote, Some(Remote::Cluster(_)));
         let layout = KeyLayout::new(&config.key_prefix)?;
-        let subscriber = Subscriber::new(client, layout.clone(), config.connect_timeout);
+        // Random, not secret: it only addresses grant messages.
+        let backend_id = WaiterId::generate().to_u64();
+        let subscriber =
+            Subscriber::new(client, layout.clone(), config.connect_timeout, backend_id);
         let endpoint = endpoint(&config.connection_info()?);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -240,6 +270,8 @@ impl RedisBackend {
                 description: config.redacted_url(),
                 identity: config.server_identity()?,
                 fence_retention_ms: config.fence_retention.as_millis().to_string(),
+                waiter_queue: config.waiter_queue,
+                backend_id,
             }),
         })
     }
@@ -285,9 +317,23 @@ impl RedisBackend {
         self.inner.layout.channel(key)
     }
 
-    /// The release channels the subscriber connection listens to right now:
-    /// one per lock name this backend has waiters for (dropped about a
-    /// second after the last waiter of a name leaves).
+    /// This backend's id, as 16 hex digits: the tail of its grant channels
+    /// (see [`grant_channel`](Self::grant_channel)). Drawn at random when
+    /// the backend is built; clones share it.
+    pub fn backend_id(&self) -> String {
+        format!("{:016x}", self.inner.backend_id)
+    }
+
+    /// The pub/sub channel on which `key` is handed to this backend's
+    /// waiters (the lock key + `:grant:` + [`backend_id`](Self::backend_id)).
+    pub fn grant_channel(&self, key: &LockKey) -> String {
+        self.inner.layout.grant_channel(key, self.inner.backend_id)
+    }
+
+    /// The channels the subscriber connection listens to right now: per
+    /// lock name this backend has waiters for, its release channel and/or
+    /// (for waiters in the line) its grant channel (dropped about a second
+    /// after the last waiter of a name leaves).
     pub fn subscribed_channels(&self) -> usize {
         self.inner.subscriber.subscribed_count()
     }
@@ -302,6 +348,46 @@ impl RedisBackend {
     /// with the first waiter, so this is false before any waiting.
     pub fn release_subscriber_connected(&self) -> bool {
         self.inner.subscriber.is_subscribed()
+    }
+
+    /// Whether waiting calls use the line of waiters: configured, and the
+    /// release subscriber (which hears the grants) exists.
+    fn queue_enabled(&self) -> bool {
+        self.inner.waiter_queue && self.inner.subscriber.enabled()
+    }
+
+    /// Runs an acquire script (`call`, for `token` on `key`, whose lock key
+    /// is `lock`), with `WAIT` when [`replica_ack`](RedisConfig::replica_ack)
+    /// is set: an acquisition too few replicas acknowledged is given back
+    /// (best effort) and reported as an error.
+    async fn run_acquire(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        lock: &str,
+        call: &ScriptCall,
+    ) -> Result<Acquire, BackendError> {
+        let wait = self.inner.replica_ack;
+        let reply = self.run("acquire", lock, call, wait).await?;
+        let outcome = scripts::parse_acquire(&reply.value)?;
+        if let (Acquire::Acquired { .. }, Some((needed, timeout)), Some(acked)) =
+            (&outcome, wait, reply.acked)
+        {
+            if acked < needed {
+                // Not safe across a failover: give it back (best effort;
+                // the lease expires anyway).
+                let given_back = self.release(key, token).await;
+                return Err(crate::topology::replication_incomplete(
+                    "acquire",
+                    lock,
+                    acked,
+                    needed,
+                    timeout,
+                    given_back.is_ok(),
+                ));
+            }
+        }
+        Ok(outcome)
     }
 
     /// Runs one script call on the lock's primary, within bounds, then
@@ -377,6 +463,7 @@ impl LockBackend for RedisBackend {
             .with_distributed(true)
             .with_tokio_clock(false)
             .with_raise_fence(true)
+            .with_waiter_queue(self.queue_enabled())
     }
 
     async fn try_acquire(
@@ -398,26 +485,7 @@ impl LockBackend for RedisBackend {
         let lock = keys.lock.clone();
         let tombstone = keys.tombstone(token);
         let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner, tombstone], args);
-        let wait = self.inner.replica_ack;
-        let reply = self.run("acquire", &lock, &call, wait).await?;
-        let outcome = scripts::parse_acquire(&reply.value)?;
-        if let (Acquire::Acquired { .. }, Some((needed, timeout)), Some(acked)) =
-            (&outcome, wait, reply.acked)
-        {
-            if acked < needed {
-                // Not safe across a failover: give it back (best effort;
-                // the lease expires anyway).
-                let given_back = self.release(key, token).await;
-                return Err(crate::topology::replication_incomplete(
-                    "acquire",
-                    &lock,
-                    acked,
-                    needed,
-                    timeout,
-                    given_back.is_ok(),
-                ));
-            }
-        }
+        let outcome = self.run_acquire(key, token, &lock, &call).await?;
         if matches!(outcome, Acquire::Acquired { .. })
             && self.inner.subscriber.hub().is_watched(key.encoded())
         {
@@ -426,6 +494,68 @@ impl LockBackend for RedisBackend {
             self.inner.subscriber.rotate(key);
         }
         Ok(outcome)
+    }
+
+    /// One round trip (`acquire_queued.lua`, see "The line of waiters"
+    /// above). Without the line ([`RedisConfig::waiter_queue`] off, or no
+    /// release subscriber) it is [`try_acquire`](LockBackend::try_acquire).
+    /// `waiter.lease` must be from 1 ms to [`MAX_TTL`](distlock::MAX_TTL)
+    /// (a [`Config`](BackendErrorKind::Config) error otherwise). Never
+    /// moves a release subscription (the server orders the waiters).
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        if !self.queue_enabled() {
+            return self.try_acquire(key, token, ttl, owner).await;
+        }
+        let keys = self.keys(key);
+        let mut args = vec![
+            token.as_hex().to_owned(),
+            ttl_ms(ttl)?.to_string(),
+            self.inner.fence_retention_ms.clone(),
+            format!("{:016x}", self.inner.backend_id),
+            waiter.id.as_hex(),
+            ttl_ms(waiter.lease)?.to_string(),
+            key.encoded().to_owned(),
+            if self.inner.sharded { "s" } else { "" }.to_owned(),
+        ];
+        if let Some(owner) = owner {
+            args.push(owner.to_owned());
+        }
+        let lock = keys.lock.clone();
+        let tombstone = keys.tombstone(token);
+        let call = scripts::ACQUIRE_QUEUED.call(
+            vec![
+                keys.lock,
+                keys.fence,
+                keys.owner,
+                tombstone,
+                keys.waiters,
+                keys.leases,
+            ],
+            args,
+        );
+        self.run_acquire(key, token, &lock, &call).await
+    }
+
+    /// Without the line, [`watch`](LockBackend::watch). With it: registers
+    /// `waiter`'s own wake-up and subscribes to `key`'s grant channel of
+    /// this backend; woken by a handover to `waiter`, by a release of `key`
+    /// heard by this backend, and after the subscriber reconnected.
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        if !self.queue_enabled() {
+            return self.watch(key).await;
+        }
+        Ok(self.inner.subscriber.watch_grant(key, waiter.id).await)
     }
 
     async fn extend(
@@ -464,16 +594,25 @@ impl LockBackend for RedisBackend {
             key.encoded().to_owned(),
             RELEASE_TOMBSTONE_TTL.as_millis().to_string(),
         ];
-        if self.inner.sharded {
-            // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
-            args.push("s".to_owned());
-        }
+        // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
+        args.push(if self.inner.sharded { "s" } else { "" }.to_owned());
+        args.push(self.inner.fence_retention_ms.clone());
         let lock = keys.lock.clone();
         let tombstone = keys.tombstone(token);
-        let call = scripts::RELEASE.call(vec![keys.lock, keys.owner, tombstone], args);
+        let call = scripts::RELEASE.call(
+            vec![
+                keys.lock,
+                keys.owner,
+                tombstone,
+                keys.fence,
+                keys.waiters,
+                keys.leases,
+            ],
+            args,
+        );
         let reply = self.run("release", &lock, &call, None).await?;
-        let released = scripts::parse_flag("release", &reply.value)?;
-        if !released && reply.repeated {
+        let outcome = scripts::parse_release(&reply.value)?;
+        if outcome == scripts::Released::NotHeld && reply.repeated {
             // The first attempt may have released the lock before its
             // connection dropped; "not held" would be a guess either way.
             return Err(BackendError::new(
@@ -485,13 +624,24 @@ impl LockBackend for RedisBackend {
                 ),
             ));
         }
-        Ok(if released {
-            // Waiters of this backend (of any Locker on it) hear of the
-            // release at once, not only through the pub/sub message.
-            self.inner.subscriber.hub().notify(key.encoded());
-            Release::Released
-        } else {
-            Release::NotHeld
+        Ok(match outcome {
+            scripts::Released::Freed => {
+                // Waiters of this backend (of any Locker on it) hear of the
+                // release at once, not only through the pub/sub message.
+                self.inner.subscriber.hub().notify(key.encoded());
+                Release::Released
+            }
+            scripts::Released::HandedOver { backend, waiter } => {
+                if backend == self.inner.backend_id {
+                    // Our own waiter: wake it now, not after the pub/sub hop.
+                    self.inner
+                        .subscriber
+                        .hub()
+                        .notify_waiter(key.encoded(), waiter);
+                }
+                Release::Released
+            }
+            scripts::Released::NotHeld => Release::NotHeld,
         })
     }
 
@@ -619,7 +769,9 @@ mod tests {
             .unwrap();
         let holder_backend = RedisBackend::from_url(url).unwrap();
         let holder = Locker::new(holder_backend.clone());
-        let waiting = RedisBackend::from_url(url).unwrap();
+        // Rotation is for waiters outside the line of waiters.
+        let waiting =
+            RedisBackend::from_config(&RedisConfig::new(url).with_waiter_queue(false)).unwrap();
         // Retries far apart: only a release message can wake the waiters in time.
         let opts = LockOptions::default()
             .with_retry(Duration::from_secs(5), Duration::from_secs(5))

@@ -62,14 +62,18 @@ pub const MAX_FENCE_RETENTION: Duration = Duration::from_secs(10 * 366 * 24 * 60
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
 ///     +evalsha +eval +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
+///     +zadd +zrem +zrange +hset +hget +hdel
 /// ```
 ///
-/// `~distlock:*` covers the lock, fence, owner and tombstone keys,
-/// `&distlock:*` the release channels (each lock key + `:released`).
+/// `~distlock:*` covers the lock, fence, owner, tombstone and waiter-line
+/// keys, `&distlock:*` the release and grant channels (each lock key +
+/// `:released`, and + `:grant:` + a backend id).
 /// `evalsha` runs the scripts, and `eval` runs a script with its body when
 /// Redis answers `NOSCRIPT` (after a restart, `SCRIPT FLUSH` or failover);
 /// `get`, `set`, `del`, `incr`, `time`, `pttl`,
-/// `pexpire`, `type` and `publish` are what the scripts call (Redis checks
+/// `pexpire`, `type`, `publish` and, for the line of waiters
+/// ([`waiter_queue`](RedisConfig::waiter_queue)), `zadd`, `zrem`, `zrange`,
+/// `hset`, `hget` and `hdel` are what the scripts call (Redis checks
 /// them against the user's ACL); `subscribe`/`unsubscribe` serve the release subscriber,
 /// `ping` checks idle connections, and `unwatch` is only needed for a pool
 /// given to [`RedisBackend::from_pool`](crate::RedisBackend::from_pool).
@@ -176,6 +180,19 @@ pub struct RedisConfig {
     /// at the name's last acquire.
     #[serde(default = "default_fence_retention", with = "humantime_serde")]
     pub fence_retention: Duration,
+    /// Whether waiting `lock()` calls line up in Redis (first come, first
+    /// served across processes) and a release hands the lock straight to
+    /// the first of them: one acquisition attempt per release instead of
+    /// one per waiting process. Default `true`. It needs the release
+    /// subscriber (the grant of a handover is a pub/sub message).
+    ///
+    /// `false` keeps the behaviour of earlier versions (every waiter tries
+    /// again on each release). It exists for rolling upgrades: clients
+    /// without the line neither join it nor hear its grants, so under
+    /// sustained queued contention they get the lock only when the line is
+    /// empty.
+    #[serde(default = "default_waiter_queue")]
+    pub waiter_queue: bool,
 }
 
 fn default_prefix() -> String {
@@ -196,6 +213,9 @@ fn default_pool_wait_timeout() -> Duration {
 fn default_fence_retention() -> Duration {
     DEFAULT_FENCE_RETENTION
 }
+fn default_waiter_queue() -> bool {
+    true
+}
 
 impl RedisConfig {
     /// The defaults, with `url`.
@@ -213,6 +233,7 @@ impl RedisConfig {
             topology: Topology::Single,
             replica_ack: None,
             fence_retention: DEFAULT_FENCE_RETENTION,
+            waiter_queue: true,
         }
     }
 
@@ -250,6 +271,12 @@ impl RedisConfig {
     /// Sets [`replica_ack`](RedisConfig::replica_ack).
     pub fn with_replica_ack(mut self, ack: ReplicaAck) -> Self {
         self.replica_ack = Some(ack);
+        self
+    }
+
+    /// Sets [`waiter_queue`](RedisConfig::waiter_queue).
+    pub fn with_waiter_queue(mut self, on: bool) -> Self {
+        self.waiter_queue = on;
         self
     }
 
@@ -513,6 +540,7 @@ impl fmt::Debug for RedisConfig {
             .field("topology", &self.topology)
             .field("replica_ack", &self.replica_ack)
             .field("fence_retention", &self.fence_retention)
+            .field("waiter_queue", &self.waiter_queue)
             .finish()
     }
 }
@@ -603,6 +631,10 @@ mod tests {
         assert_eq!(c.pool_wait_timeout, Duration::from_millis(250));
         assert_eq!(c.key_prefix, "distlock:");
         assert_eq!(c.fence_retention, DEFAULT_FENCE_RETENTION);
+        assert!(c.waiter_queue, "on by default, also in files without it");
+        let c: RedisConfig =
+            serde_json::from_str(r#"{"url":"redis://h","waiter_queue":false}"#).unwrap();
+        assert!(!c.waiter_queue);
         let c: RedisConfig =
             serde_json::from_str(r#"{"url":"redis://h","fence_retention":"1h"}"#).unwrap();
         assert_eq!(c.fence_retention, Duration::from_secs(3600));

@@ -29,6 +29,25 @@ pub const OWNER_SUFFIX: &str = ":owner";
 /// lock key + `:released`, and only processes waiting for that lock listen.
 pub const CHANNEL_SUFFIX: &str = ":released";
 
+/// Suffix of a lock's line of waiters: a sorted set of the tokens of the
+/// waiting `lock()` calls, scored by the server time of joining in
+/// microseconds (the first-come-first-served order). It expires the waiter
+/// lease ([`distlock::WAITER_LEASE`], 500 ms) after the last join or
+/// renewal, so it is gone that long after the last waiter stopped calling.
+pub const WAITERS_SUFFIX: &str = ":waiters";
+
+/// Suffix of the hash beside [`WAITERS_SUFFIX`]: token → `LEASE_END_MS
+/// BACKEND WAITER CLAIM_MS` (server milliseconds; the backend's and the
+/// waiter's ids as 16 hex digits). Expires with the line.
+pub const LEASES_SUFFIX: &str = ":leases";
+
+/// Infix of a backend's grant channel: the lock key + `:grant:` + the
+/// backend's id (16 hex digits). A release (or a queued acquire that finds
+/// the lock free) that hands the lock to a waiter publishes `ENCODED-KEY
+/// WAITER` there, so only the waiter's backend hears of it. The scripts
+/// build this name themselves.
+pub const GRANT_CHANNEL_INFIX: &str = ":grant:";
+
 /// The longest backend prefix accepted, in bytes.
 pub const MAX_KEY_PREFIX_LEN: usize = 256;
 
@@ -42,6 +61,12 @@ pub struct LockKeys {
     pub fence: String,
     /// The lock key + `:owner`: the owner label, expires with the lease.
     pub owner: String,
+    /// The lock key + `:waiters`: the line of waiters (see
+    /// [`WAITERS_SUFFIX`]).
+    pub waiters: String,
+    /// The lock key + `:leases`: the waiters' leases (see
+    /// [`LEASES_SUFFIX`]).
+    pub leases: String,
 }
 
 impl LockKeys {
@@ -106,12 +131,30 @@ impl KeyLayout {
         channel
     }
 
+    /// The pub/sub channel on which the lock `key` is handed to waiters of
+    /// the backend whose id is `backend`: the lock key + `:grant:` + the id
+    /// as 16 hex digits (see [`GRANT_CHANNEL_INFIX`]).
+    pub fn grant_channel(&self, key: &LockKey, backend: u64) -> String {
+        self.grant_channel_of_encoded(key.encoded(), backend)
+    }
+
+    /// [`grant_channel`](Self::grant_channel) from a [`LockKey::encoded`]
+    /// form.
+    pub fn grant_channel_of_encoded(&self, encoded_key: &str, backend: u64) -> String {
+        format!(
+            "{}{encoded_key}{GRANT_CHANNEL_INFIX}{backend:016x}",
+            self.prefix
+        )
+    }
+
     /// The keys of `key`.
     pub fn keys(&self, key: &LockKey) -> LockKeys {
         let lock = self.lock_key(key);
         LockKeys {
             fence: format!("{lock}{FENCE_SUFFIX}"),
             owner: format!("{lock}{OWNER_SUFFIX}"),
+            waiters: format!("{lock}{WAITERS_SUFFIX}"),
+            leases: format!("{lock}{LEASES_SUFFIX}"),
             lock,
         }
     }
@@ -145,7 +188,13 @@ mod tests {
         assert_eq!(keys.lock, "distlock:billing{user:42}");
         assert_eq!(keys.fence, "distlock:billing{user:42}:fence");
         assert_eq!(keys.owner, "distlock:billing{user:42}:owner");
+        assert_eq!(keys.waiters, "distlock:billing{user:42}:waiters");
+        assert_eq!(keys.leases, "distlock:billing{user:42}:leases");
         assert_eq!(layout.channel(&key), "distlock:billing{user:42}:released");
+        assert_eq!(
+            layout.grant_channel(&key, 0xab),
+            "distlock:billing{user:42}:grant:00000000000000ab"
+        );
         let token = distlock::LockToken::from_u128(0xabc);
         assert_eq!(
             keys.tombstone(&token),

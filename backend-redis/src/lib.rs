@@ -32,7 +32,7 @@
 //! # What is stored, and what each operation costs
 //!
 //! See [`RedisBackend`] for the key layout and the release channel. Each
-//! operation (acquire, extend, release, inspect) is one `EVALSHA` of a Lua
+//! operation (acquire, a queued acquire, extend, release, inspect) is one `EVALSHA` of a Lua
 //! script ([`ACQUIRE_LUA`] and its siblings); when Redis answers `NOSCRIPT`
 //! (restart, `SCRIPT FLUSH`, failover) the call is sent again as `EVAL` with
 //! the script's body, which also caches it.
@@ -69,19 +69,20 @@ pub use config::{
     DEFAULT_POOL_SIZE, DEFAULT_POOL_WAIT_TIMEOUT, MAX_FENCE_RETENTION, MIN_FENCE_RETENTION,
 };
 pub use keys::{
-    KeyLayout, LockKeys, CHANNEL_SUFFIX, DEFAULT_KEY_PREFIX, FENCE_SUFFIX, MAX_KEY_PREFIX_LEN,
-    OWNER_SUFFIX, RELEASE_TOMBSTONE_TTL, TOMBSTONE_INFIX,
+    KeyLayout, LockKeys, CHANNEL_SUFFIX, DEFAULT_KEY_PREFIX, FENCE_SUFFIX, GRANT_CHANNEL_INFIX,
+    LEASES_SUFFIX, MAX_KEY_PREFIX_LEN, OWNER_SUFFIX, RELEASE_TOMBSTONE_TTL, TOMBSTONE_INFIX,
+    WAITERS_SUFFIX,
 };
 pub use pool::CHECK_IDLE_AFTER;
-pub use scripts::{ACQUIRE_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};
+pub use scripts::{ACQUIRE_LUA, ACQUIRE_QUEUED_LUA, EXTEND_LUA, INSPECT_LUA, RELEASE_LUA};
 pub use topology::{ReplicaAck, Topology, DEFAULT_REPLICA_ACK_TIMEOUT};
 
 #[doc(no_inline)]
 pub use distlock::{
     async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
     Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
-    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, MAX_NAME_LEN, MAX_OWNER_LEN,
-    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL,
+    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, Waiter, WaiterId, MAX_NAME_LEN,
+    MAX_OWNER_LEN, MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL, WAITER_LEASE,
 };
 
 /// The distlock core crate, for everything not re-exported above.

@@ -11,21 +11,38 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence};
+use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence, WaiterId};
 use redis::{Cmd, Value};
 
-/// The source of the acquire script.
-pub const ACQUIRE_LUA: &str = include_str!("../lua/acquire.lua");
+/// The source of the acquire script (the shared helpers of `lib.lua`, then
+/// `acquire.lua`).
+pub const ACQUIRE_LUA: &str = concat!(
+    include_str!("../lua/lib.lua"),
+    include_str!("../lua/acquire.lua")
+);
+/// The source of the script a waiting `lock()` call runs
+/// ([`LockBackend::try_acquire_queued`](distlock::LockBackend::try_acquire_queued)):
+/// `lib.lua`, then `acquire_queued.lua`.
+pub const ACQUIRE_QUEUED_LUA: &str = concat!(
+    include_str!("../lua/lib.lua"),
+    include_str!("../lua/acquire_queued.lua")
+);
 /// The source of the extend script.
 pub const EXTEND_LUA: &str = include_str!("../lua/extend.lua");
-/// The source of the release script.
-pub const RELEASE_LUA: &str = include_str!("../lua/release.lua");
+/// The source of the release script (`lib.lua`, then `release.lua`): it
+/// hands the lock to the first live waiter in line, if any.
+pub const RELEASE_LUA: &str = concat!(
+    include_str!("../lua/lib.lua"),
+    include_str!("../lua/release.lua")
+);
 /// The source of the inspect script.
 pub const INSPECT_LUA: &str = include_str!("../lua/inspect.lua");
 /// The source of the raise_fence script (quorum fencing).
 pub const RAISE_FENCE_LUA: &str = include_str!("../lua/raise_fence.lua");
 
 pub(crate) static ACQUIRE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(ACQUIRE_LUA));
+pub(crate) static ACQUIRE_QUEUED: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new(ACQUIRE_QUEUED_LUA));
 pub(crate) static EXTEND: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(EXTEND_LUA));
 pub(crate) static RELEASE: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(RELEASE_LUA));
 pub(crate) static INSPECT: LazyLock<LuaScript> = LazyLock::new(|| LuaScript::new(INSPECT_LUA));
@@ -147,6 +164,42 @@ pub(crate) fn parse_flag(op: &str, reply: &Value) -> Result<bool, BackendError> 
     }
 }
 
+/// What the release script did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Released {
+    /// `0`: the token does not hold the lock (its place in line, if any,
+    /// was given back).
+    NotHeld,
+    /// `1`: released; nobody live was in line, so the release channel heard
+    /// of it.
+    Freed,
+    /// `"BACKEND WAITER"`: released and handed over to this waiter of the
+    /// backend with this id.
+    HandedOver {
+        /// The id of the backend whose waiter got the lock.
+        backend: u64,
+        /// The waiter.
+        waiter: WaiterId,
+    },
+}
+
+/// Parses the `0` / `1` / `"BACKEND WAITER"` of release.
+pub(crate) fn parse_release(reply: &Value) -> Result<Released, BackendError> {
+    let bad = || protocol("release", reply);
+    match reply {
+        Value::Int(0) => Ok(Released::NotHeld),
+        Value::Int(1) => Ok(Released::Freed),
+        Value::BulkString(b) => {
+            let text = std::str::from_utf8(b).map_err(|_| bad())?;
+            let (backend, waiter) = text.split_once(' ').ok_or_else(bad)?;
+            let backend = WaiterId::from_hex(backend).ok_or_else(bad)?.to_u64();
+            let waiter = WaiterId::from_hex(waiter).ok_or_else(bad)?;
+            Ok(Released::HandedOver { backend, waiter })
+        }
+        _ => Err(bad()),
+    }
+}
+
 /// Parses `{1, fence}` / `{0}` of raise_fence.
 pub(crate) fn parse_raise_fence(reply: &Value) -> Result<RaiseFence, BackendError> {
     let bad = || protocol("raise_fence", reply);
@@ -218,7 +271,15 @@ mod tests {
             Acquire::Held { remaining: None }
         );
         assert!(parse_flag("extend", &Value::Int(1)).unwrap());
-        assert!(!parse_flag("release", &Value::Int(0)).unwrap());
+        assert_eq!(parse_release(&Value::Int(0)).unwrap(), Released::NotHeld);
+        assert_eq!(parse_release(&Value::Int(1)).unwrap(), Released::Freed);
+        assert_eq!(
+            parse_release(&bulk("00000000000000ff 0123456789abcdef")).unwrap(),
+            Released::HandedOver {
+                backend: 0xff,
+                waiter: WaiterId::from_u64(0x0123_4567_89ab_cdef)
+            }
+        );
 
         let info = Value::Array(vec![Value::Int(1), Value::Int(900), bulk("w1"), bulk("3")]);
         let info = parse_inspect(&info).unwrap();
@@ -247,6 +308,19 @@ mod tests {
             );
         }
         assert!(parse_flag("extend", &Value::Int(2)).is_err());
+        for v in [
+            Value::Nil,
+            Value::Int(2),
+            bulk(""),
+            bulk("00000000000000ff"),
+            bulk("ff 0123456789abcdef"),
+            bulk("00000000000000ff 0123456789abcdeg"),
+            bulk("00000000000000ff  0123456789abcdef"),
+            Value::BulkString(vec![0xff, 0xfe]),
+        ] {
+            let e = parse_release(&v).unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Protocol, "{v:?}");
+        }
         for v in [
             Value::Nil,
             Value::Array(vec![]),

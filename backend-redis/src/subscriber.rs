@@ -1,20 +1,27 @@
-//! The one pub/sub connection per backend that turns release messages into
-//! [`ReleaseHub`] events.
+//! The one pub/sub connection per backend that turns release and grant
+//! messages into [`ReleaseHub`] events.
 //!
-//! Every lock name has its own channel (the lock key + `:released`). The
-//! connection subscribes to a name's channel when the first local waiter of
-//! that name starts watching, before the waiter's next attempt, and
-//! unsubscribes about a second after the last one leaves, so a process only
-//! receives releases of locks it waits for. After a reconnect it subscribes
-//! again to every watched name and wakes one waiter of each (a release may
-//! have been missed while it was down).
+//! Every lock name has its own release channel (the lock key +
+//! `:released`), and per backend its grant channel (the lock key +
+//! `:grant:` + the backend's id), on which a release that hands the lock to
+//! one of this backend's waiters in the line names that waiter
+//! ([`ReleaseHub::notify_waiter`]). The connection subscribes to a name's
+//! release channel when the first local plain waiter of that name starts
+//! watching ([`Subscriber::watch`]), to its grant channel when the first
+//! waiter in the line does ([`Subscriber::watch_grant`]), before the
+//! waiter's next attempt, and unsubscribes about a second after the last
+//! waiter of the name leaves, so a process only receives messages of locks
+//! it waits for. After a reconnect it subscribes again to every channel
+//! still watched and wakes the waiters of each (a message may have been
+//! missed while it was down).
 //!
 //! Redis delivers a message to a channel's subscribers in the order they
 //! subscribed, so among several processes waiting for one lock the first
-//! subscriber would win nearly every handoff. When a waiter of this backend
-//! acquires, the subscriber moves its subscription of that lock's channel to
-//! the back ([`Subscriber::rotate`]), and handoffs rotate among the waiting
-//! processes. Subscribing, moving, pruning and pings run beside the message
+//! subscriber would win nearly every handoff. When a plain waiter of this
+//! backend acquires, the subscriber moves its subscription of that lock's
+//! release channel to the back ([`Subscriber::rotate`]), and handoffs rotate
+//! among the waiting processes. (Waiters in the line need no moves: the
+//! server orders them and addresses each grant.) Subscribing, moving, pruning and pings run beside the message
 //! stream, so they never delay a release message.
 //!
 //! The connection runs one command at a time, so the work waiting for it is
@@ -33,7 +40,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::topology::pubsub::{Event, Sink as PubSubSink, Source, Stream as PubSubStream};
-use distlock::{LockKey, ReleaseHub, ReleaseWatch};
+use distlock::{LockKey, ReleaseHub, ReleaseWatch, WaiterId};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -59,12 +66,30 @@ enum Status {
     Down,
 }
 
+/// Which of a lock's channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    /// The lock key + `:released`: releases that handed the lock to nobody.
+    Released,
+    /// The lock key + `:grant:` + this backend's id: handovers to waiters
+    /// of this backend.
+    Grant,
+}
+
+/// One subscription: a lock's channel of one kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Sub {
+    /// The [`LockKey::encoded`] form of the watched key.
+    encoded_key: String,
+    kind: Kind,
+}
+
 /// A request to the subscriber task.
 enum Request {
-    /// Subscribe to the channel of a watched key.
+    /// Subscribe to a channel of a watched key.
     Subscribe {
-        /// The [`LockKey::encoded`] form of the watched key.
-        encoded_key: String,
+        /// The key and which of its channels.
+        sub: Sub,
         /// Answered once the channel is subscribed (or cannot be right now).
         done: oneshot::Sender<()>,
     },
@@ -111,6 +136,8 @@ impl MoveStats {
 pub(crate) struct Subscriber {
     client: Option<Source>,
     layout: KeyLayout,
+    /// This backend's id: the tail of its grant channels.
+    backend_id: u64,
     hub: ReleaseHub,
     connect_timeout: Duration,
     running: Mutex<Option<Running>>,
@@ -124,10 +151,12 @@ impl Subscriber {
         client: Option<Source>,
         layout: KeyLayout,
         connect_timeout: Duration,
+        backend_id: u64,
     ) -> Self {
         Self {
             client,
             layout,
+            backend_id,
             hub: ReleaseHub::new(),
             connect_timeout,
             running: Mutex::new(None),
@@ -175,20 +204,49 @@ impl Subscriber {
     pub(crate) async fn watch(&self, key: &LockKey) -> Option<ReleaseWatch> {
         let client = self.client.as_ref()?;
         let watch = self.hub.watch(key);
+        self.subscribe(client, key, Kind::Released, watch).await
+    }
+
+    /// Registers the watcher of `waiter`, a waiter of this backend in the
+    /// line of `key`, and subscribes to the key's grant channel for this
+    /// backend (as [`watch`](Self::watch) does to its release channel). A
+    /// grant to `waiter` wakes only this watch; a release of `key` heard
+    /// by this backend wakes it too.
+    pub(crate) async fn watch_grant(
+        &self,
+        key: &LockKey,
+        waiter: WaiterId,
+    ) -> Option<ReleaseWatch> {
+        let client = self.client.as_ref()?;
+        let watch = self.hub.watch_waiter(key, waiter);
+        self.subscribe(client, key, Kind::Grant, watch).await
+    }
+
+    /// Makes sure `kind`'s channel of `key` is subscribed (waiting at most
+    /// the connect timeout), then hands back `watch`.
+    async fn subscribe(
+        &self,
+        client: &Source,
+        key: &LockKey,
+        kind: Kind,
+        watch: ReleaseWatch,
+    ) -> Option<ReleaseWatch> {
         let Some((status, requests)) = self.ensure_running(client) else {
             // Not inside a tokio runtime: no subscriber, waiters poll.
             return Some(watch);
         };
-        if *status.borrow() == Status::Down {
-            // The task subscribes every watched key once it reconnects.
-            return Some(watch);
-        }
         let (done, subscribed) = oneshot::channel();
         let request = Request::Subscribe {
-            encoded_key: key.encoded().to_owned(),
+            sub: Sub {
+                encoded_key: key.encoded().to_owned(),
+                kind,
+            },
             done,
         };
-        if requests.send(request).is_ok() {
+        // Sent also while the connection is down: the task keeps it and
+        // subscribes once it reconnects. Only then is it not waited for.
+        let down = *status.borrow() == Status::Down;
+        if requests.send(request).is_ok() && !down {
             let _ = tokio::time::timeout(self.connect_timeout, subscribed).await;
         }
         Some(watch)
@@ -229,6 +287,8 @@ impl Subscriber {
             Task {
                 client: client.clone(),
                 layout: self.layout.clone(),
+                backend_id: self.backend_id,
+                known: HashSet::new(),
                 hub: self.hub.clone(),
                 timeout: self.connect_timeout,
                 status: status_tx,
@@ -264,6 +324,10 @@ impl Drop for Subscriber {
 struct Task {
     client: Source,
     layout: KeyLayout,
+    backend_id: u64,
+    /// Every subscription asked for, kept across reconnects (pruned with
+    /// the subscriptions once nobody watches the key).
+    known: HashSet<Sub>,
     hub: ReleaseHub,
     timeout: Duration,
     status: watch::Sender<Status>,
@@ -316,7 +380,8 @@ impl Task {
                 tokio::select! {
                     _ = &mut sleep => break,
                     request = self.requests.recv() => match request {
-                        Some(Request::Subscribe { done, .. }) => {
+                        Some(Request::Subscribe { sub, done }) => {
+                            self.known.insert(sub);
                             let _ = done.send(());
                         }
                         Some(Request::Rotate { .. }) => {}
@@ -335,13 +400,25 @@ impl Task {
         mut stream: PubSubStream,
         reconnected: bool,
     ) -> Ended {
-        // encoded key -> its channel, for every subscribed channel.
-        let mut channels: HashMap<String, String> = HashMap::new();
-        for encoded_key in self.hub.watched_keys() {
-            let channel = self.layout.channel_of_encoded(&encoded_key);
+        // subscription -> its channel, for every subscribed channel.
+        let mut channels: HashMap<Sub, String> = HashMap::new();
+        // Every subscription asked for so far (also those still queued:
+        // they are answered once their channel is subscribed below),
+        // while someone still watches its key. A watch always sends its
+        // request, so nothing watched is missing here for long.
+        let mut pending = Pending::default();
+        while let Ok(request) = self.requests.try_recv() {
+            self.remember(&request);
+            pending.push(request);
+        }
+        let watched: HashSet<String> = self.hub.watched_keys().into_iter().collect();
+        self.known.retain(|sub| watched.contains(&sub.encoded_key));
+        let wanted: Vec<Sub> = self.known.iter().cloned().collect();
+        for sub in wanted {
+            let channel = self.channel_of(&sub);
             match call(self.timeout, sink.subscribe(&channel)).await {
                 Outcome::Done => {
-                    channels.insert(encoded_key, channel);
+                    channels.insert(sub, channel);
                 }
                 Outcome::Refused => {}
                 Outcome::Lost => return Ended::Lost,
@@ -363,7 +440,6 @@ impl Task {
         // The sink is either here (idle) or inside the one running job.
         let mut sink = Some(sink);
         let mut job: Option<SinkJob> = None;
-        let mut pending = Pending::default();
         loop {
             if let Some(idle) = sink.take() {
                 match self.next_job(idle, &mut pending, &channels) {
@@ -374,6 +450,9 @@ impl Task {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(Event::Released(encoded_key)) => self.hub.notify(&encoded_key),
+                    Some(Event::Granted(encoded_key, waiter)) => {
+                        self.hub.notify_waiter(&encoded_key, waiter);
+                    }
                     Some(Event::Malformed(e)) => tracing::debug!(error = %e, "ignoring a malformed release message"),
                     // The cluster client reconnected a node and subscribes
                     // again by itself; a release may have been missed.
@@ -396,9 +475,9 @@ impl Task {
                     match after {
                         After::Subscribed(subscribed) => {
                             let mut waiters = Vec::with_capacity(subscribed.len());
-                            for (encoded_key, channel, done) in subscribed {
+                            for (sub, channel, done) in subscribed {
                                 if outcome == Outcome::Done {
-                                    channels.insert(encoded_key, channel);
+                                    channels.insert(sub, channel);
                                 }
                                 waiters.push(done);
                             }
@@ -421,21 +500,26 @@ impl Task {
                 // job sees everything that waits and picks by priority.
                 request = self.requests.recv() => {
                     let Some(request) = request else { return Ended::Closed };
+                    self.remember(&request);
                     pending.accept(request, &channels);
                     while let Ok(request) = self.requests.try_recv() {
+                        self.remember(&request);
                         pending.accept(request, &channels);
                     }
                 },
                 _ = prune.tick(), if sink.is_some() => {
-                    let idle: Vec<String> = channels
+                    let idle: Vec<Sub> = channels
                         .keys()
-                        .filter(|k| !self.hub.is_watched(k))
+                        .filter(|s| !self.hub.is_watched(&s.encoded_key))
                         .cloned()
                         .collect();
                     if idle.is_empty() {
                         continue;
                     }
-                    let gone: Vec<String> = idle.iter().filter_map(|k| channels.remove(k)).collect();
+                    for sub in &idle {
+                        self.known.remove(sub);
+                    }
+                    let gone: Vec<String> = idle.iter().filter_map(|s| channels.remove(s)).collect();
                     self.count.send_replace(channels.len());
                     if let Some(s) = sink.take() {
                         job = Some(Box::pin(unsubscribe(s, gone, self.timeout)));
@@ -452,6 +536,23 @@ impl Task {
 }
 
 impl Task {
+    /// The channel of `sub`.
+    fn channel_of(&self, sub: &Sub) -> String {
+        match sub.kind {
+            Kind::Released => self.layout.channel_of_encoded(&sub.encoded_key),
+            Kind::Grant => self
+                .layout
+                .grant_channel_of_encoded(&sub.encoded_key, self.backend_id),
+        }
+    }
+
+    /// Keeps the subscription a request asks for, for reconnects.
+    fn remember(&mut self, request: &Request) {
+        if let Request::Subscribe { sub, .. } = request {
+            self.known.insert(sub.clone());
+        }
+    }
+
     /// The next command batch for the idle `sink`, by priority: new
     /// subscriptions, then moves. With nothing to send the sink comes back
     /// as the error.
@@ -459,19 +560,19 @@ impl Task {
         &self,
         sink: PubSubSink,
         pending: &mut Pending,
-        channels: &HashMap<String, String>,
+        channels: &HashMap<Sub, String>,
     ) -> Result<SinkJob, PubSubSink> {
         loop {
             match pending.next() {
                 None => return Err(sink),
                 Some(Next::Subscribe(requests)) => {
                     let mut new = Vec::with_capacity(requests.len());
-                    for (encoded_key, done) in requests {
-                        if channels.contains_key(&encoded_key) {
+                    for (sub, done) in requests {
+                        if channels.contains_key(&sub) {
                             let _ = done.send(());
                         } else {
-                            let channel = self.layout.channel_of_encoded(&encoded_key);
-                            new.push((encoded_key, channel, done));
+                            let channel = self.channel_of(&sub);
+                            new.push((sub, channel, done));
                         }
                     }
                     if !new.is_empty() {
@@ -483,9 +584,17 @@ impl Task {
                     // waited on: the waiter that won has usually stopped
                     // watching by now, and the move is what puts this
                     // process behind the others for the next release.
+                    // Release channels only: grants go to one waiter named
+                    // by the server, so their order does not matter.
                     let moved: Vec<String> = keys
-                        .iter()
-                        .filter_map(|k| channels.get(k).cloned())
+                        .into_iter()
+                        .filter_map(|encoded_key| {
+                            let sub = Sub {
+                                encoded_key,
+                                kind: Kind::Released,
+                            };
+                            channels.get(&sub).cloned()
+                        })
                         .collect();
                     if !moved.is_empty() {
                         self.moves.batches.fetch_add(1, Ordering::Relaxed);
@@ -504,7 +613,7 @@ impl Task {
 #[derive(Default)]
 struct Pending {
     /// New subscriptions, in arrival order; each has a waiter blocked on it.
-    subscribes: Vec<(String, oneshot::Sender<()>)>,
+    subscribes: Vec<(Sub, oneshot::Sender<()>)>,
     /// Keys whose subscription is to move to the back, each once.
     moves: Vec<String>,
     queued_moves: HashSet<String>,
@@ -513,7 +622,7 @@ struct Pending {
 /// The next batch of [`Pending`] work.
 enum Next {
     /// Subscribe to the channels of these keys (one `SUBSCRIBE`).
-    Subscribe(Vec<(String, oneshot::Sender<()>)>),
+    Subscribe(Vec<(Sub, oneshot::Sender<()>)>),
     /// Move the subscriptions of these keys to the back (one `UNSUBSCRIBE`
     /// and one `SUBSCRIBE` of all their channels).
     Move(Vec<String>),
@@ -522,9 +631,9 @@ enum Next {
 impl Pending {
     /// Queues `request`, or answers it at once when its key's channel is
     /// subscribed already (`channels`), even while a command runs.
-    fn accept(&mut self, request: Request, channels: &HashMap<String, String>) {
+    fn accept(&mut self, request: Request, channels: &HashMap<Sub, String>) {
         match request {
-            Request::Subscribe { encoded_key, done } if channels.contains_key(&encoded_key) => {
+            Request::Subscribe { sub, done } if channels.contains_key(&sub) => {
                 let _ = done.send(());
             }
             request => self.push(request),
@@ -533,7 +642,7 @@ impl Pending {
 
     fn push(&mut self, request: Request) {
         match request {
-            Request::Subscribe { encoded_key, done } => self.subscribes.push((encoded_key, done)),
+            Request::Subscribe { sub, done } => self.subscribes.push((sub, done)),
             Request::Rotate { encoded_key } => {
                 if self.queued_moves.insert(encoded_key.clone()) {
                     self.moves.push(encoded_key);
@@ -567,7 +676,7 @@ enum After {
     Nothing,
     /// These keys' channels (encoded key, channel, the waiter to tell) are
     /// subscribed if the outcome is `Done`.
-    Subscribed(Vec<(String, String, oneshot::Sender<()>)>),
+    Subscribed(Vec<(Sub, String, oneshot::Sender<()>)>),
     /// This many channels were moved to the back if the outcome is `Done`.
     Moved(u64),
 }
@@ -575,7 +684,7 @@ enum After {
 /// Subscribes to all `new` channels with one command.
 async fn subscribe(
     mut sink: PubSubSink,
-    new: Vec<(String, String, oneshot::Sender<()>)>,
+    new: Vec<(Sub, String, oneshot::Sender<()>)>,
     timeout: Duration,
 ) -> (PubSubSink, Outcome, After) {
     let channels: Vec<String> = new.iter().map(|(_, c, _)| c.clone()).collect();
@@ -665,7 +774,10 @@ mod pending_tests {
     fn subscribe(key: &str) -> Request {
         let (done, _) = oneshot::channel();
         Request::Subscribe {
-            encoded_key: key.to_owned(),
+            sub: Sub {
+                encoded_key: key.to_owned(),
+                kind: Kind::Released,
+            },
             done,
         }
     }
@@ -688,7 +800,7 @@ mod pending_tests {
         pending.push(subscribe("new"));
         match pending.next() {
             Some(Next::Subscribe(s)) => {
-                let keys: Vec<&str> = s.iter().map(|(k, _)| k.as_str()).collect();
+                let keys: Vec<&str> = s.iter().map(|(k, _)| k.encoded_key.as_str()).collect();
                 assert_eq!(keys, ["new"]);
             }
             _ => panic!("the new subscription did not go first"),
@@ -739,6 +851,7 @@ mod tests {
             Some(Source::Client(client.clone())),
             KeyLayout::new(prefix).unwrap(),
             Duration::from_secs(10),
+            7,
         );
         let tag = format!("moves:{}:{:?}", std::process::id(), Instant::now());
         let keys: Vec<LockKey> = (0..300)

@@ -18,7 +18,7 @@ use distlock_redis::redis::{self, aio::MultiplexedConnection, AsyncCommands};
 use distlock_redis::testkit::{self, ProcessOptions, RedisServer};
 use distlock_redis::{
     Acquire, BackendErrorKind, LockBackend, LockError, LockKey, LockOptions, LockToken, Locker,
-    RedisBackend, RedisConfig, Release,
+    RedisBackend, RedisConfig, Release, Waiter, WaiterId,
 };
 use tokio::time::Instant;
 
@@ -658,6 +658,44 @@ fn every_script_is_safe_to_send_twice() {
         assert!(!b.inspect(&k).await.unwrap().held);
         // A released token can never acquire again (its tombstone).
         assert!(b.try_acquire(&k, &t, TTL, None).await.is_err());
+
+        // The line of waiters: a queued call sent twice keeps one place; a
+        // handing release sent twice finds the lock handed on (not held by
+        // its token) and leaves the handover alone (the backend reports
+        // such a repeat as an unknown outcome); a claim sent twice answers
+        // the same fence and only sets the TTL again.
+        let mut admin = admin(server.url()).await;
+        let keys = b.keys(&k);
+        let holder = LockToken::generate();
+        let f0 = match b.try_acquire(&k, &holder, TTL, None).await.unwrap() {
+            Acquire::Acquired { fence } => fence,
+            other => panic!("{other:?}"),
+        };
+        let (q, w) = (
+            LockToken::generate(),
+            Waiter::new(WaiterId::generate(), Duration::from_secs(10)),
+        );
+        for _ in 0..2 {
+            let joined = b.try_acquire_queued(&k, &q, TTL, None, &w).await.unwrap();
+            assert!(matches!(joined, Acquire::Held { .. }), "{joined:?}");
+        }
+        let places: i64 = admin.zcard(&keys.waiters).await.unwrap();
+        assert_eq!(places, 1);
+        assert_eq!(b.release(&k, &holder).await.unwrap(), Release::Released);
+        assert_eq!(b.release(&k, &holder).await.unwrap(), Release::NotHeld);
+        let value: Option<String> = admin.get(&keys.lock).await.unwrap();
+        assert_eq!(
+            value.as_deref(),
+            Some(q.as_hex()),
+            "the repeat undid the handover"
+        );
+        let first = b.try_acquire_queued(&k, &q, TTL, None, &w).await.unwrap();
+        let second = b.try_acquire_queued(&k, &q, TTL, None, &w).await.unwrap();
+        assert_eq!(first, Acquire::Acquired { fence: f0 + 1 });
+        assert_eq!(first, second);
+        assert_eq!(b.release(&k, &q).await.unwrap(), Release::Released);
+        assert_eq!(b.release(&k, &q).await.unwrap(), Release::NotHeld);
+        assert!(!b.inspect(&k).await.unwrap().held);
     });
 }
 

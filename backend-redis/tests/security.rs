@@ -21,8 +21,8 @@ use distlock_redis::deadpool_redis;
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
 use distlock_redis::testkit::{ProcessOptions, RedisServer, TestCertificates};
 use distlock_redis::{
-    BackendErrorKind, KeyLayout, LockError, LockKey, LockOptions, Locker, RedisBackend,
-    RedisConfig, Release,
+    Acquire, BackendError, BackendErrorKind, KeyLayout, LockBackend, LockError, LockKey,
+    LockOptions, LockToken, Locker, RedisBackend, RedisConfig, Release, Waiter, WaiterId,
 };
 use proptest::prelude::*;
 
@@ -34,16 +34,20 @@ use proptest::prelude::*;
 /// ACL SETUSER locker reset on >PASSWORD ~distlock:* &distlock:* -@all
 ///     +evalsha +eval +get +set +del +incr +time +pttl
 ///     +pexpire +type +publish +subscribe +unsubscribe +ping +unwatch
+///     +zadd +zrem +zrange +hset +hget +hdel
 /// ```
 ///
-/// - `~distlock:*`: the lock, fence, owner and tombstone keys; `&distlock:*`: the
-///   release channels (lock key + `:released`; with another `key_prefix`,
-///   use it in both patterns).
+/// - `~distlock:*`: the lock, fence, owner, tombstone and waiter-line keys;
+///   `&distlock:*`: the release and grant channels (lock key + `:released`,
+///   and + `:grant:` + a backend id; with another `key_prefix`, use it in
+///   both patterns).
 /// - `evalsha` and `eval` run the scripts (`EVAL` with the script's body
 ///   after `NOSCRIPT`, e.g. after a restart or `SCRIPT FLUSH`).
 /// - `get set del incr time pttl pexpire type publish`: the commands
 ///   the Lua scripts call (Redis checks them against the caller's ACL;
-///   `time` starts a missing fencing counter from the clock).
+///   `time` starts a missing fencing counter from the clock); `zadd zrem
+///   zrange hset hget hdel`: the line of waiters (`zrange` on every
+///   release, the others when a waiter joins, leaves or is handed the lock).
 /// - `subscribe unsubscribe`: the release subscriber (also to move a
 ///   subscription to the back of the delivery order); `ping`: the check of
 ///   idle pooled connections and of the subscriber.
@@ -52,7 +56,7 @@ use proptest::prelude::*;
 /// - Add `+select` for a URL with a database number other than 0.
 ///   `CLIENT SETINFO` (Redis 7.2+) may stay denied: the client ignores its
 ///   answer.
-const MINIMAL_ACL: [&str; 16] = [
+const MINIMAL_ACL: [&str; 22] = [
     "-@all",
     "+evalsha",
     "+eval",
@@ -69,7 +73,16 @@ const MINIMAL_ACL: [&str; 16] = [
     "+unsubscribe",
     "+ping",
     "+unwatch",
+    "+zadd",
+    "+zrem",
+    "+zrange",
+    "+hset",
+    "+hget",
+    "+hdel",
 ];
+
+/// The commands of [`MINIMAL_ACL`] that only the line of waiters uses.
+const QUEUE_COMMANDS: [&str; 6] = ["+zadd", "+zrem", "+zrange", "+hset", "+hget", "+hdel"];
 
 const ADMIN_PASSWORD: &str = "admin-Pa55-7c1e";
 const LOCKER_PASSWORD: &str = "locker-Pa55-93ab";
@@ -164,7 +177,38 @@ async fn lock_cycle(locker: &Locker<RedisBackend>) -> u64 {
     );
     let fence = waited.fence();
     assert_eq!(waited.release().await.expect("release"), Release::Released);
+    queue_cycle(locker.backend(), &name)
+        .await
+        .expect("the line of waiters");
     fence
+}
+
+/// The line of waiters through the backend: join, leave, join again, a
+/// handover by the release and its claim, then the release.
+async fn queue_cycle(backend: &RedisBackend, name: &str) -> Result<(), BackendError> {
+    let key = LockKey::new("", name).unwrap();
+    let holder = LockToken::generate();
+    let queued = LockToken::generate();
+    let waiter = Waiter::new(WaiterId::generate(), Duration::from_secs(10));
+    let Acquire::Acquired { .. } = backend.try_acquire(&key, &holder, TTL, None).await? else {
+        panic!("the lock was not free");
+    };
+    let leaving = LockToken::generate();
+    backend
+        .try_acquire_queued(&key, &leaving, TTL, None, &waiter)
+        .await?;
+    assert_eq!(backend.release(&key, &leaving).await?, Release::NotHeld);
+    let joined = backend
+        .try_acquire_queued(&key, &queued, TTL, Some("queued"), &waiter)
+        .await?;
+    assert!(matches!(joined, Acquire::Held { .. }), "{joined:?}");
+    assert_eq!(backend.release(&key, &holder).await?, Release::Released);
+    let claimed = backend
+        .try_acquire_queued(&key, &queued, TTL, Some("queued"), &waiter)
+        .await?;
+    assert!(matches!(claimed, Acquire::Acquired { .. }), "{claimed:?}");
+    assert_eq!(backend.release(&key, &queued).await?, Release::Released);
+    Ok(())
 }
 
 fn backend_error(err: &LockError) -> (BackendErrorKind, String) {
@@ -348,6 +392,25 @@ async fn acl_user_restricted_to_the_prefix_works_and_is_refused_elsewhere() {
         .await
         .unwrap();
     assert_eq!(exists, 0, "{lock_key} left behind");
+
+    // Each command of the line is needed: without it the line's cycle
+    // fails with Permission.
+    for command in QUEUE_COMMANDS {
+        let without: Vec<&str> = MINIMAL_ACL
+            .iter()
+            .copied()
+            .filter(|c| *c != command)
+            .collect();
+        let user = format!("no{}", &command[1..]);
+        create_locker_user(&mut admin, &user, &without).await;
+        let url = with_credentials(_server.url(), &user, LOCKER_PASSWORD);
+        let backend = RedisBackend::from_url(&url).unwrap();
+        let err = queue_cycle(&backend, &unique(&user))
+            .await
+            .expect_err(&format!("the line works without {command}"));
+        println!("user without {command}: {err}");
+        assert_eq!(err.kind(), BackendErrorKind::Permission, "{command}: {err}");
+    }
 }
 
 /// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of the hash tag
@@ -396,8 +459,9 @@ fn cluster_slot_matches_the_redis_specification() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Lock, fence and owner keys (and the release channel) share one hash tag (the whole encoded
-    /// name) and so one Cluster slot, whatever the name and prefixes.
+    /// Lock, fence, owner, waiters and leases keys (and the release and
+    /// grant channels) share one hash tag (the whole encoded name) and so
+    /// one Cluster slot, whatever the name and prefixes.
     #[test]
     fn lock_fence_and_owner_keys_share_one_cluster_slot(
         backend_prefix in "[a-z:._-]{0,12}",
@@ -411,6 +475,9 @@ proptest! {
         prop_assert_eq!(cluster_slot(keys.fence.as_bytes()), slot);
         prop_assert_eq!(cluster_slot(keys.owner.as_bytes()), slot);
         prop_assert_eq!(cluster_slot(layout.channel(&key).as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(keys.waiters.as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(keys.leases.as_bytes()), slot);
+        prop_assert_eq!(cluster_slot(layout.grant_channel(&key, u64::MAX).as_bytes()), slot);
         // The tag is exactly the encoded name (between the only braces).
         let encoded = key.encoded();
         let open = encoded.find('{').unwrap();

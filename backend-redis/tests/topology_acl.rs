@@ -5,16 +5,20 @@
 use std::time::Duration;
 
 use distlock_redis::testkit::{RedisCluster, SentinelGroup};
-use distlock_redis::{redis, LockOptions, Locker, RedisBackend, RedisConfig};
+use distlock_redis::{
+    redis, Acquire, LockBackend, LockOptions, LockToken, Locker, RedisBackend, RedisConfig,
+    Release, Waiter, WaiterId,
+};
 
 /// The single-server ACL of `RedisConfig`'s docs (default prefix).
 const SINGLE: &str = "+evalsha +eval +get +set +del +incr +time +pttl +pexpire +type \
-                      +publish +subscribe +unsubscribe +ping +unwatch";
+                      +publish +subscribe +unsubscribe +ping +unwatch \
+                      +zadd +zrem +zrange +hset +hget +hdel";
 /// The Cluster ACL of the README: sharded pub/sub instead of plain, the
 /// slot map and the version check.
 const CLUSTER: &str = "+evalsha +eval +get +set +del +incr +time +pttl +pexpire +type \
                        +spublish +ssubscribe +sunsubscribe +ping +cluster|slots +command|info \
-                       +asking +wait";
+                       +asking +wait +zadd +zrem +zrange +hset +hget +hdel";
 
 fn set_user(url: &str, commands: &str) {
     let mut cmd = redis::cmd("ACL");
@@ -75,6 +79,37 @@ async fn exercise(config: RedisConfig) {
         .unwrap()
         .unwrap();
     assert!(fence > first);
+
+    // The line of waiters: a handover from one backend to a waiter of
+    // another, woken by its grant (its own calls are 60 s apart).
+    let holder = RedisBackend::from_config(&config).unwrap();
+    let queued = RedisBackend::from_config(&config).unwrap();
+    assert!(queued.capabilities().waiter_queue);
+    let key = distlock_redis::LockKey::new("", "acl-queue").unwrap();
+    let (h, q) = (LockToken::generate(), LockToken::generate());
+    let ttl = Duration::from_secs(30);
+    let w = Waiter::new(WaiterId::generate(), Duration::from_secs(120));
+    let Acquire::Acquired { fence: before } =
+        holder.try_acquire(&key, &h, ttl, None).await.unwrap()
+    else {
+        panic!("acl-queue is held");
+    };
+    let mut watch = queued.watch_queued(&key, &w).await.unwrap().unwrap();
+    let joined = queued
+        .try_acquire_queued(&key, &q, ttl, None, &w)
+        .await
+        .unwrap();
+    assert!(matches!(joined, Acquire::Held { .. }), "{joined:?}");
+    assert_eq!(holder.release(&key, &h).await.unwrap(), Release::Released);
+    tokio::time::timeout(Duration::from_secs(10), watch.released())
+        .await
+        .expect("the grant did not wake the waiter");
+    let claimed = queued
+        .try_acquire_queued(&key, &q, ttl, None, &w)
+        .await
+        .unwrap();
+    assert_eq!(claimed, Acquire::Acquired { fence: before + 1 });
+    assert_eq!(queued.release(&key, &q).await.unwrap(), Release::Released);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

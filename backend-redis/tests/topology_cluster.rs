@@ -67,6 +67,58 @@ async fn names_spread_over_all_primaries_and_odd_braces_route() {
     assert_eq!(primaries.len(), 3, "the names did not reach every primary");
 }
 
+/// The line of waiters on every primary: for names spread over the three
+/// primaries, a release by one backend hands the lock to a waiter of
+/// another (its line keys and grant channel in the lock's slot), the grant
+/// arrives through sharded pub/sub (the waiter's own calls would be 60 s
+/// apart), and the claim answers the handover's fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_reaches_a_waiter_of_another_backend_on_every_primary() {
+    use distlock_redis::{Acquire, LockBackend, LockKey, LockToken, Release, Waiter, WaiterId};
+
+    let cluster = RedisCluster::start();
+    let (holder, queued) = (backend(&cluster), backend(&cluster));
+    assert!(queued.capabilities().waiter_queue);
+    let ttl = Duration::from_secs(30);
+    let mut primaries = HashSet::new();
+    for i in 0..12 {
+        let key = LockKey::new("queue", format!("handover-{i}")).unwrap();
+        let keys = holder.keys(&key);
+        let slot = cluster.key_slot(&keys.lock);
+        for other in [
+            keys.waiters.clone(),
+            keys.leases.clone(),
+            queued.grant_channel(&key),
+        ] {
+            assert_eq!(cluster.key_slot(&other), slot, "{other}");
+        }
+        primaries.insert(cluster.primary_of_slot(slot).id);
+        let (h, q) = (LockToken::generate(), LockToken::generate());
+        let w = Waiter::new(WaiterId::generate(), Duration::from_secs(120));
+        let Acquire::Acquired { fence } = holder.try_acquire(&key, &h, ttl, None).await.unwrap()
+        else {
+            panic!("{key:?} is held");
+        };
+        let mut watch = queued.watch_queued(&key, &w).await.unwrap().unwrap();
+        let joined = queued
+            .try_acquire_queued(&key, &q, ttl, None, &w)
+            .await
+            .unwrap();
+        assert!(matches!(joined, Acquire::Held { .. }), "{joined:?}");
+        assert_eq!(holder.release(&key, &h).await.unwrap(), Release::Released);
+        tokio::time::timeout(Duration::from_secs(10), watch.released())
+            .await
+            .unwrap_or_else(|_| panic!("the grant of {key:?} did not arrive"));
+        let claimed = queued
+            .try_acquire_queued(&key, &q, ttl, None, &w)
+            .await
+            .unwrap();
+        assert_eq!(claimed, Acquire::Acquired { fence: fence + 1 });
+        assert_eq!(queued.release(&key, &q).await.unwrap(), Release::Released);
+    }
+    assert_eq!(primaries.len(), 3, "the names did not reach every primary");
+}
+
 /// A release reaches a waiter of another backend through sharded pub/sub
 /// (`SPUBLISH` from the release script, `SSUBSCRIBE` on the subscriber):
 /// the waiter's retries are 10 s apart, so only the message wakes it.

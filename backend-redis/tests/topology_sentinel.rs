@@ -103,6 +103,93 @@ async fn sigkill_of_the_primary_while_held_and_waited() {
     );
 }
 
+/// SIGKILL of the primary while a lock is held and a waiter of another
+/// backend is in the line of waiters: the line may be lost with the
+/// primary (it replicates asynchronously), but the waiter keeps its place
+/// by calling (joining the new primary's line) and acquires after the
+/// holder's release with a higher fence, before the holder's lease would
+/// have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_in_line_acquires_after_a_failover() {
+    use distlock_redis::{Release, Waiter, WaiterId, WAITER_LEASE};
+
+    let group = SentinelGroup::start();
+    let ttl = Duration::from_secs(8);
+    let holder =
+        RedisBackend::from_config(&config(&group).with_replica_ack(ReplicaAck::new(1))).unwrap();
+    let waiting = RedisBackend::from_config(&config(&group)).unwrap();
+    assert!(waiting.capabilities().waiter_queue);
+    let key = LockKey::new("sentinel", "line").unwrap();
+    let h = LockToken::generate();
+    let Acquire::Acquired { fence: first } = holder.try_acquire(&key, &h, ttl, None).await.unwrap()
+    else {
+        panic!("held");
+    };
+    let task = {
+        let (b, key) = (waiting.clone(), key.clone());
+        tokio::spawn(async move {
+            let (token, w) = (
+                LockToken::generate(),
+                Waiter::new(WaiterId::generate(), WAITER_LEASE),
+            );
+            let mut watch = b.watch_queued(&key, &w).await.unwrap().unwrap();
+            loop {
+                match b.try_acquire_queued(&key, &token, ttl, None, &w).await {
+                    Ok(Acquire::Acquired { fence }) => {
+                        let at = Instant::now();
+                        assert_eq!(b.release(&key, &token).await.unwrap(), Release::Released);
+                        return (at, fence);
+                    }
+                    Ok(Acquire::Held { remaining }) => {
+                        let wait = remaining.map_or(WAITER_LEASE / 3, |r| {
+                            (r + Duration::from_millis(1)).min(WAITER_LEASE / 3)
+                        });
+                        tokio::select! {
+                            () = watch.released() => {}
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    Err(e) if e.kind().is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting.subscribed_channels() == 0 {
+        assert!(Instant::now() < deadline, "the waiter never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed_at = Instant::now();
+    let (_, old) = tokio::task::block_in_place(|| group.kill_primary());
+    tokio::task::block_in_place(|| group.wait_for_new_primary(&old, Duration::from_secs(60)));
+    let extended = loop {
+        match holder.extend(&key, &h, ttl).await {
+            Err(e) if e.kind().is_transient() => {
+                assert!(killed_at.elapsed() < Duration::from_secs(60), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    let lease_end = Instant::now() + ttl;
+    assert_eq!(extended.unwrap(), distlock_redis::Extend::Extended);
+    let released_at = Instant::now();
+    assert_eq!(holder.release(&key, &h).await.unwrap(), Release::Released);
+    let (acquired_at, fence) = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the waiter in line did not acquire after the failover")
+        .unwrap();
+    eprintln!(
+        "FIGURE sentinel line: the waiter in line acquires {:?} after the release",
+        acquired_at.duration_since(released_at)
+    );
+    assert!(fence > first, "fences went backwards");
+    assert!(acquired_at < lease_end, "not woken before the lease's end");
+}
+
 /// `SENTINEL FAILOVER` (clean): a held lock survives (replicated before the
 /// switch) and the next acquisition gets a higher fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use distlock::WaiterId;
 use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::cluster_async::ClusterConnection;
@@ -116,6 +117,9 @@ impl Sink {
 pub(crate) enum Event {
     /// A release message with this payload (the encoded lock key).
     Released(String),
+    /// A grant message (`ENCODED-KEY WAITER`): the lock was handed to this
+    /// waiter of this backend.
+    Granted(String, WaiterId),
     /// A message that could not be read.
     Malformed(redis::RedisError),
     /// The client reconnected underneath (cluster): messages may have been
@@ -123,6 +127,26 @@ pub(crate) enum Event {
     Reconnected,
     /// Nothing for the subscriber (a subscription confirmation).
     Other,
+}
+
+impl Event {
+    /// A message's payload: an encoded key (encoded keys never contain a
+    /// space) for a release, `ENCODED-KEY WAITER` for a grant.
+    fn from_payload(payload: String) -> Self {
+        let Some((key, waiter)) = payload.rsplit_once(' ') else {
+            return Event::Released(payload);
+        };
+        match WaiterId::from_hex(waiter) {
+            Some(waiter) if !key.is_empty() && !key.contains(' ') => {
+                Event::Granted(key.to_owned(), waiter)
+            }
+            _ => Event::Malformed(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "a grant message that is not `ENCODED-KEY WAITER`",
+                payload,
+            ))),
+        }
+    }
 }
 
 /// The message side of a subscriber connection.
@@ -138,7 +162,7 @@ impl Stream {
             Stream::Plain(stream) => {
                 let msg = stream.next().await?;
                 Some(match msg.get_payload::<String>() {
-                    Ok(key) => Event::Released(key),
+                    Ok(payload) => Event::from_payload(payload),
                     Err(e) => Event::Malformed(e),
                 })
             }
@@ -147,7 +171,7 @@ impl Stream {
                 Some(match push.kind {
                     PushKind::SMessage | PushKind::Message => match push.data.get(1) {
                         Some(payload) => match redis::from_redis_value_ref::<String>(payload) {
-                            Ok(key) => Event::Released(key),
+                            Ok(payload) => Event::from_payload(payload),
                             Err(e) => Event::Malformed(e.into()),
                         },
                         None => Event::Other,
@@ -156,6 +180,37 @@ impl Stream {
                     _ => Event::Other,
                 })
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_releases_or_grants() {
+        assert!(matches!(
+            Event::from_payload("p{k}".to_owned()),
+            Event::Released(k) if k == "p{k}"
+        ));
+        match Event::from_payload("p{k} 00000000000000ab".to_owned()) {
+            Event::Granted(k, w) => {
+                assert_eq!(k, "p{k}");
+                assert_eq!(w, WaiterId::from_u64(0xab));
+            }
+            _ => panic!("not a grant"),
+        }
+        for bad in [
+            "p{k} xyz",
+            " 00000000000000ab",
+            "a b 00000000000000ab",
+            "p{k} 00ab",
+        ] {
+            assert!(
+                matches!(Event::from_payload(bad.to_owned()), Event::Malformed(_)),
+                "{bad:?}"
+            );
         }
     }
 }

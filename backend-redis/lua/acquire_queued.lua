@@ -1,0 +1,73 @@
+-- distlock acquire_queued: one round trip (after lib.lua), for a lock()
+-- call that keeps waiting in the lock's line of waiters.
+-- KEYS[1] lock key, KEYS[2] fence key, KEYS[3] owner key,
+-- KEYS[4] tombstone of this token, KEYS[5] waiters, KEYS[6] leases
+-- ARGV[1] token, ARGV[2] ttl in ms, ARGV[3] fence retention in ms,
+-- ARGV[4] this backend's id (16 hex digits), ARGV[5] this waiter's id
+-- (16 hex digits), ARGV[6] the waiter's lease (= claim window) in ms,
+-- ARGV[7] the encoded lock key (grant payload), ARGV[8] 's' to publish with
+-- SPUBLISH, ARGV[9] owner label (absent: no label)
+-- Returns {1, fence} when acquired (taken, or a handover claimed),
+-- {0, pttl} when held (this waiter is in line).
+local k = {lock = KEYS[1], fence = KEYS[2], owner = KEYS[3], waiters = KEYS[5], leases = KEYS[6]}
+local token, ttl = ARGV[1], ARGV[2]
+
+local function set_owner()
+  if ARGV[9] then
+    redis.call('SET', k.owner, ARGV[9], 'PX', ttl)
+  else
+    redis.call('DEL', k.owner)
+  end
+end
+
+return guarded(function()
+  if redis.call('GET', KEYS[4]) then
+    -- As in acquire.lua: a late copy of a call whose token was given back.
+    return redis.error_reply('STALE token of ' .. k.lock .. ' was already released; late acquire refused')
+  end
+  local v = redis.pcall('GET', k.lock)
+  if type(v) == 'table' and v['err'] then
+    local t = redis.call('TYPE', k.lock)['ok']
+    return redis.error_reply('WRONGTYPE key ' .. k.lock .. ' holds a ' .. t .. ', not a lock')
+  end
+  if v == token then
+    -- The claim of a handover to this waiter (or a repeated call): the
+    -- lease is ttl from now; the handover already counted the fence.
+    local fence = redis.pcall('GET', k.fence)
+    if type(fence) ~= 'string' or not tonumber(fence) then
+      return redis.error_reply('ERR the fencing counter ' .. k.fence .. ' of a claimed handover is gone')
+    end
+    redis.call('PEXPIRE', k.lock, ttl)
+    set_owner()
+    leave(k.waiters, k.leases, token)
+    return {1, tonumber(fence)}
+  end
+  local now_ms, now_us = server_now()
+  if v then
+    -- Held by another token: join the line, or keep the place.
+    local pttl = redis.call('PTTL', k.lock)
+    if pttl == -1 then
+      return redis.error_reply('WRONGTYPE key ' .. k.lock .. ' has no expiry, so distlock did not write it (not a lock)')
+    end
+    join(k.waiters, k.leases, token, now_ms, now_us, ARGV[4], ARGV[5], ARGV[6])
+    return {0, pttl}
+  end
+  local head, rec = first_live(k.waiters, k.leases, now_ms, nil)
+  if head == nil or head == token then
+    -- Free, and this waiter is first (or nobody is in line): take it as
+    -- acquire.lua does.
+    redis.call('SET', k.lock, token, 'PX', ttl)
+    local fence, err = bump_fence(k.fence, ARGV[3], k.lock)
+    if err then
+      return err
+    end
+    set_owner()
+    leave(k.waiters, k.leases, token)
+    return {1, fence}
+  end
+  -- Free (a holder's or a handover's lease ended), another waiter first:
+  -- hand it the lock and line up behind it.
+  grant(k, head, rec, ARGV[3], ARGV[7], ARGV[8] == 's')
+  join(k.waiters, k.leases, token, now_ms, now_us, ARGV[4], ARGV[5], ARGV[6])
+  return {0, tonumber(rec.claim)}
+end)
