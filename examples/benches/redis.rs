@@ -569,9 +569,7 @@ impl LockBackend for TimedWatch {
         key: &LockKey,
         waiter: &Waiter,
     ) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.stats
-            .time(self.inner.watch_queued(key, waiter))
-            .await
+        self.stats.time(self.inner.watch_queued(key, waiter)).await
     }
 
     async fn raise_fence(

@@ -54,6 +54,20 @@ pub(super) async fn acquire(
     ttl: Duration,
     owner: Option<&str>,
 ) -> Result<Acquire, BackendError> {
+    acquire_queued(q, key, token, ttl, owner, None).await
+}
+
+/// [`acquire`] for a waiter in line: the gate call of a contended key is
+/// the gate member's queued call (`waiter`), so waiters line up on the
+/// gate. See [`Quorum::try_acquire_queued`](super::Quorum).
+pub(super) async fn acquire_queued(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    waiter: Option<&crate::Waiter>,
+) -> Result<Acquire, BackendError> {
     let started = Instant::now();
     let limit = q.call_limit(ttl);
     let mut tally = Tally::default();
@@ -62,7 +76,16 @@ pub(super) async fn acquire(
     // holding nothing, so racers do not split the vote.
     let gate = q.contention.gate(key);
     if let Some(g) = gate {
-        let answer = bounded(limit, q.members[g].try_acquire(key, token, ttl, owner)).await;
+        let member = &q.members[g];
+        let call = async {
+            match waiter {
+                Some(w) if member.capabilities().waiter_queue => {
+                    member.try_acquire_queued(key, token, ttl, owner, w).await
+                }
+                _ => member.try_acquire(key, token, ttl, owner).await,
+            }
+        };
+        let answer = bounded(limit, call).await;
         if let Ok(Acquire::Held { remaining }) = answer {
             // Not a new sighting: only a round that asked every member
             // prolongs the contention. So the gate alone decides for at

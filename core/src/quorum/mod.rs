@@ -203,7 +203,9 @@ impl Quorum {
                 .with_fencing(fencing)
                 .with_release_notify(all(|c| c.release_notify))
                 .with_distributed(all(|c| c.distributed))
-                .with_tokio_clock(all(|c| c.tokio_clock)),
+                .with_tokio_clock(all(|c| c.tokio_clock))
+                // Waiters line up on the gate member (see `acquire`).
+                .with_waiter_queue(all(|c| c.waiter_queue)),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -330,9 +332,15 @@ impl LockBackend for Quorum {
         }
     }
 
-    /// With one member, that member's. A quorum of several members has no
-    /// line of waiters (independent lines on each member would order
-    /// waiters differently), so this is `try_acquire`.
+    /// With one member, that member's. With several, the line of waiters
+    /// is the **gate member's** (lines on every member would order racing
+    /// waiters differently and split the vote): while the key is contended
+    /// the call goes to the gate first as a queued call, so waiters take
+    /// their turns on the gate first come, first served, and a release
+    /// hands the gate to the next waiter, which then acquires the other
+    /// members. Otherwise (not contended, or the gate has no line) this is
+    /// [`LockBackend::try_acquire`]. The majority rule, validity and
+    /// fencing are the same on every path.
     async fn try_acquire_queued(
         &self,
         key: &LockKey,
@@ -346,7 +354,9 @@ impl LockBackend for Quorum {
                 only.try_acquire_queued(key, token, ttl, owner, waiter)
                     .await
             }
-            None => self.try_acquire(key, token, ttl, owner).await,
+            None => {
+                acquire::acquire_queued(&self.inner, key, token, ttl, owner, Some(waiter)).await
+            }
         }
     }
 
