@@ -1000,7 +1000,9 @@ mod tests {
     /// Lets the spawned tasks run until `done` holds (a paused clock moves
     /// on only when every task is idle).
     async fn until(backend: &Line, done: impl Fn(&LineState) -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(600);
         while !done(&backend.state()) {
+            assert!(Instant::now() < give_up, "the condition never held");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
