@@ -258,12 +258,15 @@ impl fmt::Display for CapabilityReport {
         let c = self.capabilities;
         writeln!(
             f,
-            "capabilities: fencing={} release_notify={} distributed={} tokio_clock={}; \
+            "capabilities: fencing={} release_notify={} distributed={} tokio_clock={} \
+             raise_fence={} waiter_queue={}; \
              harness: paused_clock={} registered_waiters={} unreachable_client={}",
             c.fencing,
             c.release_notify,
             c.distributed,
             c.tokio_clock,
+            c.raise_fence,
+            c.waiter_queue,
             self.paused_clock,
             self.waiter_hook,
             self.unreachable_hook
