@@ -784,6 +784,8 @@ mod tests {
         releases: Vec<LockToken>,
         /// The most waiters in line at once.
         longest: usize,
+        /// The reply of the next queued call that acquires comes this late.
+        slow_acquired: Option<Duration>,
         /// The next this many queued calls fail (transient).
         failures: usize,
     }
@@ -835,40 +837,9 @@ mod tests {
         }
     }
 
-    #[async_trait::async_trait]
-    impl LockBackend for Line {
-        fn capabilities(&self) -> Capabilities {
-            Capabilities::none()
-                .with_fencing(true)
-                .with_release_notify(true)
-                .with_tokio_clock(true)
-                .with_waiter_queue(true)
-        }
-
-        async fn try_acquire(
-            &self,
-            _key: &LockKey,
-            token: &LockToken,
-            ttl: Duration,
-            _owner: Option<&str>,
-        ) -> Result<Acquire, BackendError> {
-            let now = Instant::now();
-            let mut st = self.state();
-            st.calls.push(Call {
-                queued: false,
-                token: token.clone(),
-                waiter: None,
-                at: now,
-            });
-            if let Some((_, end)) = st.live_holder(now) {
-                return Ok(Acquire::Held {
-                    remaining: Some(*end - now),
-                });
-            }
-            Ok(st.take(token, now + ttl))
-        }
-
-        async fn try_acquire_queued(
+    impl Line {
+        /// `try_acquire_queued`, at once.
+        fn queued_now(
             &self,
             key: &LockKey,
             token: &LockToken,
@@ -924,6 +895,58 @@ mod tests {
                 }
                 _ => Ok(st.take(token, now + ttl)),
             }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LockBackend for Line {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none()
+                .with_fencing(true)
+                .with_release_notify(true)
+                .with_tokio_clock(true)
+                .with_waiter_queue(true)
+        }
+
+        async fn try_acquire(
+            &self,
+            _key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+            _owner: Option<&str>,
+        ) -> Result<Acquire, BackendError> {
+            let now = Instant::now();
+            let mut st = self.state();
+            st.calls.push(Call {
+                queued: false,
+                token: token.clone(),
+                waiter: None,
+                at: now,
+            });
+            if let Some((_, end)) = st.live_holder(now) {
+                return Ok(Acquire::Held {
+                    remaining: Some(*end - now),
+                });
+            }
+            Ok(st.take(token, now + ttl))
+        }
+
+        async fn try_acquire_queued(
+            &self,
+            key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+            owner: Option<&str>,
+            waiter: &Waiter,
+        ) -> Result<Acquire, BackendError> {
+            let outcome = self.queued_now(key, token, ttl, owner, waiter);
+            if matches!(outcome, Ok(Acquire::Acquired { .. })) {
+                let slow = self.state().slow_acquired.take();
+                if let Some(late) = slow {
+                    tokio::time::sleep(late).await;
+                }
+            }
+            outcome
         }
 
         async fn extend(
@@ -1251,5 +1274,46 @@ mod tests {
             assert!(st.line.is_empty());
         }
         held.release().await.unwrap();
+    }
+
+    /// A claim whose reply arrives after its lease could have ended gives
+    /// no guard (invalid from birth); the wait goes on with the same token,
+    /// and the guard it returns counts its lease from the send time of the
+    /// call that acquired. Nothing is released in between.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_claim_is_not_a_guard_and_the_wait_goes_on_with_the_same_token() {
+        let (backend, holder, waiter) = line();
+        let ttl = Duration::from_secs(1);
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        backend.state().slow_acquired = Some(ttl);
+        let task = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock_with("k", |o| o.with_ttl(ttl)).await })
+        };
+        until(&backend, |st| st.line.len() == 1).await;
+        held.release().await.unwrap();
+        let guard = task.await.unwrap().unwrap();
+        waiter.flush().await;
+        {
+            let st = backend.state();
+            let token = st.calls[1].token.clone();
+            assert!(st.calls[1..].iter().all(|c| c.token == token));
+            let last = st.calls.last().unwrap();
+            assert!(last.queued);
+            assert_eq!(
+                guard.valid_until(),
+                crate::guard::deadline(last.at, ttl),
+                "the lease counts from the call that acquired"
+            );
+            assert!(guard.is_valid());
+            assert_eq!(
+                st.releases.len(),
+                1,
+                "only the holder's release: {:?}",
+                st.releases
+            );
+            assert_eq!(st.holder.as_ref().unwrap().0, token);
+        }
+        guard.release().await.unwrap();
     }
 }
