@@ -483,6 +483,7 @@ mod tests {
         let backend = MemoryBackend::new();
         let (k, token) = (key("job"), LockToken::generate());
         let ttl = Duration::from_secs(5);
+        let waiter = Waiter::new(WaiterId::generate(), distlock::WAITER_LEASE);
         backend.try_acquire(&k, &token, ttl, None).await.unwrap();
         backend.clone().set_unavailable(true);
         let kinds = [
@@ -494,6 +495,11 @@ mod tests {
             backend.release(&k, &token).await.err(),
             backend.inspect(&k).await.err(),
             backend.watch(&k).await.err(),
+            backend
+                .try_acquire_queued(&key("other"), &token, ttl, None, &waiter)
+                .await
+                .err(),
+            backend.watch_queued(&k, &waiter).await.err(),
         ];
         for e in kinds {
             let e = e.expect("an error while unavailable");
@@ -503,6 +509,7 @@ mod tests {
         backend.set_unavailable(false);
         assert!(backend.inspect(&k).await.unwrap().held, "nothing changed");
         assert!(!backend.inspect(&key("other")).await.unwrap().held);
+        assert_eq!(backend.queued_waiters(&key("other")), 0);
     }
 
     fn key(name: &str) -> LockKey {

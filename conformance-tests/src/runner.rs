@@ -237,6 +237,19 @@ impl CapabilityReport {
             ),
             _ => {}
         }
+        if caps.waiter_queue {
+            let waiter =
+                distlock::Waiter::new(distlock::WaiterId::generate(), distlock::WAITER_LEASE);
+            let queued = client.watch_queued(&key, &waiter).await?;
+            if caps.release_notify && queued.is_none() {
+                report.problems.push(
+                    "Capabilities::waiter_queue and release_notify are claimed but \
+                     LockBackend::watch_queued returns None: handovers would wait for the \
+                     next refresh"
+                        .into(),
+                );
+            }
+        }
         if !caps.distributed {
             report.notes.push(
                 "not distributed: locks stay inside one process; the multi-process stress \
