@@ -557,6 +557,41 @@ fn a_paused_clock_without_tokio_clock_fails_every_case_and_the_report() {
     ));
 }
 
+/// Claims a line of waiters and release notifications, but gives waiters
+/// in line no watch (they would wait for their next refresh).
+#[derive(Default)]
+struct NoQueuedWatch;
+
+#[distlock::async_trait]
+impl Hooks<MemoryBackend> for NoQueuedWatch {
+    async fn watch_queued(
+        &self,
+        _inner: &MemoryBackend,
+        _key: &LockKey,
+        _waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_line_without_queued_watches_is_a_report_problem() {
+    assert!(passes::<Faulty<NoQueuedWatch>>("capability_report", |h| {
+        Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(!report.is_consistent(), "{report}");
+            assert!(report.problems[0].contains("watch_queued"), "{report}");
+        })
+    }));
+    assert!(passes::<Faulty<Correct>>("capability_report", |h| {
+        Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(report.is_consistent(), "{report}");
+            assert!(report.to_string().contains("waiter_queue=true"), "{report}");
+        })
+    }));
+}
+
 /// The memory backend with only the required hooks: no
 /// `registered_waiters` (although it claims release notifications) and no
 /// `unreachable_client`.
