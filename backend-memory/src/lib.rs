@@ -31,6 +31,14 @@
 //! names that were locked once do not stay in memory. Fencing tokens come
 //! from one counter per store, so they strictly increase for every name
 //! without keeping a counter per name.
+//!
+//! The store keeps a first-come-first-served line of waiters per name
+//! ([`Capabilities::waiter_queue`]), as the Redis backend does: a release
+//! hands the lock straight to the first live waiter, so waiting
+//! [`Locker::lock`] calls make one attempt per release. Places lapse
+//! [`WAITER_LEASE`] after a waiter's last call, a handover that is not
+//! claimed within as long again lapses too, and
+//! [`MemoryBackend::queued_waiters`] counts the live places (a test hook).
 
 // Where other crates' docs link to this crate's items when its docs are
 // not built beside theirs (otherwise rustdoc prints such links as plain
@@ -48,8 +56,8 @@ pub use store::MemoryBackend;
 pub use distlock::{
     async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
     Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
-    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, MAX_NAME_LEN, MAX_OWNER_LEN,
-    MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL,
+    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, Waiter, WaiterId, MAX_NAME_LEN,
+    MAX_OWNER_LEN, MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL, WAITER_LEASE,
 };
 
 /// The distlock core crate, for everything not re-exported above.

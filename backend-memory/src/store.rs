@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, RaiseFence, Release, ReleaseHub, ReleaseWatch,
+    LockToken, RaiseFence, Release, ReleaseHub, ReleaseWatch, Waiter, WaiterId,
 };
 use tokio::time::Instant;
 
@@ -31,6 +31,19 @@ struct State {
     locks: HashMap<String, Entry>,
     last_fence: u64,
     sweep_at: usize,
+    /// Each key's line of waiters, first come first.
+    queues: HashMap<String, VecDeque<Queued>>,
+    queue_sweep_at: usize,
+}
+
+/// One place in a key's line ([`LockBackend::try_acquire_queued`]).
+struct Queued {
+    waiter: WaiterId,
+    token: LockToken,
+    /// The place lapses then, unless the waiter calls again.
+    lease_until: Instant,
+    /// How long a handover to this waiter waits for its claim.
+    claim: Duration,
 }
 
 struct Entry {
@@ -58,6 +71,100 @@ impl State {
         self.locks.retain(|_, e| e.expires_at > now);
         self.sweep_at = self.locks.len() * 2;
     }
+
+    /// Puts `token` at the tail of `key`'s line, or renews its place there,
+    /// until `lease_until`.
+    fn join(
+        &mut self,
+        key: &str,
+        token: &LockToken,
+        waiter: &Waiter,
+        now: Instant,
+        lease_until: Instant,
+    ) {
+        let line = self.queues.entry(key.to_owned()).or_default();
+        match line.iter_mut().find(|q| q.token == *token) {
+            Some(place) => {
+                place.waiter = waiter.id;
+                place.lease_until = lease_until;
+                place.claim = waiter.lease;
+            }
+            None => line.push_back(Queued {
+                waiter: waiter.id,
+                token: token.clone(),
+                lease_until,
+                claim: waiter.lease,
+            }),
+        }
+        self.maybe_sweep_queues(now);
+    }
+
+    /// Takes `token`'s place (if any) out of `key`'s line.
+    fn leave(&mut self, key: &str, token: &LockToken) {
+        if let Some(line) = self.queues.get_mut(key) {
+            line.retain(|q| q.token != *token);
+            if line.is_empty() {
+                self.queues.remove(key);
+            }
+        }
+    }
+
+    /// The first live place in `key`'s line, dropping lapsed ones before it.
+    fn first_live(&mut self, key: &str, now: Instant) -> Option<&Queued> {
+        let line = self.queues.get_mut(key)?;
+        while line.front().is_some_and(|q| q.lease_until <= now) {
+            line.pop_front();
+        }
+        if line.is_empty() {
+            self.queues.remove(key);
+            return None;
+        }
+        self.queues.get(key).and_then(VecDeque::front)
+    }
+
+    /// Hands the free `key` to the first live waiter in its line: the lock
+    /// is that waiter's token for its claim window, with a new fencing
+    /// token, and the waiter leaves the line. Returns the waiter to wake,
+    /// or `None` (nobody live in line; the key stays free).
+    fn hand_over(&mut self, key: &str, now: Instant) -> Option<WaiterId> {
+        loop {
+            let line = self.queues.get_mut(key)?;
+            let Some(next) = line.pop_front() else {
+                self.queues.remove(key);
+                return None;
+            };
+            if line.is_empty() {
+                self.queues.remove(key);
+            }
+            // A lapsed place, or a claim window beyond the clock: skipped.
+            let Some(expires_at) = now.checked_add(next.claim) else {
+                continue;
+            };
+            if next.lease_until <= now {
+                continue;
+            }
+            self.last_fence += 1;
+            let entry = Entry {
+                token: next.token,
+                owner: None,
+                expires_at,
+                fence: self.last_fence,
+            };
+            self.locks.insert(key.to_owned(), entry);
+            return Some(next.waiter);
+        }
+    }
+
+    /// Removes lines whose places have all lapsed, once the map of lines
+    /// has doubled since the last sweep (amortised O(1) per join).
+    fn maybe_sweep_queues(&mut self, now: Instant) {
+        if self.queues.len() < self.queue_sweep_at.max(MIN_SWEEP_LEN) {
+            return;
+        }
+        self.queues
+            .retain(|_, line| line.iter().any(|q| q.lease_until > now));
+        self.queue_sweep_at = self.queues.len() * 2;
+    }
 }
 
 impl MemoryBackend {
@@ -84,9 +191,27 @@ impl MemoryBackend {
     }
 
     /// Test hook: how many entries the store keeps, expired ones not yet
-    /// swept included.
+    /// swept included: leases, and places in lines of waiters.
     pub fn stored_entries(&self) -> usize {
-        self.state().locks.len()
+        let state = self.state();
+        state.locks.len() + state.queues.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Test hook: how many live places the line of waiters of `key` has
+    /// ([`LockBackend::try_acquire_queued`]). Lapsed places are dropped
+    /// here (the store drops them lazily otherwise).
+    pub fn queued_waiters(&self, key: &LockKey) -> usize {
+        let now = Instant::now();
+        let mut state = self.state();
+        let Some(line) = state.queues.get_mut(key.encoded()) else {
+            return 0;
+        };
+        line.retain(|q| q.lease_until > now);
+        let live = line.len();
+        if live == 0 {
+            state.queues.remove(key.encoded());
+        }
+        live
     }
 
     /// Test hook (a fault switch): while on, every call of this store (all
@@ -140,6 +265,7 @@ impl LockBackend for MemoryBackend {
             .with_release_notify(true)
             .with_tokio_clock(true)
             .with_raise_fence(true)
+            .with_waiter_queue(true)
     }
 
     async fn try_acquire(
@@ -195,18 +321,28 @@ impl LockBackend for MemoryBackend {
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         self.reachable()?;
         let now = Instant::now();
-        let released = {
+        let (released, handed_to) = {
             let mut state = self.state();
             let ours = state
                 .live(key.encoded(), now)
                 .is_some_and(|e| e.token == *token);
             if ours {
                 state.locks.remove(key.encoded());
+                // The first live waiter in line gets it straight away.
+                (true, state.hand_over(key.encoded(), now))
+            } else {
+                // A waiter giving its place back (cancelled, timed out).
+                state.leave(key.encoded(), token);
+                (false, None)
             }
-            ours
         };
         Ok(if released {
-            self.inner.hub.notify(key.encoded());
+            match handed_to {
+                Some(waiter) => {
+                    self.inner.hub.notify_waiter(key.encoded(), waiter);
+                }
+                None => self.inner.hub.notify(key.encoded()),
+            }
             Release::Released
         } else {
             Release::NotHeld
@@ -250,6 +386,87 @@ impl LockBackend for MemoryBackend {
         Ok(RaiseFence::Raised { fence })
     }
 
+    /// The line of waiters (design: `docs/design/waiter-queue.md`, §5),
+    /// with the rules of [`LockBackend::try_acquire_queued`]. Times follow
+    /// tokio's clock; places lapse lazily, as leases do.
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        self.reachable()?;
+        let now = Instant::now();
+        let expires_at = expiry(now, ttl)?;
+        let lease_until = expiry(now, waiter.lease)?;
+        let k = key.encoded();
+        let (outcome, handed_to) = {
+            let mut state = self.state();
+            let held = state.live(k, now).map(|e| {
+                if e.token == *token {
+                    // The claim of a handover (or a repeat): no new fence.
+                    e.expires_at = expires_at;
+                    e.owner = owner.map(str::to_owned);
+                    Acquire::Acquired { fence: e.fence }
+                } else {
+                    Acquire::Held {
+                        remaining: Some(e.expires_at - now),
+                    }
+                }
+            });
+            match held {
+                Some(claimed @ Acquire::Acquired { .. }) => {
+                    state.leave(k, token);
+                    (claimed, None)
+                }
+                Some(held) => {
+                    state.join(k, token, waiter, now, lease_until);
+                    (held, None)
+                }
+                None if state.first_live(k, now).is_none_or(|q| q.token == *token) => {
+                    // Free, and first in line (or no line): take it.
+                    state.last_fence += 1;
+                    let fence = state.last_fence;
+                    state.locks.insert(
+                        k.to_owned(),
+                        Entry {
+                            token: token.clone(),
+                            owner: owner.map(str::to_owned),
+                            expires_at,
+                            fence,
+                        },
+                    );
+                    state.leave(k, token);
+                    state.maybe_sweep(now);
+                    (Acquire::Acquired { fence }, None)
+                }
+                None => {
+                    // Free after an expiry, another waiter first: hand it
+                    // to that waiter, and line up.
+                    let handed_to = state.hand_over(k, now);
+                    let remaining = state.live(k, now).map(|e| e.expires_at - now);
+                    state.join(k, token, waiter, now, lease_until);
+                    (Acquire::Held { remaining }, handed_to)
+                }
+            }
+        };
+        if let Some(next) = handed_to {
+            self.inner.hub.notify_waiter(k, next);
+        }
+        Ok(outcome)
+    }
+
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.reachable()?;
+        Ok(Some(self.inner.hub.watch_waiter(key, waiter.id)))
+    }
+
     /// `memory:` and the address of the shared store: clones of one store
     /// report the same identity.
     fn identity(&self) -> Option<String> {
@@ -266,6 +483,7 @@ mod tests {
         let backend = MemoryBackend::new();
         let (k, token) = (key("job"), LockToken::generate());
         let ttl = Duration::from_secs(5);
+        let waiter = Waiter::new(WaiterId::generate(), distlock::WAITER_LEASE);
         backend.try_acquire(&k, &token, ttl, None).await.unwrap();
         backend.clone().set_unavailable(true);
         let kinds = [
@@ -277,6 +495,11 @@ mod tests {
             backend.release(&k, &token).await.err(),
             backend.inspect(&k).await.err(),
             backend.watch(&k).await.err(),
+            backend
+                .try_acquire_queued(&key("other"), &token, ttl, None, &waiter)
+                .await
+                .err(),
+            backend.watch_queued(&k, &waiter).await.err(),
         ];
         for e in kinds {
             let e = e.expect("an error while unavailable");
@@ -286,6 +509,7 @@ mod tests {
         backend.set_unavailable(false);
         assert!(backend.inspect(&k).await.unwrap().held, "nothing changed");
         assert!(!backend.inspect(&key("other")).await.unwrap().held);
+        assert_eq!(backend.queued_waiters(&key("other")), 0);
     }
 
     fn key(name: &str) -> LockKey {

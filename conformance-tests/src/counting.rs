@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock::{Acquire, BackendError, Extend, LockBackend, LockKey, LockToken, Release};
+use distlock::{Acquire, BackendError, Extend, LockBackend, LockKey, LockToken, Release, Waiter};
 
 use crate::wrapper::{Hooks, Wrapped};
 
@@ -15,6 +15,8 @@ use crate::wrapper::{Hooks, Wrapped};
 #[derive(Default)]
 pub(crate) struct Counting {
     acquires: AtomicUsize,
+    /// Acquire calls answered `Held`.
+    held: AtomicUsize,
     changes: AtomicUsize,
     delay: Duration,
 }
@@ -31,7 +33,7 @@ impl<B: LockBackend> Counted<B> {
         Self::with_delay(inner, Duration::ZERO)
     }
 
-    /// `inner` with counted calls; every `try_acquire` reply comes `delay`
+    /// `inner` with counted calls; every acquire reply comes `delay`
     /// late (after the backend acted, like a slow network) and every
     /// `release` request `delay` late (before the backend acts).
     pub(crate) fn with_delay(inner: B, delay: Duration) -> Self {
@@ -43,18 +45,37 @@ impl<B: LockBackend> Counted<B> {
         Self { backend, counts }
     }
 
-    /// How many `try_acquire` calls were made.
+    /// Another client, `inner`, wrapped with the same counters (several
+    /// clients counted together).
+    pub(crate) fn also(&self, inner: B) -> Wrapped<B> {
+        Wrapped::with_shared(inner, self.counts.clone())
+    }
+
+    /// How many acquire calls (`try_acquire` and `try_acquire_queued`)
+    /// were made.
     pub(crate) fn acquires(&self) -> usize {
         self.counts.acquires.load(Ordering::SeqCst)
     }
 
-    /// How many `try_acquire`, `extend` and `release` calls were made.
+    /// How many acquire calls were answered [`Acquire::Held`].
+    pub(crate) fn held(&self) -> usize {
+        self.counts.held.load(Ordering::SeqCst)
+    }
+
+    /// How many acquire (both kinds), `extend` and `release` calls were
+    /// made.
     pub(crate) fn calls(&self) -> usize {
         self.counts.changes.load(Ordering::SeqCst)
     }
 }
 
 impl Counting {
+    fn count_held(&self, outcome: &Result<Acquire, BackendError>) {
+        if matches!(outcome, Ok(Acquire::Held { .. })) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     async fn pause(&self) {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -75,6 +96,26 @@ impl<B: LockBackend> Hooks<B> for Counting {
         self.acquires.fetch_add(1, Ordering::SeqCst);
         self.changes.fetch_add(1, Ordering::SeqCst);
         let outcome = inner.try_acquire(key, token, ttl, owner).await;
+        self.count_held(&outcome);
+        self.pause().await;
+        outcome
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        self.acquires.fetch_add(1, Ordering::SeqCst);
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        let outcome = inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await;
+        self.count_held(&outcome);
         self.pause().await;
         outcome
     }

@@ -187,6 +187,7 @@ macro_rules! suite {
             waiter_takes_over_abandoned_lock,
             wait_deadline_bounds_stalled_backend_calls,
             acquisition_cut_at_wait_deadline_is_given_back,
+            queued_waiters_make_one_attempt_per_release,
             // exclusion
             racing_try_lock_has_one_winner,
             mutual_exclusion_counter,

@@ -237,6 +237,19 @@ impl CapabilityReport {
             ),
             _ => {}
         }
+        if caps.waiter_queue {
+            let waiter =
+                distlock::Waiter::new(distlock::WaiterId::generate(), distlock::WAITER_LEASE);
+            let queued = client.watch_queued(&key, &waiter).await?;
+            if caps.release_notify && queued.is_none() {
+                report.problems.push(
+                    "Capabilities::waiter_queue and release_notify are claimed but \
+                     LockBackend::watch_queued returns None: handovers would wait for the \
+                     next refresh"
+                        .into(),
+                );
+            }
+        }
         if !caps.distributed {
             report.notes.push(
                 "not distributed: locks stay inside one process; the multi-process stress \
@@ -258,12 +271,15 @@ impl fmt::Display for CapabilityReport {
         let c = self.capabilities;
         writeln!(
             f,
-            "capabilities: fencing={} release_notify={} distributed={} tokio_clock={}; \
+            "capabilities: fencing={} release_notify={} distributed={} tokio_clock={} \
+             raise_fence={} waiter_queue={}; \
              harness: paused_clock={} registered_waiters={} unreachable_client={}",
             c.fencing,
             c.release_notify,
             c.distributed,
             c.tokio_clock,
+            c.raise_fence,
+            c.waiter_queue,
             self.paused_clock,
             self.waiter_hook,
             self.unreachable_hook

@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use distlock::{Acquire, BackendError, LockBackend, LockKey, LockToken, ReleaseWatch};
+use distlock::{Acquire, BackendError, LockBackend, LockKey, LockToken, ReleaseWatch, Waiter};
 
 use crate::wrapper::Hooks;
 
-/// `try_acquire` waits `before_acquire` before it forwards (a request
-/// stuck on its way) and `after_acquire` after the backend acted (a reply
-/// stuck on its way back); `watch` waits `before_watch` before it
-/// registers. Everything else forwards at once.
+/// Both acquire calls (`try_acquire`, `try_acquire_queued`) wait
+/// `before_acquire` before they forward (a request stuck on its way) and
+/// `after_acquire` after the backend acted (a reply stuck on its way back);
+/// both watches wait `before_watch` before they register. Everything else
+/// forwards at once.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Stalls {
     pub(crate) before_acquire: Duration,
@@ -44,5 +45,32 @@ impl<B: LockBackend> Hooks<B> for Stalls {
     async fn watch(&self, inner: &B, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         stall(self.before_watch).await;
         inner.watch(key).await
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        stall(self.before_acquire).await;
+        let outcome = inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await;
+        stall(self.after_acquire).await;
+        outcome
+    }
+
+    async fn watch_queued(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        stall(self.before_watch).await;
+        inner.watch_queued(key, waiter).await
     }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use distlock::{
     Acquire, BackendError, Capabilities, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseWatch,
+    Release, ReleaseWatch, Waiter,
 };
 
 /// What a [`Wrapped`] backend does on each call. Every method defaults to
@@ -51,6 +51,14 @@ use distlock::{
 #[async_trait]
 pub trait Hooks<B: LockBackend>: Send + Sync + 'static {
     /// The capabilities the wrapped backend reports (default: `inner`'s).
+    ///
+    /// Hooks that change [`try_acquire`](Hooks::try_acquire) or
+    /// [`watch`](Hooks::watch) must change the queued variants
+    /// ([`try_acquire_queued`](Hooks::try_acquire_queued),
+    /// [`watch_queued`](Hooks::watch_queued)) the same way, or report
+    /// [`waiter_queue: false`](Capabilities::waiter_queue) here: a
+    /// [`Locker`](distlock::Locker) waits through the queued variants on a
+    /// backend with a line of waiters, and would go around the hook.
     fn capabilities(&self, inner: &B) -> Capabilities {
         inner.capabilities()
     }
@@ -96,6 +104,31 @@ pub trait Hooks<B: LockBackend>: Send + Sync + 'static {
     /// [`LockBackend::watch`].
     async fn watch(&self, inner: &B, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         inner.watch(key).await
+    }
+
+    /// [`LockBackend::try_acquire_queued`].
+    async fn try_acquire_queued(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await
+    }
+
+    /// [`LockBackend::watch_queued`].
+    async fn watch_queued(
+        &self,
+        inner: &B,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        inner.watch_queued(key, waiter).await
     }
 }
 
@@ -173,6 +206,27 @@ impl<B: LockBackend> LockBackend for Wrapped<B> {
 
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.hooks.watch(&self.inner, key).await
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        self.hooks
+            .try_acquire_queued(&self.inner, key, token, ttl, owner, waiter)
+            .await
+    }
+
+    async fn watch_queued(
+        &self,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.hooks.watch_queued(&self.inner, key, waiter).await
     }
 
     // Not hooked: forwarded as they are, so a wrapped backend can still be

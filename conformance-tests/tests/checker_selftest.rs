@@ -32,6 +32,8 @@ enum Fault {
 
 /// Hooks that break one rule of `MemoryBackend` ([`Fault`]). No release
 /// notifications (the broken paths would not send them); waiters poll.
+/// No line of waiters either: the faults are in the plain calls, which a
+/// `Locker` would go around through `try_acquire_queued` otherwise.
 struct Broken {
     fault: Fault,
 }
@@ -39,7 +41,10 @@ struct Broken {
 #[distlock::async_trait]
 impl Hooks<MemoryBackend> for Broken {
     fn capabilities(&self, inner: &MemoryBackend) -> Capabilities {
-        inner.capabilities().with_release_notify(false)
+        inner
+            .capabilities()
+            .with_release_notify(false)
+            .with_waiter_queue(false)
     }
 
     async fn try_acquire(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Extend, LockBackend, LockInfo, LockKey, LockToken,
-    Release, ReleaseHub, ReleaseWatch,
+    Release, ReleaseHub, ReleaseWatch, Waiter,
 };
 use distlock_conformance::wrapper::{Hooks, Wrapped};
 use distlock_conformance::{
@@ -22,7 +22,10 @@ use distlock_conformance::{
 use distlock_memory::MemoryBackend;
 
 /// One defect: hooks around the memory backend, shared by every client of
-/// one store.
+/// one store. The memory backend keeps a line of waiters, so a defect in
+/// an acquire call or a watch is built into its queued variant too (the
+/// `Locker` waits through those): `Hooks::capabilities` documents that
+/// obligation.
 trait Defect: Hooks<MemoryBackend> + Default {}
 impl<D: Hooks<MemoryBackend> + Default> Defect for D {}
 
@@ -88,6 +91,21 @@ impl Hooks<MemoryBackend> for AlwaysTakesOver {
         inner.expire_now(key);
         inner.try_acquire(key, token, ttl, owner).await
     }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        inner.expire_now(key);
+        inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await
+    }
 }
 
 /// `extend` of a lease that ran out takes the lock again and says Extended.
@@ -146,6 +164,16 @@ impl Hooks<MemoryBackend> for NoNotification {
         inner.watch(key).await?; // registered and dropped at once
         Ok(Some(self.silent.watch(key)))
     }
+
+    async fn watch_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        inner.watch_queued(key, waiter).await?;
+        Ok(Some(self.silent.watch_waiter(key, waiter.id)))
+    }
 }
 
 /// Fencing tokens count per key and start again at 1 after a release.
@@ -165,15 +193,23 @@ impl Hooks<MemoryBackend> for FencesRestartAfterRelease {
         ttl: Duration,
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
-        Ok(match inner.try_acquire(key, token, ttl, owner).await? {
-            Acquire::Acquired { .. } => {
-                let mut fences = self.fences.lock().unwrap();
-                let fence = fences.entry(key.encoded().to_owned()).or_insert(0);
-                *fence += 1;
-                Acquire::Acquired { fence: *fence }
-            }
-            held => held,
-        })
+        let outcome = inner.try_acquire(key, token, ttl, owner).await?;
+        Ok(self.renumber(key, outcome))
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        let outcome = inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await?;
+        Ok(self.renumber(key, outcome))
     }
 
     async fn release(
@@ -201,6 +237,21 @@ impl Hooks<MemoryBackend> for FencesRestartAfterRelease {
         } else {
             LockInfo::free(fence)
         })
+    }
+}
+
+impl FencesRestartAfterRelease {
+    /// An acquisition's fence from the per-key count instead.
+    fn renumber(&self, key: &LockKey, outcome: Acquire) -> Acquire {
+        match outcome {
+            Acquire::Acquired { .. } => {
+                let mut fences = self.fences.lock().unwrap();
+                let fence = fences.entry(key.encoded().to_owned()).or_insert(0);
+                *fence += 1;
+                Acquire::Acquired { fence: *fence }
+            }
+            held => held,
+        }
     }
 }
 
@@ -240,6 +291,20 @@ impl Hooks<MemoryBackend> for LeaseShorterThanTtl {
     ) -> Result<Acquire, BackendError> {
         inner.try_acquire(key, token, ttl / 4, owner).await
     }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        inner
+            .try_acquire_queued(key, token, ttl / 4, owner, waiter)
+            .await
+    }
 }
 
 /// Errors of a store that cannot be reached come out as `Other` (not
@@ -266,6 +331,41 @@ impl Hooks<MemoryBackend> for UnreachableIsOther {
             .await
             .map_err(as_other)
     }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await
+            .map_err(as_other)
+    }
+}
+
+/// Claims a line of waiters, but its queued acquire is a plain one: no
+/// line, no handover, every waiter tries at every release.
+#[derive(Default)]
+struct NoLine;
+
+#[distlock::async_trait]
+impl Hooks<MemoryBackend> for NoLine {
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        _waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        inner.try_acquire(key, token, ttl, owner).await
+    }
 }
 
 /// Every reply 20 ms late (after the store acted): slower than `MIN_TTL`.
@@ -284,6 +384,22 @@ impl Hooks<MemoryBackend> for SlowReplies {
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
         let outcome = inner.try_acquire(key, token, ttl, owner).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        outcome
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        let outcome = inner
+            .try_acquire_queued(key, token, ttl, owner, waiter)
+            .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         outcome
     }
@@ -400,6 +516,11 @@ fn unreachable_store_misclassified_as_other_is_caught() {
     )]);
 }
 
+#[test]
+fn a_line_that_hands_nothing_over_is_caught() {
+    assert_caught::<NoLine>(&[case!(NoLine, queued_waiters_make_one_attempt_per_release)]);
+}
+
 /// A backend slower than `MIN_TTL` still passes the TTL validation case
 /// (it used to need a 10 ms acquire to answer within about 8 ms).
 #[test]
@@ -434,6 +555,41 @@ fn a_paused_clock_without_tokio_clock_fails_every_case_and_the_report() {
             assert!(report.is_consistent(), "{report}");
         })
     ));
+}
+
+/// Claims a line of waiters and release notifications, but gives waiters
+/// in line no watch (they would wait for their next refresh).
+#[derive(Default)]
+struct NoQueuedWatch;
+
+#[distlock::async_trait]
+impl Hooks<MemoryBackend> for NoQueuedWatch {
+    async fn watch_queued(
+        &self,
+        _inner: &MemoryBackend,
+        _key: &LockKey,
+        _waiter: &Waiter,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(None)
+    }
+}
+
+#[test]
+fn a_line_without_queued_watches_is_a_report_problem() {
+    assert!(passes::<Faulty<NoQueuedWatch>>("capability_report", |h| {
+        Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(!report.is_consistent(), "{report}");
+            assert!(report.problems[0].contains("watch_queued"), "{report}");
+        })
+    }));
+    assert!(passes::<Faulty<Correct>>("capability_report", |h| {
+        Box::pin(async move {
+            let report = CapabilityReport::of(h).await.unwrap();
+            assert!(report.is_consistent(), "{report}");
+            assert!(report.to_string().contains("waiter_queue=true"), "{report}");
+        })
+    }));
 }
 
 /// The memory backend with only the required hooks: no

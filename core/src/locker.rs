@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Acquire, LockBackend, LockInfo};
+use crate::backend::{Acquire, LockBackend, LockInfo, Waiter, WaiterId, WAITER_LEASE};
 use crate::error::{BackendError, BackendErrorKind, LockError};
 use crate::guard::LockGuard;
 use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{retry_while_waiting, within, Backoff, Turns};
+use crate::wait::{refresh_period, retry_while_waiting, within, Backoff, Turn, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
 /// backend, the background releases and the queue of local waiters.
@@ -183,9 +183,22 @@ impl<B: LockBackend> Locker<B> {
     /// of one `Locker` waiting for the same name queue first-come
     /// first-served, and only the first of them queries the backend.
     ///
+    /// On a backend with a line of waiters
+    /// ([`Capabilities::waiter_queue`](crate::Capabilities)), a wait with a
+    /// non-zero `wait_timeout` and a TTL of at least [`WAITER_LEASE`]
+    /// takes a place in that line (first come, first served across
+    /// processes): a release hands the lock straight to the first waiter,
+    /// which claims it with one call. While in line the call is repeated
+    /// at least every third of [`WAITER_LEASE`] to keep the place, and
+    /// `retry_min`/`retry_max` pace only retries after transient errors.
+    ///
     /// Cancel safe: dropping the future at any point leaves no lock held (an
     /// acquisition that was in flight is released in the background) and no
-    /// waiter registered.
+    /// waiter registered. A place in the backend's line is given up in the
+    /// background too (a lock already handed to the call is passed on);
+    /// [`Locker::flush`] waits for it. Until then, or until the place
+    /// lapses ([`WAITER_LEASE`] after the last call), a release may hand
+    /// the lock to the cancelled call for a moment.
     ///
     /// A transient backend error ([`LockError::is_transient`]: the server
     /// restarting or busy, a timeout) does not end the wait: the attempt is
@@ -235,6 +248,12 @@ impl<B: LockBackend> Locker<B> {
         let turn = tokio::time::timeout_at(deadline, turn)
             .await
             .map_err(|_| timed_out())?;
+        if self.inner.backend.capabilities().waiter_queue
+            && !opts.wait_timeout.is_zero()
+            && opts.ttl >= WAITER_LEASE
+        {
+            return self.wait_queued(key, opts, &turn, deadline).await;
+        }
         let mut watch = None;
         if turn.waited() {
             // A task of this process went first and most likely holds the
@@ -305,6 +324,157 @@ impl<B: LockBackend> Locker<B> {
                 }
                 None => tokio::time::sleep_until(wake_at).await,
             }
+        }
+    }
+
+    /// The wait of [`Locker::lock_with`] in a backend's line of waiters
+    /// ([`Capabilities::waiter_queue`](crate::Capabilities)), for a
+    /// non-zero wait and a TTL of at least [`WAITER_LEASE`]. One token and
+    /// one [`WaiterId`] serve every call of this wait, and one ticket gives
+    /// the token back in the background if the wait ends without a guard
+    /// (cancelled, timed out, an error): that release frees a lock handed
+    /// over to it, or takes the place out of the line.
+    async fn wait_queued(
+        &self,
+        key: &LockKey,
+        opts: &LockOptions,
+        turn: &Turn,
+        deadline: Instant,
+    ) -> Result<LockGuard, LockError> {
+        let inner = &self.inner;
+        let started = deadline - opts.wait_timeout;
+        let timed_out = || LockError::TimedOut {
+            name: key.name().to_owned(),
+            waited: started.elapsed(),
+        };
+        if opts.auto_renew && tokio::runtime::Handle::try_current().is_err() {
+            return Err(LockError::InvalidOptions(
+                "auto_renew needs a tokio runtime to renew in; call from inside one".to_owned(),
+            ));
+        }
+        let bound = Some(deadline);
+        let waiter = Waiter::new(WaiterId::generate(), WAITER_LEASE);
+        let token = LockToken::generate();
+        // A task of this process went first, or this process was answered
+        // `Held` for the key a moment ago: register for the handover and
+        // join the line with the first call.
+        let hot = turn.contended() || turn.waited();
+        let mut watch = None;
+        if hot {
+            watch = within(bound, inner.backend.watch_queued(key, &waiter))
+                .await
+                .ok_or_else(timed_out)??;
+        }
+        // Armed for the whole call: from the first request on, the token
+        // may hold the lock (taken, or handed over) or a place in line.
+        let ticket = PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
+        let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
+        let mut last_transient: Option<LockError> = None;
+        let mut first = true;
+        loop {
+            inner.releaser.adopt_orphans();
+            crate::telemetry::attempted();
+            let plain = first && !hot;
+            first = false;
+            let sent_at = Instant::now();
+            let call = async {
+                if plain {
+                    // A cold key: most likely free, so today's attempt
+                    // (no line, no subscription).
+                    inner
+                        .backend
+                        .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())
+                        .await
+                } else {
+                    inner
+                        .backend
+                        .try_acquire_queued(key, &token, opts.ttl, opts.owner.as_deref(), &waiter)
+                        .await
+                }
+            };
+            let Some(outcome) = within(bound, call).await else {
+                // Cut off at the deadline (the ticket gives the token back).
+                return Err(last_transient.take().unwrap_or_else(timed_out));
+            };
+            let error = match outcome {
+                Ok(Acquire::Acquired { fence }) => {
+                    if crate::guard::deadline(sent_at, opts.ttl) > Instant::now() {
+                        ticket.disarm();
+                        return Ok(LockGuard::new(
+                            key.clone(),
+                            token,
+                            fence,
+                            sent_at,
+                            opts,
+                            inner.dyn_backend.clone(),
+                            inner.releaser.clone(),
+                        ));
+                    }
+                    // The answer came after the lease could already have
+                    // run out: no guard (it would be invalid from birth).
+                    // A transient error: the next call with the same token
+                    // claims the hold afresh (a new lease from its send
+                    // time) if it is still ours, or waits on.
+                    LockError::Backend(BackendError::new(
+                        BackendErrorKind::Timeout,
+                        format!(
+                            "acquiring {:?} took {:?}, longer than its TTL allows ({:?})",
+                            key.name(),
+                            sent_at.elapsed(),
+                            opts.ttl
+                        ),
+                    ))
+                }
+                Ok(Acquire::Held { remaining }) => {
+                    last_transient = None;
+                    turn.mark_contended();
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(timed_out());
+                    }
+                    if watch.is_none() {
+                        // Register, then call again at once: the call joins
+                        // the line (a cold first call did not), and covers
+                        // a handover in between.
+                        watch = within(bound, inner.backend.watch_queued(key, &waiter))
+                            .await
+                            .ok_or_else(timed_out)??;
+                        if watch.is_some() || plain {
+                            continue;
+                        }
+                    }
+                    // Call again before the place lapses, and as soon as
+                    // the holder's lease (or a handover's claim window)
+                    // could have ended.
+                    let mut wake_at = deadline.min(sent_at + refresh_period());
+                    if let Some(remaining) = remaining {
+                        wake_at =
+                            wake_at.min(now + remaining.saturating_add(Duration::from_millis(1)));
+                    }
+                    match watch.as_mut() {
+                        Some(w) => {
+                            tokio::select! {
+                                _ = w.released() => {}
+                                _ = tokio::time::sleep_until(wake_at) => {}
+                            }
+                        }
+                        None => tokio::time::sleep_until(wake_at).await,
+                    }
+                    continue;
+                }
+                Err(e) => LockError::from(e),
+            };
+            if !(retry_while_waiting(&error) && Instant::now() < deadline) {
+                return Err(error);
+            }
+            tracing::debug!(lock = %key.name(), error = %error, "transient error while queued; retrying");
+            // Retried with the same token, before the place in line lapses.
+            let delay = backoff.next_delay().min(refresh_period());
+            tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
+            if Instant::now() >= deadline {
+                return Err(error);
+            }
+            last_transient = Some(error);
         }
     }
 
@@ -593,5 +763,557 @@ mod tests {
         );
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert_eq!(locker.backend().attempts.load(Ordering::SeqCst), 1);
+    }
+
+    /// What the fake line saw: one call.
+    #[derive(Clone, Debug)]
+    struct Call {
+        queued: bool,
+        token: LockToken,
+        waiter: Option<WaiterId>,
+        at: Instant,
+    }
+
+    #[derive(Default)]
+    struct LineState {
+        /// The holder's token and the end of its lease.
+        holder: Option<(LockToken, Instant)>,
+        line: std::collections::VecDeque<(WaiterId, LockToken)>,
+        fence: u64,
+        calls: Vec<Call>,
+        releases: Vec<LockToken>,
+        /// The most waiters in line at once.
+        longest: usize,
+        /// The reply of the next queued call that acquires comes this late.
+        slow_acquired: Option<Duration>,
+        /// The next this many queued calls fail (transient).
+        failures: usize,
+    }
+
+    /// A fake backend with a line of waiters (the rules of
+    /// `LockBackend::try_acquire_queued`, without lapsing places), that
+    /// records every acquire call.
+    #[derive(Default)]
+    struct Line {
+        state: Mutex<LineState>,
+        hub: ReleaseHub,
+    }
+
+    impl LineState {
+        fn live_holder(&mut self, now: Instant) -> Option<&mut (LockToken, Instant)> {
+            if self.holder.as_ref().is_some_and(|(_, end)| *end <= now) {
+                self.holder = None;
+            }
+            self.holder.as_mut()
+        }
+
+        fn take(&mut self, token: &LockToken, end: Instant) -> Acquire {
+            self.fence += 1;
+            self.holder = Some((token.clone(), end));
+            self.line.retain(|(_, t)| t != token);
+            Acquire::Acquired { fence: self.fence }
+        }
+
+        /// Hands the key to the first in line; its waiter, to wake.
+        fn hand_over(&mut self, now: Instant) -> Option<WaiterId> {
+            let (waiter, token) = self.line.pop_front()?;
+            self.fence += 1;
+            self.holder = Some((token, now + WAITER_LEASE));
+            Some(waiter)
+        }
+
+        fn calls_of(&self, token: &LockToken) -> Vec<Call> {
+            self.calls
+                .iter()
+                .filter(|c| c.token == *token)
+                .cloned()
+                .collect()
+        }
+    }
+
+    impl Line {
+        fn state(&self) -> std::sync::MutexGuard<'_, LineState> {
+            self.state.lock().unwrap()
+        }
+    }
+
+    impl Line {
+        /// `try_acquire_queued`, at once.
+        fn queued_now(
+            &self,
+            key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+            _owner: Option<&str>,
+            waiter: &Waiter,
+        ) -> Result<Acquire, BackendError> {
+            let now = Instant::now();
+            let mut st = self.state();
+            st.calls.push(Call {
+                queued: true,
+                token: token.clone(),
+                waiter: Some(waiter.id),
+                at: now,
+            });
+            if st.failures > 0 {
+                st.failures -= 1;
+                return Err(BackendError::new(BackendErrorKind::Unavailable, "injected"));
+            }
+            let join = |st: &mut LineState| {
+                if !st.line.iter().any(|(_, t)| t == token) {
+                    st.line.push_back((waiter.id, token.clone()));
+                }
+                st.longest = st.longest.max(st.line.len());
+            };
+            match st.live_holder(now) {
+                Some((holder, end)) if holder == token => {
+                    *end = now + ttl;
+                    let fence = st.fence;
+                    st.line.retain(|(_, t)| t != token);
+                    return Ok(Acquire::Acquired { fence });
+                }
+                Some((_, end)) => {
+                    let remaining = *end - now;
+                    join(&mut st);
+                    return Ok(Acquire::Held {
+                        remaining: Some(remaining),
+                    });
+                }
+                None => {}
+            }
+            match st.line.front() {
+                Some((_, head)) if head != token => {
+                    let woken = st.hand_over(now);
+                    join(&mut st);
+                    drop(st);
+                    if let Some(w) = woken {
+                        self.hub.notify_waiter(key.encoded(), w);
+                    }
+                    Ok(Acquire::Held {
+                        remaining: Some(WAITER_LEASE),
+                    })
+                }
+                _ => Ok(st.take(token, now + ttl)),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LockBackend for Line {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::none()
+                .with_fencing(true)
+                .with_release_notify(true)
+                .with_tokio_clock(true)
+                .with_waiter_queue(true)
+        }
+
+        async fn try_acquire(
+            &self,
+            _key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+            _owner: Option<&str>,
+        ) -> Result<Acquire, BackendError> {
+            let now = Instant::now();
+            let mut st = self.state();
+            st.calls.push(Call {
+                queued: false,
+                token: token.clone(),
+                waiter: None,
+                at: now,
+            });
+            if let Some((_, end)) = st.live_holder(now) {
+                return Ok(Acquire::Held {
+                    remaining: Some(*end - now),
+                });
+            }
+            Ok(st.take(token, now + ttl))
+        }
+
+        async fn try_acquire_queued(
+            &self,
+            key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+            owner: Option<&str>,
+            waiter: &Waiter,
+        ) -> Result<Acquire, BackendError> {
+            let outcome = self.queued_now(key, token, ttl, owner, waiter);
+            if matches!(outcome, Ok(Acquire::Acquired { .. })) {
+                let slow = self.state().slow_acquired.take();
+                if let Some(late) = slow {
+                    tokio::time::sleep(late).await;
+                }
+            }
+            outcome
+        }
+
+        async fn extend(
+            &self,
+            _key: &LockKey,
+            token: &LockToken,
+            ttl: Duration,
+        ) -> Result<Extend, BackendError> {
+            let now = Instant::now();
+            let mut st = self.state();
+            Ok(match st.live_holder(now) {
+                Some((holder, end)) if holder == token => {
+                    *end = now + ttl;
+                    Extend::Extended
+                }
+                _ => Extend::NotHeld,
+            })
+        }
+
+        async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+            let now = Instant::now();
+            let mut st = self.state();
+            st.releases.push(token.clone());
+            if !st.live_holder(now).is_some_and(|(h, _)| h == token) {
+                st.line.retain(|(_, t)| t != token);
+                return Ok(Release::NotHeld);
+            }
+            st.holder = None;
+            let woken = st.hand_over(now);
+            drop(st);
+            match woken {
+                Some(w) => {
+                    self.hub.notify_waiter(key.encoded(), w);
+                }
+                None => self.hub.notify(key.encoded()),
+            }
+            Ok(Release::Released)
+        }
+
+        async fn inspect(&self, _key: &LockKey) -> Result<LockInfo, BackendError> {
+            Ok(LockInfo::default())
+        }
+
+        async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+            Ok(Some(self.hub.watch(key)))
+        }
+
+        async fn watch_queued(
+            &self,
+            key: &LockKey,
+            waiter: &Waiter,
+        ) -> Result<Option<ReleaseWatch>, BackendError> {
+            Ok(Some(self.hub.watch_waiter(key, waiter.id)))
+        }
+    }
+
+    /// Two lockers (separate per-process queues) over one fake line: the
+    /// first holds, the second waits. A 30 s TTL, long retries.
+    fn line() -> (Arc<Line>, Locker<Line>, Locker<Line>) {
+        let backend = Arc::new(Line::default());
+        let opts = LockOptions::default()
+            .with_ttl(Duration::from_secs(30))
+            .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+            .with_wait_timeout(Duration::from_secs(60));
+        let holder = Locker::from_arc(backend.clone())
+            .with_defaults(opts.clone())
+            .unwrap();
+        let waiter = Locker::from_arc(backend.clone())
+            .with_defaults(opts)
+            .unwrap();
+        (backend, holder, waiter)
+    }
+
+    /// Lets the spawned tasks run until `done` holds (a paused clock moves
+    /// on only when every task is idle).
+    async fn until(backend: &Line, done: impl Fn(&LineState) -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(600);
+        while !done(&backend.state()) {
+            assert!(Instant::now() < give_up, "the condition never held");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Core 1: one `lock()` sends the same token and waiter id on every
+    /// call (the cold first call, the join, the refreshes, the claim); the
+    /// next `lock()` uses a new pair.
+    #[tokio::test(start_paused = true)]
+    async fn one_lock_call_keeps_one_token_and_one_waiter_id() {
+        let (backend, holder, waiter) = line();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let first = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock("k").await.unwrap() })
+        };
+        until(&backend, |st| st.line.len() == 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await; // a few refreshes
+        held.release().await.unwrap();
+        let got = first.await.unwrap();
+        let pairs = |st: &LineState, from: usize| {
+            let calls = &st.calls[from..];
+            let token = calls[0].token.clone();
+            assert!(calls.iter().all(|c| c.token == token), "{calls:?}");
+            assert!(!calls[0].queued, "a cold key: the first call is plain");
+            let ids: std::collections::HashSet<_> = calls.iter().filter_map(|c| c.waiter).collect();
+            assert_eq!(ids.len(), 1, "{calls:?}");
+            assert!(calls.len() >= 2 + 5, "join, refreshes, claim: {calls:?}");
+            (token, *ids.iter().next().unwrap())
+        };
+        let (g1, w1) = pairs(&backend.state(), 1);
+        assert_eq!(backend.state().holder.as_ref().unwrap().0, g1);
+        // The next lock() (hot now: it joins with its first call).
+        let from = backend.state().calls.len();
+        let second = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock("k").await.unwrap() })
+        };
+        until(&backend, |st| st.line.len() == 1).await;
+        assert!(
+            backend.state().calls[from].queued,
+            "a hot key joins at once"
+        );
+        got.release().await.unwrap();
+        let got = second.await.unwrap();
+        {
+            let st = backend.state();
+            let calls = &st.calls[from..];
+            assert!(calls.iter().all(|c| c.token == calls[0].token));
+            assert!(calls.iter().all(|c| c.waiter == calls[0].waiter));
+            assert_ne!(calls[0].token, g1);
+            assert_ne!(calls[0].waiter, Some(w1));
+        }
+        got.release().await.unwrap();
+    }
+
+    /// Core 2: three tasks of one locker wait for one key: only the first
+    /// of them is in the backend's line at a time, and each gets the lock.
+    #[tokio::test(start_paused = true)]
+    async fn one_place_in_line_per_process_and_key() {
+        let (backend, holder, waiter) = line();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let waiter = waiter.clone();
+                tokio::spawn(async move {
+                    let guard = waiter.lock("k").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    guard.release().await.unwrap();
+                })
+            })
+            .collect();
+        until(&backend, |st| st.line.len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        held.release().await.unwrap();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let st = backend.state();
+        assert_eq!(
+            st.longest, 1,
+            "one waiter of this process in line at a time"
+        );
+        let ids: std::collections::HashSet<_> = st.calls.iter().filter_map(|c| c.waiter).collect();
+        assert_eq!(ids.len(), 3, "one waiter id per lock() call");
+        assert!(st.line.is_empty());
+    }
+
+    /// Core 3: a `lock()` dropped while in line gives its place back in
+    /// the background: after `flush()`, the backend saw `release(key, G)`
+    /// for the call's token, the line is empty and nobody watches.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_queued_wait_gives_its_place_back() {
+        let (backend, holder, waiter) = line();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let pending = waiter.lock("k");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), pending)
+                .await
+                .is_err(),
+            "held: still waiting"
+        );
+        let token = backend.state().calls[1].token.clone();
+        assert_eq!(backend.state().line.len(), 1, "in line until the flush");
+        waiter.flush().await;
+        {
+            let st = backend.state();
+            assert_eq!(st.releases, vec![token]);
+            assert!(st.line.is_empty());
+        }
+        assert_eq!(backend.hub.watcher_count(), 0);
+        held.release().await.unwrap();
+        assert!(backend.state().holder.is_none(), "nobody to hand it to");
+    }
+
+    /// Core 4: a transient error on a queued call is retried with the same
+    /// token (no release in between), and the wait still acquires.
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_error_in_line_is_retried_with_the_same_token() {
+        let (backend, holder, waiter) = line();
+        let waiter = waiter
+            .with_defaults(
+                LockOptions::default()
+                    .with_ttl(Duration::from_secs(30))
+                    .with_retry(Duration::from_millis(10), Duration::from_millis(50))
+                    .with_wait_timeout(Duration::from_secs(60)),
+            )
+            .unwrap();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let holder_token = backend.state().calls[0].token.clone();
+        backend.state().failures = 3;
+        let task = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock("k").await.unwrap() })
+        };
+        until(&backend, |st| st.failures == 0 && st.line.len() == 1).await;
+        held.release().await.unwrap();
+        let got = task.await.unwrap();
+        waiter.flush().await;
+        {
+            let st = backend.state();
+            let token = st.calls[1].token.clone();
+            assert!(st.calls[1..].iter().all(|c| c.token == token));
+            assert!(st.calls.len() >= 1 + 1 + 3 + 2, "{:?}", st.calls);
+            assert_eq!(
+                st.releases,
+                vec![holder_token],
+                "no release of the waiter's token"
+            );
+            assert_eq!(st.holder.as_ref().unwrap().0, token);
+        }
+        got.release().await.unwrap();
+    }
+
+    /// Core 5: in line behind a long lease, a waiter calls again every
+    /// third of the waiter lease (±10 %), so a 2 s wait makes 12 ± 1
+    /// refreshing calls; behind a lease ending at 200 ms, a call comes at
+    /// 201 ms and takes the lock.
+    #[tokio::test(start_paused = true)]
+    async fn queued_calls_come_every_third_of_the_lease_and_after_the_holder() {
+        let (backend, holder, waiter) = line();
+        let key = holder.key("k").unwrap();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let start = Instant::now();
+        let wait = Duration::from_secs(2);
+        let result = waiter.lock_with("k", |o| o.with_wait_timeout(wait)).await;
+        assert!(
+            matches!(result, Err(LockError::TimedOut { .. })),
+            "{result:?}"
+        );
+        assert_eq!(start.elapsed(), wait);
+        let r = WAITER_LEASE / 3;
+        let (lo, hi) = (r - r / 10, r + r / 10);
+        let token = backend.state().calls[1].token.clone();
+        let queued: Vec<Instant> = backend
+            .state()
+            .calls_of(&token)
+            .iter()
+            .filter(|c| c.queued)
+            .map(|c| c.at)
+            .collect();
+        assert_eq!(queued[0], start, "joins right after the cold call");
+        // A last call at the deadline (it could still claim a handover),
+        // as the plain path makes a last attempt there.
+        let (last, queued) = queued.split_last().unwrap();
+        assert_eq!(*last, start + wait);
+        for pair in queued.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= lo && gap <= hi,
+                "refresh gap {gap:?}: {:?}",
+                queued.iter().map(|t| *t - start).collect::<Vec<_>>()
+            );
+        }
+        let last = *queued.last().unwrap();
+        assert!(
+            start + wait - last < hi,
+            "no refresh missed before the deadline"
+        );
+        // 2 s ÷ (R ± 10 %): 10 to 13 refreshes after the join (12 ± 1 in
+        // all but rare draws of the jitter).
+        assert!((11..=14).contains(&queued.len()), "{} calls", queued.len());
+        waiter.flush().await;
+        held.release().await.unwrap();
+
+        // Behind a lease that ends at 200 ms.
+        let short = LockToken::generate();
+        let got = backend
+            .try_acquire(&key, &short, Duration::from_millis(200), None)
+            .await
+            .unwrap();
+        assert!(matches!(got, Acquire::Acquired { .. }));
+        let start = Instant::now();
+        let guard = waiter.lock("k").await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(201));
+        let last = backend.state().calls.last().unwrap().clone();
+        assert!(last.queued);
+        assert_eq!(last.at - start, Duration::from_millis(201));
+        guard.release().await.unwrap();
+    }
+
+    /// Core 6 (with `a_task_queued_behind_a_sibling_tries_once_before_waiting`
+    /// for backends without the line): a zero wait or a TTL shorter than the
+    /// waiter lease keeps the plain path on a backend with a line.
+    #[tokio::test(start_paused = true)]
+    async fn short_ttls_and_zero_waits_stay_out_of_line() {
+        let (backend, holder, waiter) = line();
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        let zero = waiter
+            .lock_with("k", |o| o.with_wait_timeout(Duration::ZERO))
+            .await;
+        assert!(matches!(zero, Err(LockError::TimedOut { .. })), "{zero:?}");
+        let short = waiter
+            .lock_with("k", |o| {
+                o.with_ttl(WAITER_LEASE - Duration::from_millis(1))
+                    .with_wait_timeout(Duration::from_secs(1))
+                    .with_retry(Duration::from_millis(50), Duration::from_millis(100))
+            })
+            .await;
+        assert!(
+            matches!(short, Err(LockError::TimedOut { .. })),
+            "{short:?}"
+        );
+        {
+            let st = backend.state();
+            assert!(st.calls.iter().all(|c| !c.queued), "{:?}", st.calls);
+            assert!(st.line.is_empty());
+        }
+        held.release().await.unwrap();
+    }
+
+    /// A claim whose reply arrives after its lease could have ended gives
+    /// no guard (invalid from birth); the wait goes on with the same token,
+    /// and the guard it returns counts its lease from the send time of the
+    /// call that acquired. Nothing is released in between.
+    #[tokio::test(start_paused = true)]
+    async fn a_late_claim_is_not_a_guard_and_the_wait_goes_on_with_the_same_token() {
+        let (backend, holder, waiter) = line();
+        let ttl = Duration::from_secs(1);
+        let held = holder.try_lock("k").await.unwrap().unwrap();
+        backend.state().slow_acquired = Some(ttl);
+        let task = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.lock_with("k", |o| o.with_ttl(ttl)).await })
+        };
+        until(&backend, |st| st.line.len() == 1).await;
+        held.release().await.unwrap();
+        let guard = task.await.unwrap().unwrap();
+        waiter.flush().await;
+        {
+            let st = backend.state();
+            let token = st.calls[1].token.clone();
+            assert!(st.calls[1..].iter().all(|c| c.token == token));
+            let last = st.calls.last().unwrap();
+            assert!(last.queued);
+            assert_eq!(
+                guard.valid_until(),
+                crate::guard::deadline(last.at, ttl),
+                "the lease counts from the call that acquired"
+            );
+            assert!(guard.is_valid());
+            assert_eq!(
+                st.releases.len(),
+                1,
+                "only the holder's release: {:?}",
+                st.releases
+            );
+            assert_eq!(st.holder.as_ref().unwrap().0, token);
+        }
+        guard.release().await.unwrap();
     }
 }

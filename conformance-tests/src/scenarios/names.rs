@@ -276,10 +276,18 @@ pub async fn full_length_names_acquire_wait_notify_release<H: Harness>(h: &H) {
         let (got, acquired_at) = task.await.unwrap();
         let mut got = got.unwrap_or_else(|e| panic!("{what}: the waiter acquires: {e}"));
         if notify {
+            // At once on a paused clock: a waiter in a backend's line calls
+            // again every third of WAITER_LEASE anyway, well within the
+            // slack, so only the exact bound shows a missing notification.
+            let bound = if H::PAUSED_CLOCK {
+                Duration::from_millis(1)
+            } else {
+                slack
+            };
             assert_within(
                 &format!("{what}: notified hand-over"),
                 acquired_at.saturating_duration_since(released_at),
-                slack,
+                bound,
             );
         }
         assert_eq!(got.name(), name);

@@ -1,9 +1,15 @@
 //! Waiting in `lock()`: timeouts, hand-over, cancellation, abandonment.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use distlock::{LockBackend, LockError, LockOptions, Locker, Release};
+use distlock::{
+    Acquire, LockBackend, LockError, LockKey, LockOptions, LockToken, Locker, Release, Waiter,
+    WaiterId, WAITER_LEASE,
+};
 use tokio::time::Instant;
+
+use crate::history::{check_with, CheckOptions, Hold, HolderId, Stamp};
 
 use crate::counting::Counted;
 use crate::stalling::Stalls;
@@ -134,6 +140,10 @@ pub async fn cancelled_lock_leaves_nothing_behind<H: Harness>(h: &H) {
         0,
         "a cancelled lock() left waiters registered"
     );
+    // On a backend with a line of waiters, the cancelled call's place is
+    // given back in the background: without this, the release below could
+    // hand the lock to it until that background release lands.
+    waiter.flush().await;
     assert_eq!(guard.release().await.unwrap(), Release::Released);
     assert!(
         !is_held(&other, &name).await,
@@ -339,4 +349,145 @@ pub async fn acquisition_cut_at_wait_deadline_is_given_back<H: Harness>(h: &H) {
         !is_held(&observer, &name).await,
         "the acquisition cut at the deadline was not given back"
     );
+}
+
+/// Waiters in a backend's line ([`Capabilities::waiter_queue`]) make one
+/// acquisition attempt per release: six lockers on their own clients loop
+/// lock (a 30 s wait), a 5 ms hold, release, a 1 ms pause, for a second.
+/// Each acquisition costs at most 2.5 acquire calls (the join and the
+/// claim; about six without a line) and 1.5 `Held` answers (about five
+/// without), every locker gets the lock, and the holds never overlap (with
+/// fencing tokens in order).
+///
+/// A backend without the capability is checked against the trait's
+/// default contract instead: `try_acquire_queued` answers as
+/// `try_acquire`, and `watch_queued` gives a watch exactly when the
+/// backend claims `release_notify`.
+///
+/// [`Capabilities::waiter_queue`]: distlock::Capabilities::waiter_queue
+pub async fn queued_waiters_make_one_attempt_per_release<H: Harness>(h: &H) {
+    let probe = client(h).await;
+    let caps = probe.capabilities();
+    if !caps.waiter_queue {
+        default_queue_contract(&probe).await;
+        return;
+    }
+    const LOCKERS: usize = 6;
+    let name = unique_name("queued");
+    let period = Duration::from_secs(1);
+    let opts = LockOptions::default()
+        .with_ttl(Duration::from_secs(10))
+        .with_wait_timeout(Duration::from_secs(30) + h.timing_slack() * 20)
+        .with_retry(Duration::from_millis(2), Duration::from_millis(20));
+    let counted = Counted::new(client(h).await);
+    let base = Instant::now();
+    // Stamps on tokio's clock (paused or not), offset from the start.
+    let stamp = move |at: Instant| {
+        let since =
+            u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX);
+        Stamp::from_nanos(1_000_000_000u64.saturating_add(since))
+    };
+    let holds = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..LOCKERS {
+        let backend = if i == 0 {
+            counted.backend.clone()
+        } else {
+            counted.also(client(h).await)
+        };
+        let (l, name, opts, holds) = (
+            Locker::new(backend),
+            name.clone(),
+            opts.clone(),
+            holds.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut acquired = 0usize;
+            while acquired == 0 || base.elapsed() < period {
+                let asked = Instant::now();
+                let guard = l.lock_with(&name, |_| opts.clone()).await.expect("lock");
+                let mut hold = Hold {
+                    name: name.clone(),
+                    holder: HolderId {
+                        process: 0,
+                        task: i as u32,
+                    },
+                    fence: guard.fence(),
+                    acquire_sent: stamp(asked),
+                    acquired: stamp(Instant::now()),
+                    valid_until: stamp(guard.valid_until()),
+                    release_called: None,
+                };
+                acquired += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                hold.valid_until = stamp(guard.valid_until());
+                hold.release_called = Some(stamp(Instant::now()));
+                holds.lock().unwrap().push(hold);
+                assert_eq!(guard.release().await.unwrap(), Release::Released);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            acquired
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "a locker starved: acquisitions per locker {counts:?}"
+    );
+    let holds = holds.lock().unwrap().clone();
+    let report = check_with(&holds, CheckOptions::default().with_fences(caps.fencing));
+    assert!(report.is_clean(), "{report}");
+    let a: usize = counts.iter().sum();
+    let (n, held) = (counted.acquires(), counted.held());
+    let (per_acq, held_per_acq) = (n as f64 / a as f64, held as f64 / a as f64);
+    assert!(
+        per_acq <= 2.5,
+        "{n} acquire calls for {a} acquisitions ({per_acq:.2} each; the line allows 2.5)"
+    );
+    assert!(
+        held_per_acq <= 1.5,
+        "{held} Held answers for {a} acquisitions ({held_per_acq:.2} each; the line allows 1.5)"
+    );
+}
+
+/// The trait's defaults, for a backend without a line of waiters.
+async fn default_queue_contract<B: LockBackend>(client: &B) {
+    let key = LockKey::new("", unique_name("queued-default")).unwrap();
+    let (a, b) = (LockToken::generate(), LockToken::generate());
+    let waiter = Waiter::new(WaiterId::generate(), WAITER_LEASE);
+    let ttl = Duration::from_secs(10);
+    let got = client
+        .try_acquire_queued(&key, &a, ttl, None, &waiter)
+        .await
+        .unwrap();
+    assert!(
+        matches!(got, Acquire::Acquired { .. }),
+        "try_acquire_queued of a free key without waiter_queue: {got:?}"
+    );
+    let again = client
+        .try_acquire_queued(&key, &b, ttl, None, &waiter)
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, Acquire::Held { .. }),
+        "try_acquire_queued of a held key without waiter_queue: {again:?}"
+    );
+    let watch = client.watch_queued(&key, &waiter).await.unwrap();
+    assert_eq!(
+        watch.is_some(),
+        client.capabilities().release_notify,
+        "watch_queued without waiter_queue answers as watch"
+    );
+    drop(watch);
+    assert_eq!(client.release(&key, &a).await.unwrap(), Release::Released);
+    // No line: the released key is free for anyone, not handed over.
+    let taken = client.try_acquire(&key, &b, ttl, None).await.unwrap();
+    assert!(
+        matches!(taken, Acquire::Acquired { .. }),
+        "a release without waiter_queue frees the key: {taken:?}"
+    );
+    assert_eq!(client.release(&key, &b).await.unwrap(), Release::Released);
 }
