@@ -353,7 +353,10 @@ impl<B: LockBackend> Locker<B> {
             ));
         }
         let bound = Some(deadline);
-        let waiter = Waiter::new(WaiterId::generate(), WAITER_LEASE);
+        // Drawn when first needed: an uncontended wait (one plain call that
+        // acquires) never needs it.
+        let mut waiter: Option<Waiter> = None;
+        let new_waiter = || Waiter::new(WaiterId::generate(), WAITER_LEASE);
         let token = LockToken::generate();
         // A task of this process went first, or this process was answered
         // `Held` for the key a moment ago: register for the handover and
@@ -361,7 +364,8 @@ impl<B: LockBackend> Locker<B> {
         let hot = turn.contended() || turn.waited();
         let mut watch = None;
         if hot {
-            watch = within(bound, inner.backend.watch_queued(key, &waiter))
+            let waiter = waiter.get_or_insert_with(new_waiter);
+            watch = within(bound, inner.backend.watch_queued(key, waiter))
                 .await
                 .ok_or_else(timed_out)??;
         }
@@ -376,20 +380,34 @@ impl<B: LockBackend> Locker<B> {
             crate::telemetry::attempted();
             let plain = first && !hot;
             first = false;
+            let queued_as = if plain {
+                None
+            } else {
+                Some(&*waiter.get_or_insert_with(new_waiter))
+            };
             let sent_at = Instant::now();
             let call = async {
-                if plain {
+                match queued_as {
+                    Some(waiter) => {
+                        inner
+                            .backend
+                            .try_acquire_queued(
+                                key,
+                                &token,
+                                opts.ttl,
+                                opts.owner.as_deref(),
+                                waiter,
+                            )
+                            .await
+                    }
                     // A cold key: most likely free, so today's attempt
                     // (no line, no subscription).
-                    inner
-                        .backend
-                        .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())
-                        .await
-                } else {
-                    inner
-                        .backend
-                        .try_acquire_queued(key, &token, opts.ttl, opts.owner.as_deref(), &waiter)
-                        .await
+                    None => {
+                        inner
+                            .backend
+                            .try_acquire(key, &token, opts.ttl, opts.owner.as_deref())
+                            .await
+                    }
                 }
             };
             let Some(outcome) = within(bound, call).await else {
@@ -436,7 +454,8 @@ impl<B: LockBackend> Locker<B> {
                         // Register, then call again at once: the call joins
                         // the line (a cold first call did not), and covers
                         // a handover in between.
-                        watch = within(bound, inner.backend.watch_queued(key, &waiter))
+                        let waiter = waiter.get_or_insert_with(new_waiter);
+                        watch = within(bound, inner.backend.watch_queued(key, waiter))
                             .await
                             .ok_or_else(timed_out)??;
                         if watch.is_some() || plain {
@@ -1197,7 +1216,8 @@ mod tests {
         );
         assert_eq!(start.elapsed(), wait);
         let r = WAITER_LEASE / 3;
-        let (lo, hi) = (r - r / 10, r + r / 10);
+        // tokio's timer fires on whole milliseconds (rounding up).
+        let (lo, hi) = (r - r / 10, r + r / 10 + Duration::from_millis(1));
         let token = backend.state().calls[1].token.clone();
         let queued: Vec<Instant> = backend
             .state()

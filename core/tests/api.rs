@@ -258,3 +258,39 @@ async fn a_kept_lock_makes_later_runs_within_its_lease_skip() {
         "not renewed after keep()"
     );
 }
+
+/// `Arc` and `Box` forward the line of waiters (`try_acquire_queued`,
+/// `watch_queued`): a type-erased locker's waiter takes a place in the
+/// memory backend's line, and the release hands the lock straight to it
+/// (at once on the paused clock; without the queued watch it would wait
+/// for its next refresh).
+#[tokio::test(start_paused = true)]
+async fn arc_and_box_forward_the_line_of_waiters() {
+    let store = MemoryBackend::new();
+    let erased: [Arc<dyn LockBackend>; 2] = [
+        Arc::new(store.clone()),
+        Arc::new(Box::new(store.clone()) as Box<dyn LockBackend>),
+    ];
+    for backend in erased {
+        assert!(backend.capabilities().waiter_queue);
+        let holder = Locker::new(store.clone());
+        let waiter = Locker::new(backend);
+        let key = holder.key("line").unwrap();
+        let held = holder.try_lock("line").await.unwrap().unwrap();
+        let task = tokio::spawn(async move {
+            let guard = waiter
+                .lock_with("line", |o| o.with_wait_timeout(MINUTE))
+                .await;
+            (guard, Instant::now())
+        });
+        while store.queued_waiters(&key) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let released_at = Instant::now();
+        assert_eq!(held.release().await.unwrap(), Release::Released);
+        let (guard, acquired_at) = task.await.unwrap();
+        assert_eq!(acquired_at, released_at, "handed over at once");
+        assert_eq!(guard.unwrap().release().await.unwrap(), Release::Released);
+        assert_eq!(store.queued_waiters(&key), 0);
+    }
+}
