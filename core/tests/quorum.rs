@@ -31,7 +31,11 @@ struct Member {
     acquires: Arc<AtomicUsize>,
     /// Make `watch` fail (registration for release events only).
     watch_fails: Arc<AtomicBool>,
+    /// Releases act only after `LATE_BY` (a release still on its way).
+    late_release: Arc<AtomicBool>,
 }
+
+const LATE_BY: Duration = Duration::from_millis(50);
 
 const SLOW_BY: Duration = Duration::from_secs(2);
 
@@ -88,6 +92,9 @@ impl LockBackend for Member {
         self.gate(self.store.extend(key, token, ttl)).await
     }
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        if self.late_release.load(Ordering::SeqCst) {
+            tokio::time::sleep(LATE_BY).await;
+        }
         self.gate(self.store.release(key, token)).await
     }
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {
@@ -670,4 +677,37 @@ async fn a_stale_partial_hold_on_the_gate_does_not_block_a_free_majority() {
         "the partial hold on the gate kept the key locked for {took:?}"
     );
     guard.release().await.unwrap();
+}
+
+/// A release returns only once the member that gates contended acquisitions
+/// (the first healthy one) has answered, not as soon as a majority has: a
+/// release still on its way to the gate made another client's `try_lock`
+/// right after `release()` returned find the key "held" although a
+/// majority was free (seen in CI: the conformance case
+/// `acquire_free_then_held_then_free` over three Redis servers).
+#[tokio::test(start_paused = true)]
+async fn a_release_has_reached_the_gate_when_it_returns() {
+    let m = members(3);
+    m[0].late_release.store(true, Ordering::SeqCst);
+    let a = Locker::new(quorum(&m));
+    let b = Locker::new(quorum(&m));
+    let guard = a.try_lock("gate-release").await.unwrap().expect("free");
+    // b finds it held: the key is contended for b, which now asks the
+    // gate (member 0) first.
+    assert!(b.try_lock("gate-release").await.unwrap().is_none());
+    let started = Instant::now();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    assert!(started.elapsed() >= LATE_BY, "release waited for the gate");
+    let again = b.try_lock("gate-release").await.unwrap();
+    assert!(again.is_some(), "a released lock can be taken again");
+
+    // A gate that fails the release stops being the gate, so later
+    // releases do not wait for it.
+    m[0].set(DOWN);
+    let guard = again.unwrap();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    let guard = a.try_lock("gate-release").await.unwrap().expect("free");
+    let started = Instant::now();
+    assert_eq!(guard.release().await.unwrap(), Release::Released);
+    assert!(started.elapsed() < LATE_BY, "{:?}", started.elapsed());
 }

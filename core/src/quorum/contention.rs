@@ -62,7 +62,7 @@ impl Contention {
         keys.insert(key.encoded().to_owned(), now);
     }
 
-    /// Member `i` failed (error or timeout) an acquisition.
+    /// Member `i` failed (error or timeout) an acquisition or a release.
     pub(super) fn member_failed(&self, i: usize) {
         if let Some(slot) = self.failed.get(i) {
             *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
@@ -80,6 +80,18 @@ impl Contention {
                 _ => return None,
             }
         }
+        self.first_healthy(now)
+    }
+
+    /// The member that is the gate of every contended key now: the first
+    /// in list order that has not failed within [`GATE_REST`] (`None` if
+    /// all have). A release waits for this member's answer (see
+    /// `ops::release`).
+    pub(super) fn gate_member(&self) -> Option<usize> {
+        self.first_healthy(Instant::now())
+    }
+
+    fn first_healthy(&self, now: Instant) -> Option<usize> {
         self.failed.iter().position(|slot| {
             match *slot.lock().unwrap_or_else(PoisonError::into_inner) {
                 Some(at) => now.duration_since(at) >= GATE_REST,

@@ -91,8 +91,10 @@ use crate::token::LockToken;
 ///   error only when no member answered at all (an outage the guard
 ///   retries until its deadline).
 /// - [`release`](LockBackend::release): [`Release::Released`] if a
-///   majority released; same rules otherwise (holds left on failed
-///   members expire with their TTL).
+///   majority released and the gate member of contended keys (the first
+///   member that has not failed lately) answered, each within the member
+///   timeout; same rules otherwise (holds left on failed members expire
+///   with their TTL; a failed release is not retried).
 /// - [`inspect`](LockBackend::inspect): the majority view (held if a
 ///   majority holds it; the remaining lease a majority still has; the
 ///   highest fencing token a majority reached). An error if fewer than a

@@ -23,21 +23,33 @@ enum Vote {
 
 /// Reads yes/no answers until the outcome is decided; the calls still in
 /// flight finish in the background (every member gets the request).
+///
+/// With `hear = Some(i)`, a majority "yes" is not enough to return: member
+/// `i` must have answered too (each call is bounded by the member timeout),
+/// and if it failed it is marked failed for the choice of the gate.
 async fn vote<T: Send + 'static>(
     q: &Inner,
     op: &str,
     mut calls: Calls<T>,
     yes: impl Fn(&T) -> bool,
+    hear: Option<usize>,
 ) -> Vote {
     let (mut ayes, mut noes) = (0, 0);
     let mut errors = Vec::new();
+    let mut heard = hear.is_none();
     while let Some((i, answer)) = calls.next().await {
+        if Some(i) == hear {
+            heard = true;
+            if answer.is_err() {
+                q.contention.member_failed(i);
+            }
+        }
         match answer {
             Ok(a) if yes(&a) => ayes += 1,
             Ok(_) => noes += 1,
             Err(e) => errors.push((i, e)),
         }
-        if ayes >= q.majority || ayes + calls.len() < q.majority {
+        if (ayes >= q.majority && heard) || ayes + calls.len() < q.majority {
             break;
         }
     }
@@ -77,7 +89,7 @@ pub(super) async fn extend(
             async move { member.extend(&key, &token, ttl).await },
         );
     }
-    match vote(q, "extend", calls, |a| *a == Extend::Extended).await {
+    match vote(q, "extend", calls, |a| *a == Extend::Extended, None).await {
         Vote::Yes => Ok(Extend::Extended),
         Vote::No => Ok(Extend::NotHeld),
         Vote::Failed(e) => Err(e),
@@ -94,7 +106,15 @@ pub(super) async fn release(
     for (i, member) in q.members.iter().enumerate() {
         calls.push(i, q.member_timeout, release_call(member, key, token));
     }
-    match vote(q, "release", calls, |a| *a == Release::Released).await {
+    // Before returning, hear the member that gates contended acquisitions
+    // (see `contention`), not only a majority: a release still in flight
+    // there would make the next gated acquisition of another client find
+    // the key held although a majority is free (a `try_lock` right after
+    // `release` returned would answer "held"). This costs at most the
+    // slowest healthy member's answer; a member that fails it stops being
+    // the gate.
+    let gate = q.contention.gate_member();
+    match vote(q, "release", calls, |a| *a == Release::Released, gate).await {
         Vote::Yes => Ok(Release::Released),
         Vote::No => Ok(Release::NotHeld),
         Vote::Failed(e) => Err(e),
