@@ -362,15 +362,31 @@ impl LockBackend for Quorum {
         }
     }
 
-    /// With one member, that member's; otherwise [`LockBackend::watch`].
+    /// With one member, that member's. With several, while the key is
+    /// contended and the gate member keeps a line: the gate member's own
+    /// `watch_queued`, so a waiter wakes when the gate is handed to it (or
+    /// released with nobody in line) and not on every member's release,
+    /// which would wake every waiter of every process (see
+    /// [`Quorum::try_acquire_queued`]). Otherwise [`LockBackend::watch`].
     async fn watch_queued(
         &self,
         key: &LockKey,
         waiter: &crate::Waiter,
     ) -> Result<Option<ReleaseWatch>, BackendError> {
-        match self.single() {
-            Some(only) => only.watch_queued(key, waiter).await,
-            None => self.watch(key).await,
+        if let Some(only) = self.single() {
+            return only.watch_queued(key, waiter).await;
         }
+        if let Some(g) = self.inner.contention.gate(key) {
+            let gate = &self.inner.members[g];
+            if gate.capabilities().waiter_queue {
+                let limit = self.inner.member_timeout;
+                if let Ok(Ok(Some(watch))) =
+                    tokio::time::timeout(limit, gate.watch_queued(key, waiter)).await
+                {
+                    return Ok(Some(watch));
+                }
+            }
+        }
+        self.watch(key).await
     }
 }
