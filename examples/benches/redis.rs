@@ -1,6 +1,8 @@
 //! Redis figures for BENCHMARKS.md: distlock next to the floor (the same work
 //! issued directly with the `redis` crate) and next to rslock 0.10, in one run
-//! against one Redis server.
+//! against one Redis server. `distlock-noq` is distlock with
+//! `RedisConfig::waiter_queue = false` (no line of waiters: the behaviour
+//! before it), so before and after come from the same run.
 //!
 //! ```text
 //! DISTLOCK_REDIS_IMAGE=distlock-redis:7-local cargo bench -p distlock-examples --bench redis
