@@ -294,6 +294,31 @@
 //! [`notify_all`](distlock::ReleaseHub::notify_all) after a reconnect that
 //! may have missed some.
 //!
+//! # 7a. A line of waiters (optional)
+//!
+//! A backend that can keep a first-come-first-served line of waiters per
+//! key sets [`Capabilities::waiter_queue`](distlock::Capabilities) and
+//! implements [`try_acquire_queued`](distlock::LockBackend::try_acquire_queued)
+//! and [`watch_queued`](distlock::LockBackend::watch_queued) by the rules
+//! in their docs: a held key puts the waiter in line (its place lapses
+//! [`Waiter::lease`](distlock::Waiter) after its last call); a release of a
+//! held key with a live waiter in line does not free the key but hands it
+//! to the first live waiter (its token, for a claim window of its lease,
+//! with a new fencing token) and wakes only that waiter
+//! ([`ReleaseHub::notify_waiter`](distlock::ReleaseHub::notify_waiter),
+//! which finds the watch made by
+//! [`ReleaseHub::watch_waiter`](distlock::ReleaseHub::watch_waiter)); the
+//! claim is the waiter's next queued call; a release by a token that is
+//! only in line takes it out. The memory backend is the reference
+//! (`distlock-memory`, `store.rs`); the Redis backend does the same in Lua
+//! (`lua/acquire_queued.lua`, `lua/release.lua`). The conformance case
+//! `queued_waiters_make_one_attempt_per_release` checks the line when the
+//! capability is on, and the trait's defaults (plain `try_acquire` and
+//! `watch`) when it is off, so a backend without a line needs nothing.
+//! A wrapper that forwards [`capabilities`](distlock::LockBackend::capabilities)
+//! must forward both methods too (or report `waiter_queue: false`), or its
+//! waiters keep calling the plain methods and never line up.
+//!
 //! # 8. Stress and history
 //!
 //! [`history::stress`](crate::history::stress) runs many tasks over a few
