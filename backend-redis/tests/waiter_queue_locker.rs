@@ -419,6 +419,49 @@ fn a_sigkilled_waiter_whose_place_lapsed_costs_nothing() {
     });
 }
 
+/// A waiter SIGKILLed while alone in line, the holder keeping the lock:
+/// nobody pops its place, so only the line's expiry removes it. Both keys
+/// are gone within L + SLACK of the kill (design §1: a crashed waiter's
+/// state is gone within L), and the holder's release then frees the lock
+/// (nobody to hand it to). Broken by a join or renewal that does not set
+/// the keys' expiry (the keys stay until the next release pops the dead
+/// place), or one that sets it longer than the lease.
+#[test]
+fn a_sigkilled_waiter_alone_in_line_leaves_nothing_within_its_lease() {
+    run(async {
+        let url = RedisServer::shared().url().to_owned();
+        let name = unique("sigkill-alone");
+        let holder = locker(&url, PREFIX);
+        let (_, keys) = keys_of(&holder, &name);
+        let mut admin = admin(&url).await;
+        let guard = holder
+            .try_lock_with(&name, |o| o.with_ttl(TTL))
+            .await
+            .unwrap()
+            .expect("a fresh name is free");
+        let mut child = spawn_waiting_child(&url, &name);
+        line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(60)).await;
+        assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 2);
+        child.kill();
+        let killed_at = Instant::now();
+        let at = gone(&mut admin, &[&keys.waiters, &keys.leases]).await;
+        println!(
+            "the dead waiter's place was gone {:?} after the kill",
+            at - killed_at
+        );
+        assert!(
+            at - killed_at <= WAITER_LEASE + SLACK,
+            "the dead waiter's place lasted {:?} after the kill",
+            at - killed_at
+        );
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+        assert!(
+            get(&mut admin, &keys.lock).await.is_none(),
+            "the release handed the lock to the dead waiter's lapsed place"
+        );
+    });
+}
+
 // ---------------------------------------------------------------------
 // 2. A waiter cancelled at many points.
 // ---------------------------------------------------------------------
