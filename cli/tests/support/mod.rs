@@ -156,17 +156,20 @@ pub fn redis_cmd<T: distlock_redis::redis::FromRedisValue>(url: &str, args: &[&s
     })
 }
 
-/// Waits until some client subscribes to the release channel of `name`
-/// (a `distlock` waiting for it has then registered its signal handlers).
+/// Waits until some client waits for `name`: it is in the lock's line of
+/// waiters, or subscribed to its release channel (a `distlock` waiting for
+/// it has then registered its signal handlers).
 pub fn wait_for_waiter(url: &str, name: &str) {
-    let channel = runtime().block_on(async {
+    let (channel, waiters) = runtime().block_on(async {
         let backend = RedisBackend::from_url(url).unwrap();
-        backend.release_channel(&distlock_redis::LockKey::new("", name).unwrap())
+        let key = distlock_redis::LockKey::new("", name).unwrap();
+        (backend.release_channel(&key), backend.keys(&key).waiters)
     });
     let started = Instant::now();
     loop {
         let counts: Vec<(String, i64)> = redis_cmd(url, &["PUBSUB", "NUMSUB", &channel]);
-        if counts.iter().any(|(_, n)| *n > 0) {
+        let in_line: i64 = redis_cmd(url, &["ZCARD", &waiters]);
+        if in_line > 0 || counts.iter().any(|(_, n)| *n > 0) {
             return;
         }
         assert!(started.elapsed() < PATIENCE, "nobody waits for {name}");
