@@ -10,11 +10,14 @@ use std::time::Duration;
 
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
 use distlock_redis::testkit::RedisServer;
+
+mod line_support;
 use distlock_redis::{
     Acquire, BackendErrorKind, LockBackend, LockKey, LockToken, RedisBackend, RedisConfig, Release,
     ReleaseWatch, Waiter, WaiterId, WAITER_LEASE,
 };
 use futures::{FutureExt as _, StreamExt as _};
+use line_support::{admin, exists, get, line_reaches, no_hang, zcard};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -40,50 +43,6 @@ fn backend(url: &str) -> RedisBackend {
 
 fn waiter(lease: Duration) -> Waiter {
     Waiter::new(WaiterId::generate(), lease)
-}
-
-async fn admin(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-async fn no_hang<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
-}
-
-async fn zcard(admin: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(admin)
-        .await
-        .unwrap()
-}
-
-async fn exists(admin: &mut MultiplexedConnection, keys: &[&str]) -> i64 {
-    redis::cmd("EXISTS")
-        .arg(keys)
-        .query_async(admin)
-        .await
-        .unwrap()
-}
-
-async fn get(admin: &mut MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(admin).await.unwrap()
-}
-
-/// Waits until the line of `key` has `n` waiters.
-async fn line_reaches(admin: &mut MultiplexedConnection, waiters: &str, n: i64) {
-    no_hang(&format!("the line reaching {n}"), async {
-        while zcard(admin, waiters).await != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
 }
 
 fn acquired(a: Acquire) -> u64 {
@@ -271,7 +230,13 @@ async fn waiters_of_three_backends_acquire_in_the_order_they_joined() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(b.release(&k, &token).await.unwrap(), Release::Released);
         }));
-        line_reaches(&mut admin, &keys.waiters, i as i64 + 1).await;
+        line_reaches(
+            &mut admin,
+            &keys.waiters,
+            i as i64 + 1,
+            Duration::from_secs(20),
+        )
+        .await;
     }
     assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
     for t in tasks {
@@ -328,9 +293,9 @@ async fn grants_go_to_the_waiters_backend_only() {
         })
     };
     let a = spawn(b1.clone(), w1.clone());
-    line_reaches(&mut admin, &keys.waiters, 1).await;
+    line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
     let b = spawn(b2.clone(), w2.clone());
-    line_reaches(&mut admin, &keys.waiters, 2).await;
+    line_reaches(&mut admin, &keys.waiters, 2, Duration::from_secs(20)).await;
     let released_at = Instant::now();
     assert_eq!(b0.release(&k, &t0).await.unwrap(), Release::Released);
     let (_, a_at) = no_hang("w1", a).await.unwrap();
@@ -400,7 +365,7 @@ async fn a_dead_waiter_costs_at_most_the_claim_window() {
             (token, got)
         })
     };
-    line_reaches(&mut admin, &keys.waiters, 2).await;
+    line_reaches(&mut admin, &keys.waiters, 2, Duration::from_secs(20)).await;
     let released_at = Instant::now();
     assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
     assert_eq!(
@@ -453,7 +418,7 @@ async fn a_dead_waiter_costs_at_most_the_claim_window() {
             .await
             .unwrap()
     ));
-    line_reaches(&mut admin, &keys.waiters, 1).await;
+    line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
     assert!(is_held(
         &live
             .try_acquire_queued(&k, &tf, TTL, None, &wf)
@@ -523,7 +488,7 @@ async fn a_lost_line_still_lets_the_waiter_acquire() {
             wait_in_line(&b, &k, &token, &w, refresh).await
         })
     };
-    line_reaches(&mut admin, &keys.waiters, 1).await;
+    line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
     let () = redis::cmd("DEL")
         .arg(&keys.waiters)
         .arg(&keys.leases)
@@ -695,7 +660,7 @@ async fn grants_are_heard_again_after_the_subscriber_reconnects() {
             wait_in_line(&b, &k, &token, &w, slow).await
         })
     };
-    line_reaches(&mut admin, &keys.waiters, 1).await;
+    line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
     assert_eq!(numsub(&mut admin).await, 1);
     assert_eq!(b.subscribed_channels(), 1, "only the grant channel");
     let killed: i64 = redis::cmd("CLIENT")

@@ -22,10 +22,13 @@ use distlock_conformance::history::{check, Hold, HolderId, Stamp};
 use distlock_conformance::processes::{child_process, ChildSummary, ProcessStress, Record};
 use distlock_redis::redis::{self, aio::MultiplexedConnection};
 use distlock_redis::testkit::RedisServer;
+
+mod line_support;
 use distlock_redis::{
     LockError, LockGuard, LockKey, LockOptions, LockToken, Locker, RedisBackend, Release,
     WAITER_LEASE,
 };
+use line_support::{admin, exists, get, line_reaches, no_hang};
 use tokio::time::Instant;
 
 /// The lease of every lock taken here: far longer than any step, so a
@@ -87,28 +90,6 @@ fn waiting(o: LockOptions, wait: Duration) -> LockOptions {
     o.with_ttl(TTL).with_wait_timeout(wait)
 }
 
-async fn admin(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
-async fn no_hang<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .unwrap_or_else(|_| panic!("{what} hung"))
-}
-
-async fn zcard(admin: &mut MultiplexedConnection, key: &str) -> i64 {
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(admin)
-        .await
-        .unwrap()
-}
-
 /// The tokens in line, first first.
 async fn line(admin: &mut MultiplexedConnection, waiters: &str) -> Vec<String> {
     redis::cmd("ZRANGE")
@@ -118,29 +99,6 @@ async fn line(admin: &mut MultiplexedConnection, waiters: &str) -> Vec<String> {
         .query_async(admin)
         .await
         .unwrap()
-}
-
-async fn exists(admin: &mut MultiplexedConnection, keys: &[&str]) -> i64 {
-    redis::cmd("EXISTS")
-        .arg(keys)
-        .query_async(admin)
-        .await
-        .unwrap()
-}
-
-async fn get(admin: &mut MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(admin).await.unwrap()
-}
-
-/// Waits (up to `within`) until the line of `waiters` has `n` waiters.
-async fn line_reaches(admin: &mut MultiplexedConnection, waiters: &str, n: i64, within: Duration) {
-    tokio::time::timeout(within, async {
-        while zcard(admin, waiters).await != n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the line never reached {n} waiters"));
 }
 
 /// Waits until `keys` are all gone; returns when that was seen.

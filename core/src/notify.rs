@@ -76,13 +76,7 @@ impl ReleaseHub {
     pub fn watch(&self, key: &LockKey) -> ReleaseWatch {
         let digest = key.digest();
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = keys.entry(digest).or_insert_with(|| Entry {
-            encoded: key.encoded().to_owned(),
-            notify: Arc::new(Notify::new()),
-            watchers: 0,
-            queued: Vec::new(),
-        });
-        entry.watchers += 1;
+        let entry = Entry::of(&mut keys, key, digest);
         ReleaseWatch {
             hub: self.clone(),
             key: digest,
@@ -101,13 +95,7 @@ impl ReleaseHub {
     pub fn watch_waiter(&self, key: &LockKey, waiter: WaiterId) -> ReleaseWatch {
         let digest = key.digest();
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = keys.entry(digest).or_insert_with(|| Entry {
-            encoded: key.encoded().to_owned(),
-            notify: Arc::new(Notify::new()),
-            watchers: 0,
-            queued: Vec::new(),
-        });
-        entry.watchers += 1;
+        let entry = Entry::of(&mut keys, key, digest);
         let notify = Arc::new(Notify::new());
         entry.queued.push((waiter, notify.clone()));
         ReleaseWatch {
@@ -217,6 +205,22 @@ impl std::fmt::Debug for ReleaseHub {
 }
 
 impl Entry {
+    /// The entry of `key` (made if missing), with one more watcher counted.
+    fn of<'a>(
+        keys: &'a mut HashMap<KeyDigest, Entry>,
+        key: &LockKey,
+        digest: KeyDigest,
+    ) -> &'a mut Entry {
+        let entry = keys.entry(digest).or_insert_with(|| Entry {
+            encoded: key.encoded().to_owned(),
+            notify: Arc::new(Notify::new()),
+            watchers: 0,
+            queued: Vec::new(),
+        });
+        entry.watchers += 1;
+        entry
+    }
+
     /// Wakes one plain watcher (if any) and every queued one.
     fn wake(&self) {
         if self.watchers > self.queued.len() {
