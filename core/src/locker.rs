@@ -418,15 +418,7 @@ impl<B: LockBackend> Locker<B> {
                 Ok(Acquire::Acquired { fence }) => {
                     if crate::guard::deadline(sent_at, opts.ttl) > Instant::now() {
                         ticket.disarm();
-                        return Ok(LockGuard::new(
-                            key.clone(),
-                            token,
-                            fence,
-                            sent_at,
-                            opts,
-                            inner.dyn_backend.clone(),
-                            inner.releaser.clone(),
-                        ));
+                        return Ok(self.guard(key, token, fence, sent_at, opts));
                     }
                     // The answer came after the lease could already have
                     // run out: no guard (it would be invalid from birth).
@@ -540,6 +532,26 @@ impl<B: LockBackend> Locker<B> {
         Ok(self.inner.backend.inspect(&key).await?)
     }
 
+    /// The guard of an acquisition whose request was sent at `sent_at`.
+    fn guard(
+        &self,
+        key: &LockKey,
+        token: LockToken,
+        fence: u64,
+        sent_at: Instant,
+        opts: &LockOptions,
+    ) -> LockGuard {
+        LockGuard::new(
+            key.clone(),
+            token,
+            fence,
+            sent_at,
+            opts,
+            self.inner.dyn_backend.clone(),
+            self.inner.releaser.clone(),
+        )
+    }
+
     /// One acquisition attempt: the guard, or the holder's remaining lease.
     pub(crate) async fn attempt(
         &self,
@@ -584,15 +596,7 @@ impl<B: LockBackend> Locker<B> {
         }
         pending.disarm();
         Ok(match outcome {
-            Acquire::Acquired { fence } => Ok(LockGuard::new(
-                key.clone(),
-                token,
-                fence,
-                sent_at,
-                opts,
-                inner.dyn_backend.clone(),
-                inner.releaser.clone(),
-            )),
+            Acquire::Acquired { fence } => Ok(self.guard(key, token, fence, sent_at, opts)),
             Acquire::Held { remaining } => Err(remaining),
         })
     }
