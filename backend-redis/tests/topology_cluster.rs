@@ -121,26 +121,51 @@ async fn a_handover_reaches_a_waiter_of_another_backend_on_every_primary() {
 
 /// A release reaches a waiter of another backend through sharded pub/sub
 /// (`SPUBLISH` from the release script, `SSUBSCRIBE` on the subscriber):
-/// the waiter's retries are 10 s apart, so only the message wakes it.
+/// without the line of waiters the waiter's retries are 10 s apart, so
+/// only the release channel's message wakes it. In the line (the default)
+/// the message is the grant on the waiter's backend channel; a waiter in
+/// line also calls every 167 ms, so there the test checks that the grant
+/// channel is subscribed on the slot's primary, and the cluster handover
+/// test above that a grant arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_wakes_a_waiter_through_sharded_pubsub() {
     let cluster = RedisCluster::start();
-    let holder = Locker::new(backend(&cluster));
-    let waiting = backend(&cluster);
+    for queue in [true, false] {
+        sharded_wake(&cluster, queue).await;
+    }
+}
+
+async fn sharded_wake(cluster: &RedisCluster, queue: bool) {
+    let name = format!("sharded-wake-{queue}");
+    let holder = Locker::new(backend(cluster));
+    let nodes = cluster.node_urls();
+    let waiting = RedisBackend::from_config(
+        &RedisConfig::new(nodes[0].clone())
+            .with_cluster(nodes[1..].to_vec())
+            .with_waiter_queue(queue),
+    )
+    .unwrap();
     let opts = LockOptions::default()
         .with_retry(Duration::from_secs(10), Duration::from_secs(10))
         .with_wait_timeout(Duration::from_secs(30));
     let waiter = Locker::new(waiting.clone()).with_defaults(opts).unwrap();
-    let held = holder.lock("sharded-wake").await.unwrap();
-    let task = tokio::spawn(async move { waiter.lock("sharded-wake").await.map(|g| g.fence()) });
+    let held = holder.lock(&name).await.unwrap();
+    let task = {
+        let name = name.clone();
+        tokio::spawn(async move { waiter.lock(&name).await.map(|g| g.fence()) })
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while waiting.subscribed_channels() == 0 {
         assert!(Instant::now() < deadline, "the waiter never subscribed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let key = holder.key("sharded-wake").unwrap();
-    let channel = waiting.release_channel(&key);
+    let key = holder.key(&name).unwrap();
+    let channel = if queue {
+        waiting.grant_channel(&key)
+    } else {
+        waiting.release_channel(&key)
+    };
     let primary = cluster.primary_of_slot(cluster.key_slot(&channel));
     let (_, subscribers): (String, i64) = redis::cmd("PUBSUB")
         .arg("SHARDNUMSUB")
@@ -154,7 +179,7 @@ async fn a_release_wakes_a_waiter_through_sharded_pubsub() {
         .unwrap();
     assert_eq!(
         subscribers, 1,
-        "no sharded subscriber on the slot's primary"
+        "no sharded subscriber of {channel} on the slot's primary"
     );
     let first = held.fence();
     held.release().await.unwrap();
