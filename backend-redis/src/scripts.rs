@@ -14,25 +14,30 @@ use std::time::Duration;
 use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence, WaiterId};
 use redis::{Cmd, Value};
 
-/// The source of the acquire script (the shared helpers of `lib.lua`, then
-/// `acquire.lua`).
+/// The source of the acquire script (the fence helper of `lib.lua`, then
+/// `acquire.lua`; not the line of waiters' helpers of `queue.lua`, which
+/// every run would define again for nothing).
 pub const ACQUIRE_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
     include_str!("../lua/acquire.lua")
 );
 /// The source of the script a waiting `lock()` call runs
 /// ([`LockBackend::try_acquire_queued`](distlock::LockBackend::try_acquire_queued)):
-/// `lib.lua`, then `acquire_queued.lua`.
+/// `lib.lua`, `queue.lua` (the line of waiters' helpers), then
+/// `acquire_queued.lua`.
 pub const ACQUIRE_QUEUED_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
+    include_str!("../lua/queue.lua"),
     include_str!("../lua/acquire_queued.lua")
 );
 /// The source of the extend script.
 pub const EXTEND_LUA: &str = include_str!("../lua/extend.lua");
-/// The source of the release script (`lib.lua`, then `release.lua`): it
-/// hands the lock to the first live waiter in line, if any.
+/// The source of the release script (`lib.lua`, `queue.lua`, then
+/// `release.lua`): it hands the lock to the first live waiter in line, if
+/// any.
 pub const RELEASE_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
+    include_str!("../lua/queue.lua"),
     include_str!("../lua/release.lua")
 );
 /// The source of the inspect script.
