@@ -156,8 +156,12 @@ impl ScriptCall {
     }
 
     fn command(&self, name: &str, script: &str) -> Cmd {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(script).arg(self.items.keys);
+        // Sized up front: one allocation each for the bytes and the
+        // argument list, not a regrowth per argument.
+        let count = 3 + self.items.ends.len();
+        let bytes = name.len() + script.len() + 20 + self.items.buf.len();
+        let mut cmd = Cmd::with_capacity(count, bytes);
+        cmd.arg(name).arg(script).arg(self.items.keys);
         for item in self.items.items() {
             cmd.arg(item);
         }
