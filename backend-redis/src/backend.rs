@@ -65,7 +65,8 @@ use crate::topology::{pubsub::Source, Remote};
 /// The waiter then claims the lock with one more call (full TTL, the fence
 /// of the handover). A release by a token that is only in line gives its
 /// place back. The uncontended path is unchanged, except that a release
-/// reads the head of a line that does not exist (`ZRANGE … 0 0`).
+/// probes for a line that does not exist (`PTTL` of the `:waiters` key;
+/// `ZRANGE … 0 0` reads the head only when the key exists).
 ///
 /// A missing fence key (a name's first use, its expiry, or data lost by a
 /// restart without persistence or a failover) starts from the server's
