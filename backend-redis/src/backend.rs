@@ -16,9 +16,9 @@ use redis::AsyncConnectionConfig;
 use crate::command::{Commands, Reply};
 use crate::config::RedisConfig;
 use crate::errors::{config, config as config_error, from_redis};
-use crate::keys::{KeyLayout, LockKeys, RELEASE_TOMBSTONE_TTL};
+use crate::keys::{KeyLayout, LockKeys};
 use crate::pool::{CheckIdleManager, Pools};
-use crate::scripts::{self, ScriptCall};
+use crate::scripts::{self, ScriptArgs, ScriptCall};
 use crate::subscriber::Subscriber;
 use crate::topology::{pubsub::Source, Remote};
 
@@ -65,7 +65,8 @@ use crate::topology::{pubsub::Source, Remote};
 /// The waiter then claims the lock with one more call (full TTL, the fence
 /// of the handover). A release by a token that is only in line gives its
 /// place back. The uncontended path is unchanged, except that a release
-/// reads the head of a line that does not exist (`ZRANGE … 0 0`).
+/// probes for a line that does not exist (`PTTL` of the `:waiters` key;
+/// `ZRANGE … 0 0` reads the head only when the key exists).
 ///
 /// A missing fence key (a name's first use, its expiry, or data lost by a
 /// restart without persistence or a failover) starts from the server's
@@ -438,6 +439,18 @@ fn install_crypto_provider() {
     }
 }
 
+/// [`RELEASE_TOMBSTONE_TTL`](crate::RELEASE_TOMBSTONE_TTL) in ms, as the
+/// release script wants it (a test checks that they agree).
+const RELEASE_TOMBSTONE_TTL_MS: &str = "60000";
+
+#[test]
+fn release_tombstone_ttl_ms_agrees() {
+    assert_eq!(
+        RELEASE_TOMBSTONE_TTL_MS,
+        crate::RELEASE_TOMBSTONE_TTL.as_millis().to_string()
+    );
+}
+
 fn ttl_ms(ttl: Duration) -> Result<u64, BackendError> {
     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     if ms == 0 {
@@ -473,18 +486,27 @@ impl LockBackend for RedisBackend {
         ttl: Duration,
         owner: Option<&str>,
     ) -> Result<Acquire, BackendError> {
-        let keys = self.keys(key);
-        let mut args = vec![
-            token.as_hex().to_owned(),
-            ttl_ms(ttl)?.to_string(),
-            self.inner.fence_retention_ms.clone(),
-        ];
+        // The keys and arguments in one buffer (the hot path: no string
+        // per key).
+        let lock = self.inner.layout.lock_key(key);
+        let token_hex = token.as_hex();
+        let ttl = ttl_ms(ttl)?.to_string();
+        let mut items = ScriptArgs::with_capacity(
+            4 * lock.len() + 64 + 2 * token_hex.len() + ttl.len() + owner.map_or(0, str::len) + 24,
+            8,
+        );
+        items.push(&[&lock]);
+        items.push(&[&lock, crate::keys::FENCE_SUFFIX]);
+        items.push(&[&lock, crate::keys::OWNER_SUFFIX]);
+        items.push(&[&lock, crate::keys::TOMBSTONE_INFIX, token_hex]);
+        items.end_keys();
+        items.push(&[token_hex]);
+        items.push(&[&ttl]);
+        items.push(&[&self.inner.fence_retention_ms]);
         if let Some(owner) = owner {
-            args.push(owner.to_owned());
+            items.push(&[owner]);
         }
-        let lock = keys.lock.clone();
-        let tombstone = keys.tombstone(token);
-        let call = scripts::ACQUIRE.call(vec![keys.lock, keys.fence, keys.owner, tombstone], args);
+        let call = scripts::ACQUIRE.call_with(items);
         let outcome = self.run_acquire(key, token, &lock, &call).await?;
         if matches!(outcome, Acquire::Acquired { .. })
             && self.inner.subscriber.hub().is_watched(key.encoded())
@@ -586,30 +608,33 @@ impl LockBackend for RedisBackend {
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
-        let keys = self.keys(key);
-        let channel = format!("{}{}", keys.lock, crate::keys::CHANNEL_SUFFIX);
-        let mut args = vec![
-            token.as_hex().to_owned(),
-            channel,
-            key.encoded().to_owned(),
-            RELEASE_TOMBSTONE_TTL.as_millis().to_string(),
-        ];
-        // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
-        args.push(if self.inner.sharded { "s" } else { "" }.to_owned());
-        args.push(self.inner.fence_retention_ms.clone());
-        let lock = keys.lock.clone();
-        let tombstone = keys.tombstone(token);
-        let call = scripts::RELEASE.call(
-            vec![
-                keys.lock,
-                keys.owner,
-                tombstone,
-                keys.fence,
-                keys.waiters,
-                keys.leases,
-            ],
-            args,
+        // The keys and arguments in one buffer (the hot path: no string
+        // per key).
+        use crate::keys::{
+            CHANNEL_SUFFIX, FENCE_SUFFIX, LEASES_SUFFIX, OWNER_SUFFIX, TOMBSTONE_INFIX,
+            WAITERS_SUFFIX,
+        };
+        let lock = self.inner.layout.lock_key(key);
+        let token_hex = token.as_hex();
+        let mut items = ScriptArgs::with_capacity(
+            7 * lock.len() + 2 * token_hex.len() + key.encoded().len() + 96,
+            12,
         );
+        items.push(&[&lock]);
+        items.push(&[&lock, OWNER_SUFFIX]);
+        items.push(&[&lock, TOMBSTONE_INFIX, token_hex]);
+        items.push(&[&lock, FENCE_SUFFIX]);
+        items.push(&[&lock, WAITERS_SUFFIX]);
+        items.push(&[&lock, LEASES_SUFFIX]);
+        items.end_keys();
+        items.push(&[token_hex]);
+        items.push(&[&lock, CHANNEL_SUFFIX]);
+        items.push(&[key.encoded()]);
+        items.push(&[RELEASE_TOMBSTONE_TTL_MS]);
+        // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
+        items.push(&[if self.inner.sharded { "s" } else { "" }]);
+        items.push(&[&self.inner.fence_retention_ms]);
+        let call = scripts::RELEASE.call_with(items);
         let reply = self.run("release", &lock, &call, None).await?;
         let outcome = scripts::parse_release(&reply.value)?;
         if outcome == scripts::Released::NotHeld && reply.repeated {

@@ -14,25 +14,30 @@ use std::time::Duration;
 use distlock::{Acquire, BackendError, BackendErrorKind, LockInfo, RaiseFence, WaiterId};
 use redis::{Cmd, Value};
 
-/// The source of the acquire script (the shared helpers of `lib.lua`, then
-/// `acquire.lua`).
+/// The source of the acquire script (the fence helper of `lib.lua`, then
+/// `acquire.lua`; not the line of waiters' helpers of `queue.lua`, which
+/// every run would define again for nothing).
 pub const ACQUIRE_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
     include_str!("../lua/acquire.lua")
 );
 /// The source of the script a waiting `lock()` call runs
 /// ([`LockBackend::try_acquire_queued`](distlock::LockBackend::try_acquire_queued)):
-/// `lib.lua`, then `acquire_queued.lua`.
+/// `lib.lua`, `queue.lua` (the line of waiters' helpers), then
+/// `acquire_queued.lua`.
 pub const ACQUIRE_QUEUED_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
+    include_str!("../lua/queue.lua"),
     include_str!("../lua/acquire_queued.lua")
 );
 /// The source of the extend script.
 pub const EXTEND_LUA: &str = include_str!("../lua/extend.lua");
-/// The source of the release script (`lib.lua`, then `release.lua`): it
-/// hands the lock to the first live waiter in line, if any.
+/// The source of the release script (`lib.lua`, `queue.lua`, then
+/// `release.lua`): it hands the lock to the first live waiter in line, if
+/// any.
 pub const RELEASE_LUA: &str = concat!(
     include_str!("../lua/lib.lua"),
+    include_str!("../lua/queue.lua"),
     include_str!("../lua/release.lua")
 );
 /// The source of the inspect script.
@@ -66,11 +71,68 @@ impl LuaScript {
 
     /// One run of this script with `keys` and `args`.
     pub(crate) fn call(&'static self, keys: Vec<String>, args: Vec<String>) -> ScriptCall {
+        let bytes = keys.iter().chain(&args).map(String::len).sum();
+        let mut items = ScriptArgs::with_capacity(bytes, keys.len() + args.len());
+        for key in &keys {
+            items.push(&[key]);
+        }
+        items.end_keys();
+        for arg in &args {
+            items.push(&[arg]);
+        }
+        self.call_with(items)
+    }
+
+    /// One run of this script with the keys and arguments of `items`.
+    pub(crate) fn call_with(&'static self, items: ScriptArgs) -> ScriptCall {
         ScriptCall {
             script: self,
-            keys,
-            args,
+            items,
         }
+    }
+}
+
+/// The keys, then the arguments, of one script run, in one buffer: one
+/// allocation for all of them instead of one `String` each (the hot path
+/// builds a call per acquire and per release).
+pub(crate) struct ScriptArgs {
+    buf: String,
+    /// The end of each item in `buf`.
+    ends: Vec<usize>,
+    /// How many of the items are keys.
+    keys: usize,
+}
+
+impl ScriptArgs {
+    /// Room for `bytes` bytes in `count` items.
+    pub(crate) fn with_capacity(bytes: usize, count: usize) -> Self {
+        Self {
+            buf: String::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+            keys: 0,
+        }
+    }
+
+    /// Adds one item, the concatenation of `parts`.
+    pub(crate) fn push(&mut self, parts: &[&str]) {
+        for part in parts {
+            self.buf.push_str(part);
+        }
+        self.ends.push(self.buf.len());
+    }
+
+    /// The items so far are the keys; the next ones are arguments.
+    pub(crate) fn end_keys(&mut self) {
+        self.keys = self.ends.len();
+    }
+
+    fn items(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let item = &self.buf[start..end];
+            start = end;
+            item
+        })
     }
 }
 
@@ -78,8 +140,7 @@ impl LuaScript {
 /// `EVALSHA` or as `EVAL`.
 pub(crate) struct ScriptCall {
     script: &'static LuaScript,
-    keys: Vec<String>,
-    args: Vec<String>,
+    items: ScriptArgs,
 }
 
 impl ScriptCall {
@@ -95,13 +156,14 @@ impl ScriptCall {
     }
 
     fn command(&self, name: &str, script: &str) -> Cmd {
-        let mut cmd = redis::cmd(name);
-        cmd.arg(script).arg(self.keys.len());
-        for key in &self.keys {
-            cmd.arg(key);
-        }
-        for arg in &self.args {
-            cmd.arg(arg);
+        // Sized up front: one allocation each for the bytes and the
+        // argument list, not a regrowth per argument.
+        let count = 3 + self.items.ends.len();
+        let bytes = name.len() + script.len() + 20 + self.items.buf.len();
+        let mut cmd = Cmd::with_capacity(count, bytes);
+        cmd.arg(name).arg(script).arg(self.items.keys);
+        for item in self.items.items() {
+            cmd.arg(item);
         }
         cmd
     }

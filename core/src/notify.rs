@@ -111,6 +111,10 @@ impl ReleaseHub {
     /// returns whether it is registered here.
     pub fn notify_waiter(&self, encoded_key: &str, waiter: WaiterId) -> bool {
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nobody watches anything (the uncontended case): no digest needed.
+        if keys.is_empty() {
+            return false;
+        }
         let Some(entry) = keys.get(&digest_of(encoded_key)) else {
             return false;
         };
@@ -127,7 +131,15 @@ impl ReleaseHub {
     /// was released. Wakes one plain watcher and every queued watcher
     /// ([`ReleaseHub::watch_waiter`]); does nothing if nobody watches.
     pub fn notify(&self, encoded_key: &str) {
-        self.notify_digest(&digest_of(encoded_key));
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nobody watches anything (the uncontended case): the SHA-256 of
+        // the key, a few thousand instructions per release, is not needed.
+        if keys.is_empty() {
+            return;
+        }
+        if let Some(entry) = keys.get(&digest_of(encoded_key)) {
+            entry.wake();
+        }
     }
 
     /// Reports that the key whose [`LockKey::digest`] is `digest` was
@@ -176,9 +188,9 @@ impl ReleaseHub {
     /// Whether anyone watches the key whose [`LockKey::encoded`] form is
     /// `encoded_key`, i.e. whether a task of this process waits for it.
     pub fn is_watched(&self, encoded_key: &str) -> bool {
-        let digest = digest_of(encoded_key);
         let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        keys.contains_key(&digest)
+        // Nobody watches anything (the uncontended case): no digest needed.
+        !keys.is_empty() && keys.contains_key(&digest_of(encoded_key))
     }
 
     /// The [`LockKey::encoded`] forms of every key watched right now (for a
