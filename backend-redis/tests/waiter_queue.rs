@@ -41,6 +41,15 @@ fn backend(url: &str) -> RedisBackend {
     RedisBackend::from_url(url).unwrap()
 }
 
+/// A runtime for the tests that own a dedicated server.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn waiter(lease: Duration) -> Waiter {
     Waiter::new(WaiterId::generate(), lease)
 }
@@ -577,113 +586,122 @@ fn calls(info: &str, command: &str) -> u64 {
 /// than the `ZRANGE` of a missing key) and no other command of the line;
 /// with the line off nothing queued runs either. A dedicated server, so
 /// the counts are ours.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_uncontended_cycle_pays_one_pttl_per_release() {
+#[test]
+fn the_uncontended_cycle_pays_one_pttl_per_release() {
+    // A dedicated server is made and dropped outside the runtime (a
+    // container's handle may not be dropped inside an async context).
     let server = RedisServer::start();
-    let b = backend(server.url());
-    let mut admin = admin(server.url()).await;
-    let k = unique("uncontended");
-    let cycle = || async {
-        let t = LockToken::generate();
-        acquired(b.try_acquire(&k, &t, TTL, None).await.unwrap());
-        assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
-    };
-    // The first acquire starts the fence from TIME.
-    cycle().await;
-    let () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    for _ in 0..10 {
+    runtime().block_on(async {
+        let b = backend(server.url());
+        let mut admin = admin(server.url()).await;
+        let k = unique("uncontended");
+        let cycle = || async {
+            let t = LockToken::generate();
+            acquired(b.try_acquire(&k, &t, TTL, None).await.unwrap());
+            assert_eq!(b.release(&k, &t).await.unwrap(), Release::Released);
+        };
+        // The first acquire starts the fence from TIME.
         cycle().await;
-    }
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(calls(&info, "pttl"), 10, "{info}");
-    for command in [
-        "zrange", "zadd", "zrem", "hset", "hget", "hdel", "time", "exists",
-    ] {
-        assert_eq!(calls(&info, command), 0, "{command}: {info}");
-    }
-
-    let off = RedisBackend::from_config(&RedisConfig::new(server.url()).with_waiter_queue(false))
-        .unwrap();
-    assert!(!off.capabilities().waiter_queue);
-    let (t, w) = (LockToken::generate(), waiter(WAITER_LEASE));
-    acquired(off.try_acquire(&k, &t, TTL, None).await.unwrap());
-    // Without the line the queued call is a plain acquire: no place taken.
-    let other = LockToken::generate();
-    assert!(is_held(
-        &off.try_acquire_queued(&k, &other, TTL, None, &w)
+        let () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut admin)
             .await
-            .unwrap()
-    ));
-    let keys = off.keys(&k);
-    assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 0);
-    assert_eq!(off.release(&k, &t).await.unwrap(), Release::Released);
+            .unwrap();
+        for _ in 0..10 {
+            cycle().await;
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(calls(&info, "pttl"), 10, "{info}");
+        for command in [
+            "zrange", "zadd", "zrem", "hset", "hget", "hdel", "time", "exists",
+        ] {
+            assert_eq!(calls(&info, command), 0, "{command}: {info}");
+        }
+
+        let off =
+            RedisBackend::from_config(&RedisConfig::new(server.url()).with_waiter_queue(false))
+                .unwrap();
+        assert!(!off.capabilities().waiter_queue);
+        let (t, w) = (LockToken::generate(), waiter(WAITER_LEASE));
+        acquired(off.try_acquire(&k, &t, TTL, None).await.unwrap());
+        // Without the line the queued call is a plain acquire: no place taken.
+        let other = LockToken::generate();
+        assert!(is_held(
+            &off.try_acquire_queued(&k, &other, TTL, None, &w)
+                .await
+                .unwrap()
+        ));
+        let keys = off.keys(&k);
+        assert_eq!(exists(&mut admin, &[&keys.waiters, &keys.leases]).await, 0);
+        assert_eq!(off.release(&k, &t).await.unwrap(), Release::Released);
+    });
 }
 
 /// After the subscriber's connection is killed, it subscribes to the grant
 /// channel again: a waiter whose calls are 60 s apart is still woken by
 /// its grant. A dedicated server (`CLIENT KILL TYPE pubsub` hits every
 /// subscriber on it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grants_are_heard_again_after_the_subscriber_reconnects() {
+#[test]
+fn grants_are_heard_again_after_the_subscriber_reconnects() {
+    // A dedicated server is made and dropped outside the runtime (a
+    // container's handle may not be dropped inside an async context).
     let server = RedisServer::start();
-    let url = server.url();
-    let (holder, b) = (backend(url), backend(url));
-    let mut admin = admin(url).await;
-    let k = unique("reconnect");
-    let keys = holder.keys(&k);
-    let grant = b.grant_channel(&k);
-    let numsub = |admin: &mut MultiplexedConnection| {
-        let mut admin = admin.clone();
-        let grant = grant.clone();
-        async move {
-            let (_, n): (String, i64) = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&grant)
-                .query_async(&mut admin)
-                .await
-                .unwrap();
-            n
-        }
-    };
-    let t0 = LockToken::generate();
-    acquired(holder.try_acquire(&k, &t0, TTL, None).await.unwrap());
-    let slow = Duration::from_secs(60);
-    let task = {
-        let (b, k) = (b.clone(), k.clone());
-        tokio::spawn(async move {
-            let (token, w) = (LockToken::generate(), waiter(Duration::from_secs(120)));
-            wait_in_line(&b, &k, &token, &w, slow).await
+    runtime().block_on(async {
+        let url = server.url();
+        let (holder, b) = (backend(url), backend(url));
+        let mut admin = admin(url).await;
+        let k = unique("reconnect");
+        let keys = holder.keys(&k);
+        let grant = b.grant_channel(&k);
+        let numsub = |admin: &mut MultiplexedConnection| {
+            let mut admin = admin.clone();
+            let grant = grant.clone();
+            async move {
+                let (_, n): (String, i64) = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&grant)
+                    .query_async(&mut admin)
+                    .await
+                    .unwrap();
+                n
+            }
+        };
+        let t0 = LockToken::generate();
+        acquired(holder.try_acquire(&k, &t0, TTL, None).await.unwrap());
+        let slow = Duration::from_secs(60);
+        let task = {
+            let (b, k) = (b.clone(), k.clone());
+            tokio::spawn(async move {
+                let (token, w) = (LockToken::generate(), waiter(Duration::from_secs(120)));
+                wait_in_line(&b, &k, &token, &w, slow).await
+            })
+        };
+        line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
+        assert_eq!(numsub(&mut admin).await, 1);
+        assert_eq!(b.subscribed_channels(), 1, "only the grant channel");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(killed, 1);
+        no_hang("the grant channel's new subscription", async {
+            while numsub(&mut admin).await != 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         })
-    };
-    line_reaches(&mut admin, &keys.waiters, 1, Duration::from_secs(20)).await;
-    assert_eq!(numsub(&mut admin).await, 1);
-    assert_eq!(b.subscribed_channels(), 1, "only the grant channel");
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(killed, 1);
-    no_hang("the grant channel's new subscription", async {
-        while numsub(&mut admin).await != 1 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    let released_at = Instant::now();
-    assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
-    let (_, at) = no_hang("the waiter", task).await.unwrap();
-    assert!(at - released_at < slow / 2, "the grant was not heard");
+        .await;
+        let released_at = Instant::now();
+        assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
+        let (_, at) = no_hang("the waiter", task).await.unwrap();
+        assert!(at - released_at < slow / 2, "the grant was not heard");
+    });
 }
 
 /// A waiter with a short lease joining behind one with a long lease does
