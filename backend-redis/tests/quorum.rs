@@ -1,6 +1,8 @@
 //! The distlock conformance suite against quorums of real Redis servers:
-//! three servers, five servers, and two live servers plus one address
-//! where nothing listens. Every case must pass on each.
+//! three servers, five servers, two live servers plus one address where
+//! nothing listens, and three servers without the line of waiters (the
+//! quorum's waiters then watch every member's release events, as over
+//! backends that have no line). Every case must pass on each.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use distlock::Quorum;
 use distlock_conformance::{BoxError, Harness, SetupError};
 use distlock_redis::testkit::{self, ProcessOptions, RedisServer};
-use distlock_redis::{LockKey, RedisBackend};
+use distlock_redis::{LockKey, RedisBackend, RedisConfig};
 
 /// Five dedicated `redis-server` processes shared by every test of this
 /// binary (the three-server quorum uses the first three).
@@ -24,10 +26,11 @@ fn servers() -> &'static [RedisServer] {
 /// A loopback address where nothing listens: connections are refused.
 const UNREACHABLE: &str = "redis://127.0.0.1:1";
 
-/// A quorum of `LIVE` servers, plus the unreachable address if `DOWN`.
-struct QuorumHarness<const LIVE: usize, const DOWN: bool>;
+/// A quorum of `LIVE` servers, plus the unreachable address if `DOWN`;
+/// members keep the line of waiters if `LINE`.
+struct QuorumHarness<const LIVE: usize, const DOWN: bool, const LINE: bool = true>;
 
-impl<const LIVE: usize, const DOWN: bool> QuorumHarness<LIVE, DOWN> {
+impl<const LIVE: usize, const DOWN: bool, const LINE: bool> QuorumHarness<LIVE, DOWN, LINE> {
     fn urls(&self) -> Vec<String> {
         let mut urls: Vec<String> = servers()[..LIVE]
             .iter()
@@ -41,7 +44,9 @@ impl<const LIVE: usize, const DOWN: bool> QuorumHarness<LIVE, DOWN> {
 }
 
 #[distlock_conformance::async_trait]
-impl<const LIVE: usize, const DOWN: bool> Harness for QuorumHarness<LIVE, DOWN> {
+impl<const LIVE: usize, const DOWN: bool, const LINE: bool> Harness
+    for QuorumHarness<LIVE, DOWN, LINE>
+{
     type Backend = Quorum;
 
     async fn setup() -> Result<Self, SetupError> {
@@ -56,7 +61,7 @@ impl<const LIVE: usize, const DOWN: bool> Harness for QuorumHarness<LIVE, DOWN> 
         let members = self
             .urls()
             .iter()
-            .map(|url| RedisBackend::from_url(url))
+            .map(|url| RedisBackend::from_config(&RedisConfig::new(url).with_waiter_queue(LINE)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Quorum::new(members)?)
     }
@@ -101,4 +106,9 @@ mod five {
 mod two_live_one_unreachable {
     use super::*;
     distlock_conformance::suite!(QuorumHarness<2, true>);
+}
+
+mod three_without_line {
+    use super::*;
+    distlock_conformance::suite!(QuorumHarness<3, false, false>);
 }

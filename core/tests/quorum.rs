@@ -33,6 +33,9 @@ struct Member {
     watch_fails: Arc<AtomicBool>,
     /// Releases act only after `LATE_BY` (a release still on its way).
     late_release: Arc<AtomicBool>,
+    /// Hide the line of waiters (a backend without it: waiters of the
+    /// quorum then watch every member's release events).
+    no_queue: bool,
 }
 
 const LATE_BY: Duration = Duration::from_millis(50);
@@ -70,7 +73,10 @@ impl Member {
 #[async_trait]
 impl LockBackend for Member {
     fn capabilities(&self) -> Capabilities {
-        self.store.capabilities().with_raise_fence(!self.no_raise)
+        self.store
+            .capabilities()
+            .with_raise_fence(!self.no_raise)
+            .with_waiter_queue(!self.no_queue)
     }
     async fn try_acquire(
         &self,
@@ -638,6 +644,55 @@ async fn failed_watch_registrations_are_retried_while_waited_on() {
     assert!(
         waited < Duration::from_secs(6),
         "woken by the release after registering again, not the 60 s backoff: waited {waited:?}"
+    );
+}
+
+/// A waiter woken by the release events of a majority while the release
+/// is still on its way to the gate member (the first healthy one, asked
+/// first while the key is contended) finds the gate held; the gate's own
+/// release event must wake it again. Before, only a majority of events
+/// woke a waiter, the gate's event alone did not, and the waiter slept
+/// until its backoff (seen over three and five Redis servers without the
+/// line of waiters: the conformance case
+/// `full_length_names_acquire_wait_notify_release` woke after 5 s).
+#[tokio::test(start_paused = true)]
+async fn the_gate_release_event_wakes_a_waiter_that_found_the_gate_held() {
+    let m: Vec<Member> = (0..3)
+        .map(|_| Member {
+            no_queue: true,
+            ..Member::default()
+        })
+        .collect();
+    m[0].late_release.store(true, Ordering::SeqCst);
+    let holder = Locker::new(quorum(&m));
+    let waiter = Locker::new(quorum(&m))
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                .with_wait_timeout(Duration::from_secs(120)),
+        )
+        .unwrap();
+    let guard = holder.lock("late-gate").await.unwrap();
+    let task = tokio::spawn(async move {
+        let g = waiter.lock("late-gate").await.unwrap();
+        let at = Instant::now();
+        g.release().await.unwrap();
+        at
+    });
+    // Within the contention window of the waiter's first (full) attempt,
+    // so its later attempts ask the gate first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !task.is_finished(),
+        "the waiter waits while the lock is held"
+    );
+    let released_at = Instant::now();
+    guard.release().await.unwrap();
+    let acquired_at = task.await.unwrap();
+    let waited = acquired_at.duration_since(released_at);
+    assert!(
+        waited <= LATE_BY + Duration::from_millis(5),
+        "woken by the gate's release event, not the backoff or the lease: {waited:?}"
     );
 }
 

@@ -59,10 +59,11 @@ pub(super) async fn watch(
     Ok(Some(watch))
 }
 
-/// The member registrations of one key, and whether a member failed to
-/// register (rather than having no notifications).
+/// The member registrations of one key (each with its member's index),
+/// and whether a member failed to register (rather than having no
+/// notifications).
 struct Registered {
-    watches: Vec<ReleaseWatch>,
+    watches: Vec<(usize, ReleaseWatch)>,
     failed: bool,
 }
 
@@ -79,7 +80,7 @@ async fn register(q: &Arc<Inner>, key: &LockKey) -> Registered {
     };
     while let Some((i, answer)) = calls.next().await {
         match answer {
-            Ok(Some(w)) => registered.watches.push(w),
+            Ok(Some(w)) => registered.watches.push((i, w)),
             Ok(None) => {}
             Err(e) => {
                 registered.failed = true;
@@ -100,6 +101,9 @@ async fn register(q: &Arc<Inner>, key: &LockKey) -> Registered {
 /// covers less than a majority, so it does not: otherwise every failed
 /// attempt would wake the next waiter, whose failed attempt would wake the
 /// next, in a storm of useless retries while the holder keeps the lock.
+/// While the key is contended, the majority must include the gate member
+/// (see [`ready`]); a majority without it still wakes a waiter once the
+/// events have been quiet for [`IDLE_CHECK`].
 ///
 /// When fewer than a majority of members could be registered because some
 /// failed (a timeout while the machine was busy, a member down), the task
@@ -108,10 +112,12 @@ async fn register(q: &Arc<Inner>, key: &LockKey) -> Registered {
 async fn forward(q: Arc<Inner>, lock_key: LockKey, registered: Registered) {
     let key = lock_key.encoded().to_owned();
     let mut retry = registered.failed;
-    let mut members = registered.watches;
+    let (mut indices, mut members): (Vec<usize>, Vec<ReleaseWatch>) =
+        registered.watches.into_iter().unzip();
     if members.len() < q.majority {
         // Too few members notify to ever see a majority: rely on polling.
         members.clear();
+        indices.clear();
     }
     let mut fired = vec![false; members.len()];
     loop {
@@ -121,7 +127,7 @@ async fn forward(q: Arc<Inner>, lock_key: LockKey, registered: Registered) {
                 let again = register(&q, &lock_key).await;
                 retry = again.failed;
                 if again.watches.len() >= q.majority {
-                    members = again.watches;
+                    (indices, members) = again.watches.into_iter().unzip();
                     fired = vec![false; members.len()];
                     // A release may have been missed meanwhile.
                     q.watches.hub.notify(&key);
@@ -132,11 +138,17 @@ async fn forward(q: Arc<Inner>, lock_key: LockKey, registered: Registered) {
             let any = select_all(members.iter_mut().map(|w| Box::pin(w.released())));
             if let Ok(((), which, _)) = tokio::time::timeout(IDLE_CHECK, any).await {
                 fired[which] = true;
-                if fired.iter().filter(|&&f| f).count() >= q.majority {
+                if ready(&q, &lock_key, &indices, &fired) {
                     fired.iter_mut().for_each(|f| *f = false);
                     q.watches.hub.notify(&key);
                 }
                 continue;
+            }
+            // Quiet for a while after events from a majority whose gate
+            // event never came (the gate's release failed, or its event
+            // was lost): wake a waiter anyway; its attempt tells.
+            if fired.iter().filter(|&&f| f).count() >= q.majority {
+                q.watches.hub.notify(&key);
             }
             fired.iter_mut().for_each(|f| *f = false);
         }
@@ -149,6 +161,29 @@ async fn forward(q: Arc<Inner>, lock_key: LockKey, registered: Registered) {
             forwarding.remove(&key);
             return;
         }
+    }
+}
+
+/// Whether the release events in `fired` (one flag per registered member,
+/// whose indices are `indices`) should wake a waiter: events from a
+/// majority, and, while `key` is contended, from the gate member among
+/// them (see the `contention` module). A waiter's next attempt then asks
+/// the gate first: woken by a majority whose release had not reached the
+/// gate yet, it would find the gate held and sleep again, and the gate's
+/// own event, alone less than a majority, would not wake it, leaving it to
+/// its backoff (seen over three and five Redis servers: a 5 s wait). A
+/// gate that is not registered here is not waited for.
+fn ready(q: &Inner, key: &LockKey, indices: &[usize], fired: &[bool]) -> bool {
+    if fired.iter().filter(|&&f| f).count() < q.majority {
+        return false;
+    }
+    match q
+        .contention
+        .gate(key)
+        .and_then(|g| indices.iter().position(|&i| i == g))
+    {
+        Some(gate) => fired[gate],
+        None => true,
     }
 }
 
