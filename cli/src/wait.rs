@@ -112,23 +112,38 @@ pub async fn inspect(locker: &Locker<RedisBackend>, args: &InspectArgs) -> Resul
         remaining_ms: info.remaining.map(|r| r.as_millis()),
         last_fence: info.last_fence,
     };
-    if args.json {
+    let text = if args.json {
         let line = serde_json::to_string(&shown)
             .map_err(|e| Failure::new(crate::exit::INTERNAL, e.to_string()))?;
-        println!("{line}");
+        format!("{line}\n")
     } else {
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
-        println!("name:       {}", shown.name);
-        println!("held:       {}", if shown.held { "yes" } else { "no" });
-        println!("owner:      {}", or_dash(shown.owner.map(str::to_owned)));
-        println!(
-            "remaining:  {}",
-            or_dash(info.remaining.map(|r| format!("{:.3}s", r.as_secs_f64())))
-        );
-        println!(
-            "last fence: {}",
-            or_dash(shown.last_fence.map(|f| f.to_string()))
-        );
-    }
+        format!(
+            "name:       {}\nheld:       {}\nowner:      {}\nremaining:  {}\nlast fence: {}\n",
+            shown.name,
+            if shown.held { "yes" } else { "no" },
+            or_dash(shown.owner.map(str::to_owned)),
+            or_dash(info.remaining.map(|r| format!("{:.3}s", r.as_secs_f64()))),
+            or_dash(shown.last_fence.map(|f| f.to_string())),
+        )
+    };
+    print_out(&text)?;
     Ok(0)
+}
+
+/// Writes `text` to standard output. A reader that went away early
+/// (`distlock inspect name | head -1`) is not an error: the output ends
+/// quietly with exit code 0, as with other Unix tools. Any other write
+/// error is [`INTERNAL`](crate::exit::INTERNAL).
+fn print_out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(
+            crate::exit::INTERNAL,
+            format!("cannot write to standard output: {e}"),
+        )),
+    }
 }

@@ -345,3 +345,31 @@ fn sigterm_while_waiting_ends_the_wait() {
     );
     rt.block_on(guard.release()).unwrap();
 }
+
+/// A reader that stops early (`distlock inspect name | head -1`) ends the
+/// output quietly: exit 0 and nothing on stderr. Before, `inspect`
+/// panicked on the broken pipe (exit 101, a backtrace on stderr). The
+/// read end is closed before the command starts, so every write fails.
+#[test]
+fn a_closed_output_pipe_ends_inspect_quietly() {
+    let url = RedisServer::shared().url();
+    let name = unique("pipe");
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut command = distlock(url);
+        command.arg("inspect");
+        if json {
+            command.arg("--json");
+        }
+        let child = command
+            .arg(&name)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the distlock binary starts");
+        let out = finish(child);
+        assert_eq!(code(&out), 0, "json {json}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "json {json}");
+    }
+}
