@@ -166,8 +166,9 @@ pub struct RedisConfig {
     /// years).
     ///
     /// This bounds the state a name leaves behind: a name acquired once
-    /// keeps one counter of about 100 bytes for this long (see the README's
-    /// "State left in Redis"). When the counter is missing (expired, or lost
+    /// keeps one counter for this long: 72 bytes of `MEMORY USAGE`, about
+    /// 152 bytes of `used_memory` with the key table's share, measured on
+    /// Redis 7.0 (see the README's "State left in Redis"). When the counter is missing (expired, or lost
     /// with the data), the next acquire starts it from the server clock in
     /// microseconds, so fencing tokens keep increasing **as long as the
     /// server clock has not stepped back by more than the retention** (for

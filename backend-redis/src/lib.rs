@@ -80,9 +80,10 @@ pub use topology::{ReplicaAck, Topology, DEFAULT_REPLICA_ACK_TIMEOUT};
 #[doc(no_inline)]
 pub use distlock::{
     async_trait, default_owner, Acquire, BackendError, BackendErrorKind, Capabilities, Extend,
-    Guarded, Holder, Lease, LockBackend, LockError, LockGuard, LockInfo, LockKey, LockOptions,
-    LockToken, Locker, Release, ReleaseHub, ReleaseWatch, TryLock, Waiter, WaiterId, MAX_NAME_LEN,
-    MAX_OWNER_LEN, MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL, WAITER_LEASE,
+    Guarded, Holder, Lease, LeaseEnd, LockBackend, LockError, LockGuard, LockInfo, LockKey,
+    LockOptions, LockToken, Locker, Quorum, QuorumConfig, QuorumError, RaiseFence, Release,
+    ReleaseHub, ReleaseWatch, TryLock, Waiter, WaiterId, MAX_ENCODED_KEY_LEN, MAX_FENCE,
+    MAX_NAME_LEN, MAX_OWNER_LEN, MAX_PREFIX_LEN, MAX_TTL, MAX_WAIT_TIMEOUT, MIN_TTL, WAITER_LEASE,
 };
 
 /// The distlock core crate, for everything not re-exported above.

@@ -28,7 +28,8 @@ not be executed / was not found.
 Connection settings, highest precedence first: --url, the REDIS_URL environment \
 variable, the `url` of --config FILE (a TOML file with the fields of \
 distlock_redis::RedisConfig: url, key_prefix, pool_size, connect_timeout, \
-command_timeout, pool_wait_timeout, tls_ca_cert, tls_client_cert, tls_client_key). \
+command_timeout, pool_wait_timeout, tls_ca_cert, tls_client_cert, tls_client_key, \
+fence_retention, waiter_queue, topology, replica_ack). \
 Passwords are never printed.";
 
 /// Distributed locks in Redis from the shell: flock(1) across machines.

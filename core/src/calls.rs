@@ -114,6 +114,7 @@ impl<B: LockBackend> Locker<B> {
     /// ```
     ///
     /// To ignore the defaults, return complete options: `|_| my_options.clone()`.
+    #[must_use = "an acquired lock is released as soon as the guard is dropped"]
     pub async fn try_lock_with(
         &self,
         name: impl AsRef<[u8]>,

@@ -74,8 +74,11 @@ impl LockError {
 
 /// What kind of failure a [`BackendError`] is.
 ///
-/// Three kinds are transient ([`BackendErrorKind::is_transient`]): the same
-/// call may succeed if repeated later without changing anything. A backend
+/// Five kinds are transient ([`BackendErrorKind::is_transient`]):
+/// [`Unavailable`](Self::Unavailable), [`Timeout`](Self::Timeout),
+/// [`PoolExhausted`](Self::PoolExhausted), [`Conflict`](Self::Conflict) and
+/// [`ReplicationIncomplete`](Self::ReplicationIncomplete). The same call
+/// may succeed if repeated later without changing anything. A backend
 /// whose store reports a transient condition that fits no kind can still
 /// mark the error transient with [`BackendError::with_transient`].
 ///
@@ -136,7 +139,8 @@ pub enum BackendErrorKind {
 impl BackendErrorKind {
     /// True for kinds where a retry may succeed without changing anything:
     /// [`Unavailable`](Self::Unavailable), [`Timeout`](Self::Timeout),
-    /// [`PoolExhausted`](Self::PoolExhausted) and [`Conflict`](Self::Conflict).
+    /// [`PoolExhausted`](Self::PoolExhausted), [`Conflict`](Self::Conflict)
+    /// and [`ReplicationIncomplete`](Self::ReplicationIncomplete).
     pub fn is_transient(self) -> bool {
         matches!(
             self,

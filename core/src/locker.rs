@@ -149,6 +149,12 @@ impl<B: LockBackend> Locker<B> {
     /// was free, `Ok(None)` if somebody holds it (including this process).
     /// [`Locker::try_lock_with`] changes options for one call;
     /// [`Locker::try_lock_or_holder`] also tells how long the holder keeps it.
+    ///
+    /// Bind the guard (`let Some(guard) = locker.try_lock(name).await? else
+    /// { ... }`): `locker.try_lock(name).await?;` alone compiles without a
+    /// warning (the `?` uses the result) and releases the lock it took at
+    /// once.
+    #[must_use = "an acquired lock is released as soon as the guard is dropped"]
     pub async fn try_lock(&self, name: impl AsRef<[u8]>) -> Result<Option<LockGuard>, LockError> {
         self.try_lock_opts(name, &self.inner.defaults).await
     }
