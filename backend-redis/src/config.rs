@@ -168,13 +168,13 @@ pub struct RedisConfig {
     /// This bounds the state a name leaves behind: a name acquired once
     /// keeps one counter for this long: 72 bytes of `MEMORY USAGE`, about
     /// 152 bytes of `used_memory` with the key table's share, measured on
-    /// Redis 7.0 (see the README's "State left in Redis"). When the counter is missing (expired, or lost
-    /// with the data), the next acquire starts it from the server clock in
-    /// microseconds, so fencing tokens keep increasing **as long as the
-    /// server clock has not stepped back by more than the retention** (for
-    /// an expired counter: at least the retention passed on that clock
-    /// since the name's last acquire, and no name is acquired more than
-    /// once per microsecond). A longer retention tolerates larger clock
+    /// Redis 7.0 (see the README's "State left in Redis"). When the counter
+    /// is missing (expired, or lost with the data), the next acquire starts
+    /// it from the server clock in microseconds, so fencing tokens keep
+    /// increasing **as long as the server clock has not stepped back by
+    /// more than the retention** (for an expired counter: at least the
+    /// retention passed on that clock since the name's last acquire, and no
+    /// name is acquired more than once per microsecond). A longer retention tolerates larger clock
     /// steps and costs memory for longer; the guarantee after a data loss
     /// (restart without persistence, failover) is the same for every
     /// setting: the new server's clock must read later than the old one's

@@ -146,6 +146,18 @@ fn key(name: &str) -> LockKey {
 
 const TTL: Duration = Duration::from_secs(10);
 
+/// A locker over `members` whose waits only a release event can end soon:
+/// it polls every 60 s and waits up to 120 s.
+fn patient_waiter(members: &[Member]) -> Locker<Quorum> {
+    Locker::new(quorum(members))
+        .with_defaults(
+            LockOptions::default()
+                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
+                .with_wait_timeout(Duration::from_secs(120)),
+        )
+        .unwrap()
+}
+
 async fn acquired(q: &Quorum, k: &LockKey, token: &LockToken) -> u64 {
     match q.try_acquire(k, token, TTL, None).await.unwrap() {
         Acquire::Acquired { fence } => fence,
@@ -406,13 +418,7 @@ async fn fences_increase_when_the_failed_member_changes_every_time() {
 async fn a_release_wakes_quorum_waiters() {
     let m = members(3);
     let holder = Locker::new(quorum(&m));
-    let waiter = Locker::new(quorum(&m))
-        .with_defaults(
-            LockOptions::default()
-                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
-                .with_wait_timeout(Duration::from_secs(120)),
-        )
-        .unwrap();
+    let waiter = patient_waiter(&m);
     let guard = holder.lock("wake").await.unwrap();
     let task = tokio::spawn(async move {
         let start = Instant::now();
@@ -618,13 +624,7 @@ async fn contended_waiters_all_get_the_lock_one_at_a_time() {
 async fn failed_watch_registrations_are_retried_while_waited_on() {
     let m = members(3);
     let holder = Locker::new(quorum(&m));
-    let waiter = Locker::new(quorum(&m))
-        .with_defaults(
-            LockOptions::default()
-                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
-                .with_wait_timeout(Duration::from_secs(120)),
-        )
-        .unwrap();
+    let waiter = patient_waiter(&m);
     let guard = holder.lock("rewatch").await.unwrap();
     m[0].watch_fails.store(true, Ordering::SeqCst);
     m[1].watch_fails.store(true, Ordering::SeqCst);
@@ -665,13 +665,7 @@ async fn the_gate_release_event_wakes_a_waiter_that_found_the_gate_held() {
         .collect();
     m[0].late_release.store(true, Ordering::SeqCst);
     let holder = Locker::new(quorum(&m));
-    let waiter = Locker::new(quorum(&m))
-        .with_defaults(
-            LockOptions::default()
-                .with_retry(Duration::from_secs(60), Duration::from_secs(60))
-                .with_wait_timeout(Duration::from_secs(120)),
-        )
-        .unwrap();
+    let waiter = patient_waiter(&m);
     let guard = holder.lock("late-gate").await.unwrap();
     let task = tokio::spawn(async move {
         let g = waiter.lock("late-gate").await.unwrap();

@@ -5,8 +5,7 @@
 //!
 //! Every operation is a span (target `distlock::telemetry::spans`) at
 //! `DEBUG` level, so a service that logs at `INFO` sees nothing of normal lock
-//! traffic; only a **lost lease** and a **failed renewal** are `WARN`
-//! events. Enable the spans with a filter such as
+//! traffic; only the few `WARN` events below stand out. Enable the spans with a filter such as
 //! `RUST_LOG=distlock=debug` (`tracing-subscriber`'s `EnvFilter`), and log
 //! span closes (`FmtSpan::CLOSE`) to see their final fields.
 //!
@@ -21,6 +20,9 @@
 //! |---|---|---|
 //! | `lease lost` | `WARN` | `lock`, `fence` |
 //! | `lease renewal failed; retrying` | `WARN` | `key`, `error` |
+//! | `background release failed; the lease will expire at its TTL` | `WARN` | `key`, `token` (shortened), `error`, `attempts` |
+//! | `release after the work failed` (by `with_lock` and its kin) | `WARN` | `lock`, `error` |
+//! | `OS randomness failed; lock token drawn from rand's thread generator` | `WARN` | `error` |
 //!
 //! The lock token (the holder's secret) is never a field; background
 //! release events show its first four hex digits at most.
