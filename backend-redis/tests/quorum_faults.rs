@@ -300,3 +300,55 @@ async fn fences_increase_when_a_different_member_fails_each_time() {
         assert_eq!(guard.release().await.unwrap(), Release::Released);
     }
 }
+
+/// A failed attempt gives back, in the background, a member that had not
+/// answered yet; a `lock()` retries with the same token, and a repeated
+/// acquire of a token acquires again on Redis. Member 0 is paused while
+/// the first attempt asks it (members 1 and 2 are held by another
+/// client), so its give-back can only be sent after member 0 wakes, behind
+/// the second attempt's acquire, which it would then delete. Caught by CI
+/// in `quorum_stress` ("the hold was gone before its fencing token could
+/// be raised"); the second attempt must hold every member it counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_give_back_never_deletes_the_next_attempt_of_the_same_token() {
+    let servers = servers(3);
+    let q = quorum(&servers);
+    let key = LockKey::new("", unique("give-back")).unwrap();
+    let (token, other) = (LockToken::generate(), LockToken::generate());
+    let ttl = Duration::from_secs(10);
+    let direct: Vec<RedisBackend> = servers.iter().map(member).collect();
+    for m in &direct[1..] {
+        let taken = direct_call(m.try_acquire(&key, &other, ttl, None)).await;
+        assert!(matches!(taken, Acquire::Acquired { .. }), "{taken:?}");
+    }
+    servers[0].pause();
+    let first = bounded("first attempt", q.try_acquire(&key, &token, ttl, None))
+        .await
+        .unwrap();
+    assert!(matches!(first, Acquire::Held { .. }), "{first:?}");
+    direct_call(direct[1].release(&key, &other)).await;
+    // The key is contended, so member 0 (the gate) is asked first.
+    let second = {
+        let (q, key, token) = (q.clone(), key.clone(), token.clone());
+        tokio::spawn(async move { q.try_acquire(&key, &token, ttl, None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    servers[0].unpause();
+    let second = bounded("second attempt", second).await.unwrap();
+    assert!(
+        matches!(second, Ok(Acquire::Acquired { .. })),
+        "members 0 and 1 are free for this token: {second:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, m) in direct[..2].iter().enumerate() {
+        assert_eq!(
+            direct_call(m.extend(&key, &token, ttl)).await,
+            Extend::Extended,
+            "member {i} was counted and must still hold the lock"
+        );
+    }
+}
+
+async fn direct_call<T>(call: impl Future<Output = Result<T, distlock::BackendError>>) -> T {
+    bounded("a direct member call", call).await.unwrap()
+}

@@ -7,8 +7,9 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::calls::{combine, Calls};
+use super::give_back::give_back;
 use super::{fencing, Inner};
-use crate::backend::{Acquire, LockBackend};
+use crate::backend::Acquire;
 use crate::error::{BackendError, BackendErrorKind};
 use crate::key::LockKey;
 use crate::options::LockOptions;
@@ -28,12 +29,48 @@ struct Tally {
     /// Members that failed or did not answer in time: they may hold the
     /// key for us (the request may have landed).
     errors: Vec<(usize, BackendError)>,
+    /// Members that do not count for this token: an earlier give-back of
+    /// it there had an unknown outcome (see the `give_back` module).
+    uncounted: Vec<usize>,
+    /// (member, fencing token) of uncounted members that acquired: held,
+    /// given back like the others, but not part of the majority.
+    spare: Vec<(usize, u64)>,
 }
 
 impl Tally {
+    /// An empty tally for a token whose `uncounted` members do not count.
+    fn new(uncounted: Vec<usize>) -> Self {
+        Self {
+            uncounted,
+            ..Self::default()
+        }
+    }
+
+    fn won(&mut self, i: usize, fence: u64) {
+        if self.uncounted.contains(&i) {
+            self.spare.push((i, fence));
+        } else {
+            self.acquired.push((i, fence));
+        }
+    }
+
+    /// Every member that may hold the key for us now: the counted and the
+    /// spare ones.
+    fn holding(&self) -> Vec<usize> {
+        self.acquired
+            .iter()
+            .chain(&self.spare)
+            .map(|&(i, _)| i)
+            .collect()
+    }
+
+    fn failed(&self) -> Vec<usize> {
+        self.errors.iter().map(|&(i, _)| i).collect()
+    }
+
     fn count(&mut self, i: usize, answer: Result<Acquire, BackendError>) {
         match answer {
-            Ok(Acquire::Acquired { fence }) => self.acquired.push((i, fence)),
+            Ok(Acquire::Acquired { fence }) => self.won(i, fence),
             Ok(Acquire::Held { remaining }) => {
                 self.held += 1;
                 self.held_by.push(i);
@@ -68,9 +105,12 @@ pub(super) async fn acquire_queued(
     owner: Option<&str>,
     waiter: Option<&crate::Waiter>,
 ) -> Result<Acquire, BackendError> {
+    // A give-back of this token still on its way could undo what this
+    // attempt acquires: wait for it first (see the `give_back` module).
+    let uncounted = q.give_backs.settle(key, token, ttl).await;
     let started = Instant::now();
     let limit = q.call_limit(ttl);
-    let mut tally = Tally::default();
+    let mut tally = Tally::new(uncounted);
     // A contended key is acquired through its gate first (see the
     // `contention` module): a racer that finds the gate held stops there,
     // holding nothing, so racers do not split the vote.
@@ -139,7 +179,7 @@ pub(super) async fn acquire_queued(
         } else {
             // No majority: give back every partial hold, including the ones
             // of members that have not answered yet.
-            give_back(q, key, token, &tally, calls).await;
+            give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
             if split {
                 ordered(q, key, token, ttl, owner, &tally).await
             } else {
@@ -161,7 +201,7 @@ pub(super) async fn acquire_queued(
     // the first majority fails later.
     while let Some(Some((i, answer))) = calls.next().now_or_never() {
         if let Ok(Acquire::Acquired { fence }) = answer {
-            tally.acquired.push((i, fence));
+            tally.won(i, fence);
         }
     }
     calls.finish_in_background();
@@ -170,7 +210,7 @@ pub(super) async fn acquire_queued(
         match fencing::settle(q, key, token, ttl, &tally.acquired).await {
             Ok(fence) => fence,
             Err(e) => {
-                give_back(q, key, token, &tally, Calls::new()).await;
+                give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
                 return Err(e);
             }
         }
@@ -184,7 +224,7 @@ pub(super) async fn acquire_queued(
     if elapsed >= ttl.saturating_sub(LockOptions::drift(ttl)) {
         // The majority came too late: its lease may already have run out
         // on some members. Never report a hold that is invalid from birth.
-        give_back(q, key, token, &tally, Calls::new()).await;
+        give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
         return Err(BackendError::new(
             BackendErrorKind::Timeout,
             format!(
@@ -237,7 +277,15 @@ async fn ordered(
     first: &Tally,
 ) -> Result<Tally, Tally> {
     let limit = q.call_limit(ttl);
-    let mut tally = Tally::default();
+    // The give-back just before this may have left members with an
+    // unknown outcome: they do not count either.
+    let mut uncounted = q.give_backs.uncounted(key, token, ttl);
+    for &i in &first.uncounted {
+        if !uncounted.contains(&i) {
+            uncounted.push(i);
+        }
+    }
+    let mut tally = Tally::new(uncounted);
     for (i, member) in q.members.iter().enumerate() {
         if first.errors.iter().any(|(e, _)| *e == i) {
             continue;
@@ -247,7 +295,7 @@ async fn ordered(
             let answer =
                 tokio::time::timeout(limit, member.try_acquire(key, token, ttl, owner)).await;
             match answer {
-                Ok(Ok(Acquire::Acquired { fence })) => tally.acquired.push((i, fence)),
+                Ok(Ok(Acquire::Acquired { fence })) => tally.won(i, fence),
                 Ok(Ok(Acquire::Held { remaining })) => {
                     if !tally.acquired.is_empty() && tries < ORDERED_RETRIES {
                         tries += 1;
@@ -277,14 +325,14 @@ async fn ordered(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(q, key, token, &tally, Calls::new()).await;
+    give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
     // The answer reports the first round's view (who held it, who failed).
     Err(Tally {
         acquired: Vec::new(),
         held: first.held,
         held_by: first.held_by.clone(),
         remaining: first.remaining,
-        errors: Vec::new(),
+        ..Tally::default()
     })
 }
 
@@ -325,8 +373,9 @@ async fn complete(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(q, key, token, &tally, Calls::new()).await;
+    give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
     tally.acquired.clear();
+    tally.spare.clear();
     Err(tally)
 }
 
@@ -353,67 +402,4 @@ async fn bounded<T>(
             format!("no answer within the member timeout {limit:?}"),
         )),
     }
-}
-
-/// Releases `key` for `token` on every member that acquired (waiting for
-/// the answers, each within the member timeout), and in the background on
-/// every member that failed or has not answered yet (their request may
-/// have landed).
-async fn give_back(
-    q: &Arc<Inner>,
-    key: &LockKey,
-    token: &LockToken,
-    tally: &Tally,
-    in_flight: Calls<Acquire>,
-) {
-    let mut now = Calls::new();
-    for &(i, _) in &tally.acquired {
-        now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
-    }
-    let mut later = Calls::new();
-    for (i, _) in &tally.errors {
-        later.push(
-            *i,
-            q.member_timeout,
-            release_call(&q.members[*i], key, token),
-        );
-    }
-    later.finish_in_background();
-    if !in_flight.is_empty() {
-        // Wait (in the background) for the late answers, then release.
-        let q = q.clone();
-        let (key, token) = (key.clone(), token.clone());
-        let mut in_flight = in_flight;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut releases = Calls::new();
-                while let Some((i, answer)) = in_flight.next().await {
-                    if !matches!(answer, Ok(Acquire::Held { .. })) {
-                        releases.push(
-                            i,
-                            q.member_timeout,
-                            release_call(&q.members[i], &key, &token),
-                        );
-                    }
-                }
-                while releases.next().await.is_some() {}
-            });
-        }
-    }
-    while let Some((i, answer)) = now.next().await {
-        if let Err(e) = answer {
-            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
-        }
-    }
-}
-
-/// A release of `key` for `token` on `member`, as an owned future.
-pub(super) fn release_call(
-    member: &Arc<dyn LockBackend>,
-    key: &LockKey,
-    token: &LockToken,
-) -> impl std::future::Future<Output = Result<crate::backend::Release, BackendError>> + Send + 'static
-{
-    let (member, key, token) = (member.clone(), key.clone(), token.clone());
-    async move { member.release(&key, &token).await }
 }

@@ -67,10 +67,13 @@ pub(super) async fn settle(
                     format!("raise_fence to {fence} answered a lower token {now}"),
                 ),
             )),
+            // Lost between the acquire and the raise (the member restarted
+            // without persistence, or the lease ran out): everything is
+            // given back, and a new attempt may succeed.
             Ok(RaiseFence::NotHeld) => errors.push((
                 i,
                 BackendError::new(
-                    BackendErrorKind::Other,
+                    BackendErrorKind::Conflict,
                     "the hold was gone before its fencing token could be raised",
                 ),
             )),

@@ -8,6 +8,7 @@ mod calls;
 mod config;
 mod contention;
 mod fencing;
+mod give_back;
 mod ops;
 mod watch;
 
@@ -85,8 +86,21 @@ use crate::token::LockToken;
 ///   members in the same order share the gate, so they no longer split the
 ///   vote; list them in the same order everywhere (another order is safe,
 ///   only slower under contention).
+///
+///   Giving back to members that failed or had not answered yet runs in
+///   the background. A `lock()` retries with the same token, and a repeated
+///   acquire of that token on a member acquires again, so a give-back
+///   landing after the next attempt would delete that attempt's hold. So
+///   the next acquisition of the same key and token first waits for those
+///   give-backs (each call bounded by the member timeout), and a member
+///   whose give-back failed (it may still land, later than any bound) does
+///   not count toward the majority of later acquisitions or extensions of
+///   that token; it may still be acquired there, but the majority must come
+///   from the other members. A fresh token (every `try_lock`) waits for
+///   nothing.
 /// - [`extend`](LockBackend::extend): [`Extend::Extended`] if a majority
-///   extended, otherwise [`Extend::NotHeld`] (the guard then treats the
+///   of the members that count for the token (see the give-back rule
+///   above) extended, otherwise [`Extend::NotHeld`] (the guard then treats the
 ///   lease as lost), even when failed members might still hold it; an
 ///   error only when no member answered at all (an outage the guard
 ///   retries until its deadline).
@@ -153,6 +167,9 @@ pub(crate) struct Inner {
     watches: watch::Watches,
     /// Contended keys and failing members: how acquisitions are gated.
     contention: contention::Contention,
+    /// Give-backs of partial holds that later attempts of the same token
+    /// must wait for or not count on.
+    give_backs: give_back::GiveBacks,
 }
 
 impl Inner {
@@ -218,6 +235,7 @@ impl Quorum {
                 fencing,
                 capabilities,
                 watches: watch::Watches::default(),
+                give_backs: give_back::GiveBacks::default(),
             }),
         })
     }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::acquire::release_call;
 use super::calls::{combine, Calls};
+use super::give_back::release_call;
 use super::Inner;
 use crate::backend::{Extend, LockInfo, Release};
 use crate::error::BackendError;
@@ -26,13 +26,15 @@ enum Vote {
 ///
 /// With `hear = Some(i)`, a majority "yes" is not enough to return: member
 /// `i` must have answered too (each call is bounded by the member timeout),
-/// and if it failed it is marked failed for the choice of the gate.
+/// and if it failed it is marked failed for the choice of the gate. A "yes"
+/// of a member in `uncounted` counts as a "no".
 async fn vote<T: Send + 'static>(
     q: &Inner,
     op: &str,
     mut calls: Calls<T>,
     yes: impl Fn(&T) -> bool,
     hear: Option<usize>,
+    uncounted: &[usize],
 ) -> Vote {
     let (mut ayes, mut noes) = (0, 0);
     let mut errors = Vec::new();
@@ -45,7 +47,7 @@ async fn vote<T: Send + 'static>(
             }
         }
         match answer {
-            Ok(a) if yes(&a) => ayes += 1,
+            Ok(a) if yes(&a) && !uncounted.contains(&i) => ayes += 1,
             Ok(_) => noes += 1,
             Err(e) => errors.push((i, e)),
         }
@@ -80,6 +82,9 @@ pub(super) async fn extend(
     ttl: Duration,
 ) -> Result<Extend, BackendError> {
     let limit = q.call_limit(ttl);
+    // Members where a give-back of this token may still land do not count
+    // (see the `give_back` module).
+    let uncounted = q.give_backs.uncounted(key, token, ttl);
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {
         let (member, key, token) = (member.clone(), key.clone(), token.clone());
@@ -89,7 +94,8 @@ pub(super) async fn extend(
             async move { member.extend(&key, &token, ttl).await },
         );
     }
-    match vote(q, "extend", calls, |a| *a == Extend::Extended, None).await {
+    let extended = |a: &Extend| *a == Extend::Extended;
+    match vote(q, "extend", calls, extended, None, &uncounted).await {
         Vote::Yes => Ok(Extend::Extended),
         Vote::No => Ok(Extend::NotHeld),
         Vote::Failed(e) => Err(e),
@@ -114,7 +120,9 @@ pub(super) async fn release(
     // slowest healthy member's answer; a member that fails it stops being
     // the gate.
     let gate = q.contention.gate_member();
-    match vote(q, "release", calls, |a| *a == Release::Released, gate).await {
+    q.give_backs.forget(key, token);
+    let released = |a: &Release| *a == Release::Released;
+    match vote(q, "release", calls, released, gate, &[]).await {
         Vote::Yes => Ok(Release::Released),
         Vote::No => Ok(Release::NotHeld),
         Vote::Failed(e) => Err(e),

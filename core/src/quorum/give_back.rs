@@ -1,0 +1,272 @@
+//! Giving partial holds back, and what later attempts of the same token
+//! must know about it.
+//!
+//! An acquisition that gets no majority releases what it may hold. A
+//! `lock()` then tries again **with the same token** (one token serves a
+//! whole wait, so the line of waiters can hand the lock to it), and a
+//! member answers a repeated acquire of the token that holds it as
+//! acquired. A give-back still on its way when the next attempt acquires
+//! would delete that attempt's hold, and the guard would count a member it
+//! no longer holds. Two rules prevent it:
+//!
+//! 1. **Settled first.** The give-backs of a token that run in the
+//!    background (to members that failed or had not answered) are
+//!    registered here; the next acquisition of that key and token waits
+//!    for them to finish before it asks any member. Each of their calls is
+//!    bounded (the member timeout), so the wait is too.
+//! 2. **Unknown outcomes do not count.** A give-back that failed (an error,
+//!    or no answer within the member timeout) may still land later than any
+//!    bound, for example when a stalled server resumes. That member does
+//!    not count toward the majority of later acquisitions and extensions of
+//!    the token: they may still hold it there, but the majority must come
+//!    from the others. This lasts until the token is released through the
+//!    quorum or goes unused for its TTL plus the member timeout, after
+//!    which every hold it had has expired.
+//!
+//! A fresh token (every `try_lock`, every new `lock()`) finds nothing here
+//! and pays one atomic load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::calls::Calls;
+use super::Inner;
+use crate::backend::{Acquire, LockBackend, Release};
+use crate::error::{BackendError, BackendErrorKind};
+use crate::key::LockKey;
+use crate::token::LockToken;
+
+/// Above this many slots, registering a new one first drops the expired.
+const SWEEP_ABOVE: usize = 256;
+
+/// The give-backs of every key and token of one quorum; see the module docs.
+#[derive(Default)]
+pub(super) struct GiveBacks {
+    slots: Mutex<HashMap<(LockKey, LockToken), Slot>>,
+    /// How many slots exist: zero on the common path, which then takes no
+    /// lock.
+    live: AtomicUsize,
+}
+
+struct Slot {
+    /// How many give-backs of this token are still running.
+    running: watch::Sender<usize>,
+    /// Members whose give-back had an unknown outcome.
+    unknown: Vec<usize>,
+    /// When the slot may go: every hold of the token has expired by then.
+    until: Instant,
+}
+
+impl GiveBacks {
+    fn slots(&self) -> MutexGuard<'_, HashMap<(LockKey, LockToken), Slot>> {
+        // A panic while holding the lock cannot leave a slot half-written
+        // in a way that matters more than losing it; keep going.
+        self.slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a give-back of `token` that is about to run; every call
+    /// is matched by one [`GiveBacks::end`].
+    fn begin(&self, key: &LockKey, token: &LockToken, keep: Duration) {
+        let now = Instant::now();
+        let mut slots = self.slots();
+        if slots.len() >= SWEEP_ABOVE {
+            slots.retain(|_, s| *s.running.borrow() > 0 || s.until > now);
+        }
+        let slot = slots
+            .entry((key.clone(), token.clone()))
+            .or_insert_with(|| Slot {
+                running: watch::Sender::new(0),
+                unknown: Vec::new(),
+                until: now,
+            });
+        slot.running.send_modify(|n| *n += 1);
+        slot.until = slot.until.max(now + keep);
+        self.live.store(slots.len(), Ordering::Release);
+    }
+
+    /// Ends a give-back registered by [`GiveBacks::begin`]; `unknown` are
+    /// the members whose release had no clear answer.
+    fn end(&self, key: &LockKey, token: &LockToken, unknown: &[usize], keep: Duration) {
+        let now = Instant::now();
+        let id = (key.clone(), token.clone());
+        let mut slots = self.slots();
+        let Some(slot) = slots.get_mut(&id) else {
+            return;
+        };
+        for &i in unknown {
+            if !slot.unknown.contains(&i) {
+                slot.unknown.push(i);
+            }
+        }
+        slot.until = slot.until.max(now + keep);
+        slot.running.send_modify(|n| *n = n.saturating_sub(1));
+        if *slot.running.borrow() == 0 && slot.unknown.is_empty() {
+            slots.remove(&id);
+        }
+        self.live.store(slots.len(), Ordering::Release);
+    }
+
+    /// Before an acquisition of `key` with `token` (which may hold it for
+    /// `keep`): waits for the token's give-backs still running, then names
+    /// the members that must not count (rule 2 of the module docs).
+    pub(super) async fn settle(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        keep: Duration,
+    ) -> Vec<usize> {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let id = (key.clone(), token.clone());
+        let mut running = match self.slots().get(&id) {
+            None => return Vec::new(),
+            Some(slot) => slot.running.subscribe(),
+        };
+        // Every call of a give-back is bounded, so this ends; a dropped
+        // sender (the slot went) ends it too.
+        let _ = running.wait_for(|n| *n == 0).await;
+        self.uncounted(key, token, keep)
+    }
+
+    /// The members that must not count for `token` (rule 2 of the module
+    /// docs), keeping that knowledge for `keep` more (the token is in use).
+    pub(super) fn uncounted(&self, key: &LockKey, token: &LockToken, keep: Duration) -> Vec<usize> {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        match self.slots().get_mut(&(key.clone(), token.clone())) {
+            Some(slot) if slot.until > now || *slot.running.borrow() > 0 => {
+                slot.until = slot.until.max(now + keep);
+                slot.unknown.clone()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The token is released through the quorum: it is not used again.
+    pub(super) fn forget(&self, key: &LockKey, token: &LockToken) {
+        if self.live.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut slots = self.slots();
+        let id = (key.clone(), token.clone());
+        if slots.get(&id).is_some_and(|s| *s.running.borrow() == 0) {
+            slots.remove(&id);
+        }
+        self.live.store(slots.len(), Ordering::Release);
+    }
+}
+
+/// Releases `key` for `token` on `held` (members that acquired: waiting
+/// for their answers, each within the member timeout), and in the
+/// background on `failed` (members whose acquire failed: it may have
+/// landed) and on every member of `in_flight` that does not answer "held".
+/// Registered in [`GiveBacks`] so the next acquisition of the token waits
+/// for it; `keep` is how long the token's holds could last (its TTL).
+pub(super) async fn give_back(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    keep: Duration,
+    held: &[usize],
+    failed: &[usize],
+    in_flight: Calls<Acquire>,
+) {
+    let keep = keep + q.member_timeout;
+    let gb = &q.give_backs;
+    let mut now = Calls::new();
+    for &i in held {
+        now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+    }
+    if !failed.is_empty() || !in_flight.is_empty() {
+        let mut later = Calls::new();
+        for &i in failed {
+            later.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+        }
+        gb.begin(key, token, keep);
+        let background = {
+            let (q, key, token) = (q.clone(), key.clone(), token.clone());
+            async move {
+                let (mut a, b) =
+                    futures::join!(unclear(later), after_answers(&q, &key, &token, in_flight));
+                a.extend(b);
+                q.give_backs.end(&key, &token, &a, keep);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(background);
+            }
+            Err(_) => background.await,
+        }
+    }
+    gb.begin(key, token, keep);
+    let unknown = unclear(now).await;
+    gb.end(key, token, &unknown, keep);
+}
+
+/// Waits for the late answers of `in_flight`, releasing on every member
+/// that did not answer "held"; the members whose release was unclear.
+async fn after_answers(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    mut in_flight: Calls<Acquire>,
+) -> Vec<usize> {
+    let mut releases = Calls::new();
+    while let Some((i, answer)) = in_flight.next().await {
+        if !matches!(answer, Ok(Acquire::Held { .. })) {
+            releases.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+        }
+    }
+    unclear(releases).await
+}
+
+/// Hears every release; the members that failed it (their release may
+/// still land).
+async fn unclear(mut releases: Calls<Release>) -> Vec<usize> {
+    let mut unknown = Vec::new();
+    while let Some((i, answer)) = releases.next().await {
+        if let Err(e) = answer {
+            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
+            if may_have_landed(&e) {
+                unknown.push(i);
+            }
+        }
+    }
+    unknown
+}
+
+/// Whether a failed release may still act on the member: not for the
+/// kinds that say nothing was done (the pool had no connection, the server
+/// refused the request or the credentials), yes for every other (a broken
+/// connection or a timeout may come after the request was sent).
+fn may_have_landed(e: &BackendError) -> bool {
+    !matches!(
+        e.kind(),
+        BackendErrorKind::PoolExhausted
+            | BackendErrorKind::Conflict
+            | BackendErrorKind::Auth
+            | BackendErrorKind::Permission
+            | BackendErrorKind::Config
+    )
+}
+
+/// A release of `key` for `token` on `member`, as an owned future.
+pub(super) fn release_call(
+    member: &Arc<dyn LockBackend>,
+    key: &LockKey,
+    token: &LockToken,
+) -> impl std::future::Future<Output = Result<Release, BackendError>> + Send + 'static {
+    let (member, key, token) = (member.clone(), key.clone(), token.clone());
+    async move { member.release(&key, &token).await }
+}
