@@ -954,3 +954,25 @@ async fn a_hold_lost_before_its_fence_is_raised_is_retried_by_lock() {
     assert!(guard.fence() > 5, "{}", guard.fence());
     assert!(!m[1].lose_on_raise.load(Ordering::SeqCst), "the raise ran");
 }
+
+/// An attempt that got a majority but failed afterwards (here: raising the
+/// fencing token) gives back every member it may hold, including one whose
+/// acquire was still in flight: nothing is left held for a token that got
+/// no guard. Before, the late member kept the lock until its TTL.
+#[tokio::test(start_paused = true)]
+async fn a_failed_fence_raise_gives_back_the_members_still_in_flight() {
+    let m = members(3);
+    for i in 0..5 {
+        let (k, t) = (key(&format!("warm-{i}")), LockToken::generate());
+        acquired_on(&m[0], &k, &t).await;
+    }
+    m[1].lose_on_raise.store(true, Ordering::SeqCst);
+    m[2].set(SLOW);
+    let q = quorum(&m);
+    let (k, t) = (key("late-member"), LockToken::generate());
+    let err = q.try_acquire(&k, &t, TTL, None).await.unwrap_err();
+    assert!(err.to_string().contains("gone before"), "{err}");
+    m[2].set(UP);
+    tokio::time::sleep(SLOW_BY * 2).await;
+    assert_eq!(holding(&m, &k, &t).await, Vec::<usize>::new());
+}

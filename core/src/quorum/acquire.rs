@@ -195,22 +195,38 @@ pub(super) async fn acquire_queued(
         note(q, key, &tally);
     }
     // Answers already there count too (an in-process member answers at
-    // once); the calls still in flight finish in the background: a late
-    // hold is ours, and every later extend and release covers it. Holding
-    // every member that could be reached keeps the lease alive when one of
-    // the first majority fails later.
+    // once). A late hold is ours, and every later extend and release
+    // covers it: holding every member that could be reached keeps the
+    // lease alive when one of the first majority fails later.
     while let Some(Some((i, answer))) = calls.next().now_or_never() {
-        if let Ok(Acquire::Acquired { fence }) = answer {
-            tally.won(i, fence);
-        }
+        tally.count(i, answer);
     }
-    calls.finish_in_background();
 
     let fence = if q.fencing {
-        match fencing::settle(q, key, token, ttl, &tally.acquired).await {
+        // The calls still in flight keep running while the fence is
+        // raised; their answers are kept for the give-back if it fails.
+        let counted = tally.acquired.clone();
+        let mut late = Vec::new();
+        let settled = {
+            let settle = fencing::settle(q, key, token, ttl, &counted);
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    settled = &mut settle => break settled,
+                    Some(answer) = calls.next(), if !calls.is_empty() => late.push(answer),
+                }
+            }
+        };
+        for (i, answer) in late {
+            tally.count(i, answer);
+        }
+        match settled {
             Ok(fence) => fence,
             Err(e) => {
-                give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
+                // Everything this attempt may hold goes back, including
+                // late answers (the next attempt of this token waits for
+                // them; see the `give_back` module).
+                give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
                 return Err(e);
             }
         }
@@ -224,7 +240,7 @@ pub(super) async fn acquire_queued(
     if elapsed >= ttl.saturating_sub(LockOptions::drift(ttl)) {
         // The majority came too late: its lease may already have run out
         // on some members. Never report a hold that is invalid from birth.
-        give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
+        give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
         return Err(BackendError::new(
             BackendErrorKind::Timeout,
             format!(
@@ -233,6 +249,7 @@ pub(super) async fn acquire_queued(
             ),
         ));
     }
+    calls.finish_in_background();
     Ok(Acquire::Acquired { fence })
 }
 

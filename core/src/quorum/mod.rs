@@ -56,8 +56,9 @@ use crate::token::LockToken;
 /// down, slow or failing counts against the majority but never delays the
 /// call past that bound. An operation ends as soon as its outcome is
 /// decided; the member calls still in flight then finish in the background
-/// (except for acquire, whose late members are dropped: a late hold is
-/// ours and is covered by every later extend and release).
+/// (for a successful acquire, a late hold is ours and is covered by every
+/// later extend and release; an acquire that fails after its majority, on
+/// the fencing token or the validity check, gives late holds back too).
 ///
 /// - [`try_acquire`](LockBackend::try_acquire): acquired when a majority
 ///   acquired **and** the time spent leaves a positive validity (TTL minus
