@@ -976,3 +976,26 @@ async fn a_failed_fence_raise_gives_back_the_members_still_in_flight() {
     tokio::time::sleep(SLOW_BY * 2).await;
     assert_eq!(holding(&m, &k, &t).await, Vec::<usize>::new());
 }
+
+/// The gate's winner that cannot complete a majority gives back the gate
+/// and every member whose acquire failed but may have landed (here one
+/// that answered past the member timeout, having acted).
+#[tokio::test(start_paused = true)]
+async fn a_gate_winner_without_a_majority_gives_back_the_failed_members_too() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("gate-give-back");
+    let other = LockToken::generate();
+    acquired_on(&m[1], &k, &other).await;
+    // An acquisition that finds member 1 held makes the key contended.
+    let x = LockToken::generate();
+    acquired(&q, &k, &x).await;
+    assert_eq!(q.release(&k, &x).await.unwrap(), Release::Released);
+    m[2].set(SLOW);
+    let t = LockToken::generate();
+    let answer = q.try_acquire(&k, &t, TTL, None).await.unwrap();
+    assert!(matches!(answer, Acquire::Held { .. }), "{answer:?}");
+    m[2].set(UP);
+    tokio::time::sleep(SLOW_BY * 2).await;
+    assert_eq!(holding(&m, &k, &t).await, Vec::<usize>::new());
+}

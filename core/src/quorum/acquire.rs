@@ -342,7 +342,16 @@ async fn ordered(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
+    give_back(
+        q,
+        key,
+        token,
+        ttl,
+        &tally.holding(),
+        &tally.failed(),
+        Calls::new(),
+    )
+    .await;
     // The answer reports the first round's view (who held it, who failed).
     Err(Tally {
         acquired: Vec::new(),
@@ -390,7 +399,16 @@ async fn complete(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(q, key, token, ttl, &tally.holding(), &[], Calls::new()).await;
+    give_back(
+        q,
+        key,
+        token,
+        ttl,
+        &tally.holding(),
+        &tally.failed(),
+        Calls::new(),
+    )
+    .await;
     tally.acquired.clear();
     tally.spare.clear();
     Err(tally)
