@@ -999,3 +999,49 @@ async fn a_gate_winner_without_a_majority_gives_back_the_failed_members_too() {
     tokio::time::sleep(SLOW_BY * 2).await;
     assert_eq!(holding(&m, &k, &t).await, Vec::<usize>::new());
 }
+
+/// An acquisition cut off while it gives back (a `lock()` at its deadline,
+/// a dropped future) still ends its give-back: the next acquisition of the
+/// token does not wait for it forever, and the member whose release was
+/// cut off does not count (its release may still land). While that member
+/// makes the difference, the answer is a transient error (a `lock()` keeps
+/// trying). Before the give-back was ended on drop, the second attempt
+/// here never returned.
+#[tokio::test(start_paused = true)]
+async fn a_give_back_cut_off_by_cancellation_ends_and_its_member_does_not_count() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("cut-off");
+    let (t, other) = (LockToken::generate(), LockToken::generate());
+    acquired_on(&m[1], &k, &other).await;
+    acquired_on(&m[2], &k, &other).await;
+    m[0].late_release.store(true, Ordering::SeqCst);
+    // Member 0 acquired, members 1 and 2 are held: member 0 is being given
+    // back (its release takes 50 ms) when the call is dropped.
+    let cut = tokio::time::timeout(LATE_BY / 2, q.try_acquire(&k, &t, TTL, None)).await;
+    assert!(cut.is_err(), "{cut:?}");
+    m[0].late_release.store(false, Ordering::SeqCst);
+    m[1].store.release(&k, &other).await.unwrap();
+    m[2].set(DOWN);
+    let within = |call| tokio::time::timeout(Duration::from_secs(60), call);
+    let w = waiter();
+    // Member 0 (the gate) and member 1 acquire, member 2 is down: a
+    // majority, but member 0 does not count.
+    let second = within(q.try_acquire_queued(&k, &t, TTL, None, &w))
+        .await
+        .expect("the cut-off give-back ended");
+    let err = second.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("do not count"), "{err}");
+    m[2].set(UP);
+    m[2].store.release(&k, &other).await.unwrap();
+    let third = within(q.try_acquire_queued(&k, &t, TTL, None, &w))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(third, Acquire::Acquired { .. }), "{third:?}");
+    // Members 1 and 2 count; with member 2 down, member 0 (acquired again,
+    // not counted) cannot keep the lease.
+    m[2].set(DOWN);
+    assert_eq!(q.extend(&k, &t, TTL).await.unwrap(), Extend::NotHeld);
+}

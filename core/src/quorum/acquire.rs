@@ -270,6 +270,21 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
         tally.errors.len(),
         q.majority
     );
+    if !tally.spare.is_empty() && tally.errors.len() < q.majority {
+        // Members that acquired but do not count for this token (see the
+        // `give_back` module) made the difference: nobody else holds it.
+        let spare: Vec<usize> = tally.spare.iter().map(|&(i, _)| i).collect();
+        let mut e = combine("acquire", &summary, &tally.errors);
+        e = BackendError::new(
+            BackendErrorKind::Unavailable,
+            format!(
+                "{}; members {spare:?} acquired but do not count for this token: an \
+                 earlier give-back of it there has an unknown outcome and may still land",
+                e.message()
+            ),
+        );
+        return Err(e);
+    }
     Err(combine("acquire", &summary, &tally.errors))
 }
 
@@ -358,6 +373,7 @@ async fn ordered(
         held: first.held,
         held_by: first.held_by.clone(),
         remaining: first.remaining,
+        spare: tally.spare,
         ..Tally::default()
     })
 }
@@ -410,7 +426,6 @@ async fn complete(
     )
     .await;
     tally.acquired.clear();
-    tally.spare.clear();
     Err(tally)
 }
 

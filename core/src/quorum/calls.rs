@@ -19,12 +19,15 @@ type Call<T> = Pin<Box<dyn Future<Output = Answer<T>> + Send + 'static>>;
 /// them.
 pub(super) struct Calls<T> {
     pending: FuturesUnordered<Call<T>>,
+    /// The members that have not answered yet.
+    members: Vec<usize>,
 }
 
 impl<T: Send + 'static> Calls<T> {
     pub(super) fn new() -> Self {
         Self {
             pending: FuturesUnordered::new(),
+            members: Vec::new(),
         }
     }
 
@@ -34,6 +37,7 @@ impl<T: Send + 'static> Calls<T> {
     where
         F: Future<Output = Result<T, BackendError>> + Send + 'static,
     {
+        self.members.push(index);
         self.pending.push(Box::pin(async move {
             let answer = match tokio::time::timeout(limit, call).await {
                 Ok(answer) => answer,
@@ -48,7 +52,16 @@ impl<T: Send + 'static> Calls<T> {
 
     /// The next answer, or `None` when every member has answered.
     pub(super) async fn next(&mut self) -> Option<Answer<T>> {
-        self.pending.next().await
+        let answer = self.pending.next().await;
+        if let Some((i, _)) = &answer {
+            self.members.retain(|m| m != i);
+        }
+        answer
+    }
+
+    /// The members that have not answered yet.
+    pub(super) fn members(&self) -> &[usize] {
+        &self.members
     }
 
     /// How many members have not answered yet.

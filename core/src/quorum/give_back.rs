@@ -21,7 +21,18 @@
 //!    the token: they may still hold it there, but the majority must come
 //!    from the others. This lasts until the token is released through the
 //!    quorum or goes unused for its TTL plus the member timeout, after
-//!    which every hold it had has expired.
+//!    which every hold it had has expired. A give-back cut off (its
+//!    acquisition was cancelled, or the runtime shut down) ends with the
+//!    members it had not heard from counted as unknown.
+//!
+//! The cost of rule 2 is liveness, never safety: an acquisition whose
+//! majority needs an uncounted member answers a transient
+//! [`Unavailable`](crate::BackendErrorKind::Unavailable) error naming it,
+//! so a `lock()` keeps trying until its wait ends. Which errors count as
+//! unknown: every kind except those that say nothing was done
+//! (`PoolExhausted`, `Conflict`, `Auth`, `Permission`, `Config`); a broken
+//! connection (`Unavailable`) or a timeout may come after the request was
+//! sent.
 //!
 //! A fresh token (every `try_lock`, every new `lock()`) finds nothing here
 //! and pays one atomic load.
@@ -34,7 +45,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::calls::Calls;
+use super::calls::{Answer, Calls};
 use super::Inner;
 use crate::backend::{Acquire, LockBackend, Release};
 use crate::error::{BackendError, BackendErrorKind};
@@ -182,7 +193,6 @@ pub(super) async fn give_back(
     in_flight: Calls<Acquire>,
 ) {
     let keep = keep + q.member_timeout;
-    let gb = &q.give_backs;
     let mut now = Calls::new();
     for &i in held {
         now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
@@ -192,14 +202,21 @@ pub(super) async fn give_back(
         for &i in failed {
             later.push(i, q.member_timeout, release_call(&q.members[i], key, token));
         }
-        gb.begin(key, token, keep);
-        let background = {
-            let (q, key, token) = (q.clone(), key.clone(), token.clone());
-            async move {
-                let (mut a, b) =
-                    futures::join!(unclear(later), after_answers(&q, &key, &token, in_flight));
-                a.extend(b);
-                q.give_backs.end(&key, &token, &a, keep);
+        let mut pending = Pending::begin(q, key, token, keep);
+        pending.unheard.extend(failed);
+        pending.unheard.extend(in_flight.members());
+        let q = q.clone();
+        let background = async move {
+            // Both at once: a call's bound runs from when it was started.
+            let (failed, (held, late)) = futures::join!(
+                answers(later),
+                after_answers(&q, &pending.key, &pending.token, in_flight)
+            );
+            for i in held {
+                pending.heard(i);
+            }
+            for (i, answer) in failed.into_iter().chain(late) {
+                pending.note(i, answer);
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -209,41 +226,107 @@ pub(super) async fn give_back(
             Err(_) => background.await,
         }
     }
-    gb.begin(key, token, keep);
-    let unknown = unclear(now).await;
-    gb.end(key, token, &unknown, keep);
+    let mut pending = Pending::begin(q, key, token, keep);
+    pending.unheard.extend(held);
+    hear(&mut pending, now).await;
 }
 
-/// Waits for the late answers of `in_flight`, releasing on every member
-/// that did not answer "held"; the members whose release was unclear.
+/// One give-back registered in [`GiveBacks`], ended when dropped (also when
+/// cancelled): the members it has not heard from by then count as unknown.
+struct Pending {
+    q: Arc<Inner>,
+    key: LockKey,
+    token: LockToken,
+    keep: Duration,
+    /// Members whose release has not answered (or not been sent) yet.
+    unheard: Vec<usize>,
+    /// Members whose release failed in a way that may still land.
+    unknown: Vec<usize>,
+}
+
+impl Pending {
+    fn begin(q: &Arc<Inner>, key: &LockKey, token: &LockToken, keep: Duration) -> Self {
+        q.give_backs.begin(key, token, keep);
+        Self {
+            q: q.clone(),
+            key: key.clone(),
+            token: token.clone(),
+            keep,
+            unheard: Vec::new(),
+            unknown: Vec::new(),
+        }
+    }
+
+    fn heard(&mut self, i: usize) {
+        self.unheard.retain(|&u| u != i);
+    }
+
+    /// Member `i`'s release answered `answer`.
+    fn note(&mut self, i: usize, answer: Result<Release, BackendError>) {
+        self.heard(i);
+        if let Err(e) = answer {
+            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
+            if may_have_landed(&e) {
+                self.unknown.push(i);
+            }
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut unknown = std::mem::take(&mut self.unknown);
+        unknown.append(&mut self.unheard);
+        self.q
+            .give_backs
+            .end(&self.key, &self.token, &unknown, self.keep);
+    }
+}
+
+/// Waits for the late answers of `in_flight` and releases every member
+/// that did not answer "held": the members that answered "held", and the
+/// answers of the releases.
 async fn after_answers(
     q: &Arc<Inner>,
     key: &LockKey,
     token: &LockToken,
     mut in_flight: Calls<Acquire>,
-) -> Vec<usize> {
+) -> (Vec<usize>, Vec<Answer<Release>>) {
+    let mut held = Vec::new();
     let mut releases = Calls::new();
-    while let Some((i, answer)) = in_flight.next().await {
-        if !matches!(answer, Ok(Acquire::Held { .. })) {
-            releases.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+    let mut released = Vec::new();
+    // Releases run while later answers are awaited: a call's bound runs
+    // from when it was started.
+    loop {
+        tokio::select! {
+            Some((i, answer)) = in_flight.next(), if !in_flight.is_empty() => {
+                if matches!(answer, Ok(Acquire::Held { .. })) {
+                    held.push(i);
+                } else {
+                    releases.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+                }
+            }
+            Some(answer) = releases.next(), if !releases.is_empty() => released.push(answer),
+            else => break,
         }
     }
-    unclear(releases).await
+    (held, released)
 }
 
-/// Hears every release; the members that failed it (their release may
-/// still land).
-async fn unclear(mut releases: Calls<Release>) -> Vec<usize> {
-    let mut unknown = Vec::new();
-    while let Some((i, answer)) = releases.next().await {
-        if let Err(e) = answer {
-            tracing::debug!(member = i, error = %e, "quorum: giving back a partial hold failed; it expires with its lease");
-            if may_have_landed(&e) {
-                unknown.push(i);
-            }
-        }
+/// Every answer of `calls`.
+async fn answers<T: Send + 'static>(mut calls: Calls<T>) -> Vec<Answer<T>> {
+    let mut all = Vec::with_capacity(calls.len());
+    while let Some(answer) = calls.next().await {
+        all.push(answer);
     }
-    unknown
+    all
+}
+
+/// Hears every release of `releases` into `pending`.
+async fn hear(pending: &mut Pending, mut releases: Calls<Release>) {
+    while let Some((i, answer)) = releases.next().await {
+        pending.note(i, answer);
+    }
 }
 
 /// Whether a failed release may still act on the member: not for the
