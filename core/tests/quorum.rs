@@ -56,6 +56,17 @@ impl Member {
         self.mode.store(mode, Ordering::SeqCst);
     }
 
+    /// The error of a watch registration while `watch_fails` is set.
+    fn watch_failure(&self) -> Result<(), BackendError> {
+        if self.watch_fails.load(Ordering::SeqCst) {
+            return Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                "watch registration timed out",
+            ));
+        }
+        Ok(())
+    }
+
     async fn gate<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, BackendError>>,
@@ -124,12 +135,7 @@ impl LockBackend for Member {
         if self.no_queue {
             return self.watch(key).await;
         }
-        if self.watch_fails.load(Ordering::SeqCst) {
-            return Err(BackendError::new(
-                BackendErrorKind::Timeout,
-                "watch registration timed out",
-            ));
-        }
+        self.watch_failure()?;
         self.gate(self.store.watch_queued(key, waiter)).await
     }
     async fn extend(
@@ -161,12 +167,7 @@ impl LockBackend for Member {
         self.gate(self.store.inspect(key)).await
     }
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        if self.watch_fails.load(Ordering::SeqCst) {
-            return Err(BackendError::new(
-                BackendErrorKind::Timeout,
-                "watch registration timed out",
-            ));
-        }
+        self.watch_failure()?;
         self.gate(self.store.watch(key)).await
     }
     async fn raise_fence(

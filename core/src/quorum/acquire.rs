@@ -179,7 +179,7 @@ pub(super) async fn acquire_queued(
         } else {
             // No majority: give back every partial hold, including the ones
             // of members that have not answered yet.
-            give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
+            give_back_all(q, key, token, ttl, &tally, calls).await;
             if split {
                 ordered(q, key, token, ttl, owner, &tally).await
             } else {
@@ -226,7 +226,7 @@ pub(super) async fn acquire_queued(
                 // Everything this attempt may hold goes back, including
                 // late answers (the next attempt of this token waits for
                 // them; see the `give_back` module).
-                give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
+                give_back_all(q, key, token, ttl, &tally, calls).await;
                 return Err(e);
             }
         }
@@ -240,7 +240,7 @@ pub(super) async fn acquire_queued(
     if elapsed >= ttl.saturating_sub(LockOptions::drift(ttl)) {
         // The majority came too late: its lease may already have run out
         // on some members. Never report a hold that is invalid from birth.
-        give_back(q, key, token, ttl, &tally.holding(), &tally.failed(), calls).await;
+        give_back_all(q, key, token, ttl, &tally, calls).await;
         return Err(BackendError::new(
             BackendErrorKind::Timeout,
             format!(
@@ -270,22 +270,21 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
         tally.errors.len(),
         q.majority
     );
+    let combined = combine("acquire", &summary, &tally.errors);
     if !tally.spare.is_empty() && tally.errors.len() < q.majority {
         // Members that acquired but do not count for this token (see the
         // `give_back` module) made the difference: nobody else holds it.
         let spare: Vec<usize> = tally.spare.iter().map(|&(i, _)| i).collect();
-        let mut e = combine("acquire", &summary, &tally.errors);
-        e = BackendError::new(
+        return Err(BackendError::new(
             BackendErrorKind::Unavailable,
             format!(
                 "{}; members {spare:?} acquired but do not count for this token: an \
                  earlier give-back of it there has an unknown outcome and may still land",
-                e.message()
+                combined.message()
             ),
-        );
-        return Err(e);
+        ));
     }
-    Err(combine("acquire", &summary, &tally.errors))
+    Err(combined)
 }
 
 /// How often the winner of the first member retries a later member that
@@ -357,16 +356,7 @@ async fn ordered(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(
-        q,
-        key,
-        token,
-        ttl,
-        &tally.holding(),
-        &tally.failed(),
-        Calls::new(),
-    )
-    .await;
+    give_back_all(q, key, token, ttl, &tally, Calls::new()).await;
     // The answer reports the first round's view (who held it, who failed).
     Err(Tally {
         acquired: Vec::new(),
@@ -415,16 +405,7 @@ async fn complete(
     if tally.acquired.len() >= q.majority {
         return Ok(tally);
     }
-    give_back(
-        q,
-        key,
-        token,
-        ttl,
-        &tally.holding(),
-        &tally.failed(),
-        Calls::new(),
-    )
-    .await;
+    give_back_all(q, key, token, ttl, &tally, Calls::new()).await;
     tally.acquired.clear();
     Err(tally)
 }
@@ -452,4 +433,27 @@ async fn bounded<T>(
             format!("no answer within the member timeout {limit:?}"),
         )),
     }
+}
+
+/// Gives back everything `tally` may hold: the members that acquired
+/// (counted or not), the ones that failed (their acquire may have landed),
+/// and `in_flight`.
+async fn give_back_all(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    tally: &Tally,
+    in_flight: Calls<Acquire>,
+) {
+    give_back(
+        q,
+        key,
+        token,
+        ttl,
+        &tally.holding(),
+        &tally.failed(),
+        in_flight,
+    )
+    .await;
 }
