@@ -113,8 +113,21 @@ pub(super) async fn acquire_queued(
     let mut tally = Tally::new(uncounted);
     // A contended key is acquired through its gate first (see the
     // `contention` module): a racer that finds the gate held stops there,
-    // holding nothing, so racers do not split the vote.
-    let gate = q.contention.gate(key);
+    // holding nothing, so racers do not split the vote. A waiter in line
+    // always asks the gate first: its wake-up is the gate's handover (see
+    // `Quorum::watch_queued`), so it keeps to the gate's line for its
+    // whole wait, not only while a round that asked every member has
+    // seen the key held lately.
+    let gate = match waiter {
+        Some(_) => q.contention.gate_member(),
+        None => q.contention.gate(key),
+    };
+    // No round that asked every member has seen the key held lately: a
+    // waiter that finds the gate held asks the others too, so a stale
+    // hold on the gate alone (a release that reached the others only)
+    // hides a free majority for at most `CONTENDED_FOR`. Its place in the
+    // gate's line stays.
+    let probe = waiter.is_some() && gate.is_some() && q.contention.gate(key).is_none();
     if let Some(g) = gate {
         let member = &q.members[g];
         let call = async {
@@ -126,17 +139,17 @@ pub(super) async fn acquire_queued(
             }
         };
         let answer = bounded(limit, call).await;
-        if let Ok(Acquire::Held { remaining }) = answer {
+        match answer {
             // Not a new sighting: only a round that asked every member
-            // prolongs the contention. So the gate alone decides for at
-            // most `CONTENDED_FOR`, and a stale hold on the gate (a release
-            // that reached the others only) cannot hide a free majority
-            // for longer than that.
-            return Ok(Acquire::Held { remaining });
+            // prolongs the contention (see `probe` above).
+            Ok(Acquire::Held { remaining }) if !probe => {
+                return Ok(Acquire::Held { remaining });
+            }
+            // Acquired, held while probing, or failed (then the others
+            // decide, as usual; the gate's request may have landed, so it
+            // is given back like any failed one).
+            answer => tally.count(g, answer),
         }
-        // Acquired, or failed (then the others decide, as usual; the gate's
-        // request may have landed, so it is given back like any failed one).
-        tally.count(g, answer);
     }
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {

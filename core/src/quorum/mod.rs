@@ -86,7 +86,9 @@ use crate::token::LockToken;
 ///   milliseconds) before giving everything back. Processes that list the
 ///   members in the same order share the gate, so they no longer split the
 ///   vote; list them in the same order everywhere (another order is safe,
-///   only slower under contention).
+///   only slower under contention). A waiting `lock()` whose members keep a
+///   line of waiters asks the gate first for its whole wait (see
+///   [`Quorum::try_acquire_queued`]).
 ///
 ///   Giving back to members that failed or had not answered yet runs in
 ///   the background. A `lock()` retries with the same token, and a repeated
@@ -355,11 +357,16 @@ impl LockBackend for Quorum {
 
     /// With one member, that member's. With several, the line of waiters
     /// is the **gate member's** (lines on every member would order racing
-    /// waiters differently and split the vote): while the key is contended
-    /// the call goes to the gate first as a queued call, so waiters take
-    /// their turns on the gate first come, first served, and a release
-    /// hands the gate to the next waiter, which then acquires the other
-    /// members. Otherwise (not contended, or the gate has no line) this is
+    /// waiters differently and split the vote): the call goes to the gate
+    /// first (the first member that has not failed lately), as a queued
+    /// call when the gate keeps a line, so waiters take their turns on the
+    /// gate first come, first served, and a release hands the gate to the
+    /// next waiter, which then acquires the other members. A waiter that
+    /// finds the gate held stops there, except when no round that asked
+    /// every member has seen the key held within the last second: then it
+    /// asks the others too (keeping its place on the gate), so a stale hold
+    /// left on the gate alone cannot hide a free majority for longer than
+    /// that. With every member failed lately, this is
     /// [`LockBackend::try_acquire`]. The majority rule, validity and
     /// fencing are the same on every path.
     async fn try_acquire_queued(
@@ -381,12 +388,13 @@ impl LockBackend for Quorum {
         }
     }
 
-    /// With one member, that member's. With several, while the key is
-    /// contended and the gate member keeps a line: the gate member's own
-    /// `watch_queued`, so a waiter wakes when the gate is handed to it (or
-    /// released with nobody in line) and not on every member's release,
-    /// which would wake every waiter of every process (see
-    /// [`Quorum::try_acquire_queued`]). Otherwise [`LockBackend::watch`].
+    /// With one member, that member's. With several, when the gate member
+    /// (the same one [`Quorum::try_acquire_queued`] asks first) keeps a
+    /// line: the gate member's own `watch_queued`, so a waiter wakes when
+    /// the gate is handed to it (or released with nobody in line) and not
+    /// on every member's release, which would wake every waiter of every
+    /// process. Otherwise (or if that registration fails)
+    /// [`LockBackend::watch`].
     async fn watch_queued(
         &self,
         key: &LockKey,
@@ -395,7 +403,7 @@ impl LockBackend for Quorum {
         if let Some(only) = self.single() {
             return only.watch_queued(key, waiter).await;
         }
-        if let Some(g) = self.inner.contention.gate(key) {
+        if let Some(g) = self.inner.contention.gate_member() {
             let gate = &self.inner.members[g];
             if gate.capabilities().waiter_queue {
                 let limit = self.inner.member_timeout;
