@@ -280,9 +280,18 @@ impl LockBackend for MemoryBackend {
         let expires_at = expiry(now, ttl)?;
         let mut state = self.state();
         if let Some(held) = state.live(key.encoded(), now) {
-            return Ok(Acquire::Held {
-                remaining: Some(held.expires_at - now),
-            });
+            if held.token != *token {
+                return Ok(Acquire::Held {
+                    remaining: Some(held.expires_at - now),
+                });
+            }
+            // Already this token's (a repeat, or the plain claim of a
+            // handover): same fence, the lease renewed to `ttl` from now.
+            held.expires_at = expires_at;
+            held.owner = owner.map(str::to_owned);
+            let fence = held.fence;
+            state.leave(key.encoded(), token);
+            return Ok(Acquire::Acquired { fence });
         }
         state.last_fence += 1;
         let fence = state.last_fence;

@@ -38,8 +38,9 @@
 //!         // One atomic step in the store: if nobody holds `key` (or its
 //!         // lease ran out), store `token` with an expiry of `ttl`, bump the
 //!         // key's fencing counter and answer `Acquired { fence }`; if
-//!         // `token` already holds it, answer the same again (a retried
-//!         // request); else `Held { remaining }`.
+//!         // `token` already holds it (a retried request, or a handover
+//!         // claimed), answer the same fence again and renew the expiry
+//!         // and owner to this call's; else `Held { remaining }`.
 //!         store_call(format!("acquire {key} {token:?} {ttl:?} {owner:?}"))
 //!     }
 //!
@@ -209,13 +210,16 @@
 //!     fence      bigint NOT NULL
 //! );
 //! -- try_acquire: take a free or expired row, or create it; the fence is
-//! -- computed under the row lock, from the row itself.
+//! -- computed under the row lock, from the row itself. The holder's own
+//! -- token (a retried request) keeps its fence and renews its lease.
 //! INSERT INTO distlock AS l (key_digest, namespace, name, token, owner, expires_at, fence)
 //! VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', 1)
 //! ON CONFLICT (key_digest) DO UPDATE
 //!    SET token = excluded.token, owner = excluded.owner,
-//!        expires_at = excluded.expires_at, fence = l.fence + 1
-//!  WHERE l.token IS NULL OR l.expires_at <= now()
+//!        expires_at = excluded.expires_at,
+//!        fence = CASE WHEN l.token = excluded.token AND l.expires_at > now()
+//!                     THEN l.fence ELSE l.fence + 1 END
+//!  WHERE l.token IS NULL OR l.expires_at <= now() OR l.token = excluded.token
 //! RETURNING fence;                           -- no row: held (Acquire::Held)
 //! -- release: only our token, only while the lease lasts; the row stays.
 //! UPDATE distlock SET token = NULL, owner = NULL, expires_at = now()

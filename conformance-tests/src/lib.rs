@@ -170,6 +170,7 @@ macro_rules! suite {
             wrong_token_changes_nothing,
             stale_guard_cannot_touch_new_holder,
             double_release_is_harmless,
+            acquire_by_the_holding_token_renews_its_lease,
             // expiry
             lock_expires_after_ttl_not_before,
             extend_really_extends,

@@ -47,6 +47,16 @@ pub trait LockBackend: Send + Sync + 'static {
     /// A key held by anyone, including the same process, is
     /// [`Acquire::Held`], not an error. `owner` is a non-secret label shown
     /// by [`inspect`](LockBackend::inspect).
+    ///
+    /// The one exception is `token` itself: a key that `token` already
+    /// holds (the same acquire sent again after its answer was lost, or a
+    /// lock that a line of waiters handed over to `token`) answers
+    /// [`Acquire::Acquired`] with that hold's fencing token, unchanged,
+    /// and renews the lease to `ttl` from now and the label to `owner`:
+    /// the caller counts a lease of `ttl` from its send time, so a shorter
+    /// one left on the backend would outlive the caller's belief in the
+    /// wrong direction. Checked by the conformance case
+    /// `acquire_by_the_holding_token_renews_its_lease`.
     async fn try_acquire(
         &self,
         key: &LockKey,

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use distlock::{Acquire, Extend, LockBackend, LockError, LockToken, Release};
+use distlock::{
+    Acquire, Extend, LockBackend, LockError, LockToken, Release, Waiter, WaiterId, WAITER_LEASE,
+};
 
 use crate::support::{is_held, locker, short_ttl, ttl};
 use crate::{unique_name, Harness};
@@ -154,6 +156,91 @@ pub async fn double_release_is_harmless<H: Harness>(h: &H) {
     assert!(is_held(&a, &name).await, "the later holder is unaffected");
     assert_eq!(
         b.backend().release(&key, &second).await.unwrap(),
+        Release::Released
+    );
+}
+
+/// `try_acquire` with the token that already holds the key (an acquire
+/// sent again because its answer was lost, or the plain claim of a lock a
+/// line of waiters handed over to that token) answers
+/// [`Acquire::Acquired`] with the hold's fencing token, unchanged, and
+/// renews the lease to the new TTL from now: the caller counts a lease of
+/// that TTL from its send time, so the backend must not keep a shorter
+/// one. Any other token still gets [`Acquire::Held`].
+///
+/// With [`Capabilities::waiter_queue`](distlock::Capabilities), the same
+/// for a hold handed over through the line (whose lease is only the
+/// waiter's claim window until claimed): a quorum asks a member whose
+/// line it once joined with plain calls when that member is no longer its
+/// gate.
+pub async fn acquire_by_the_holding_token_renews_its_lease<H: Harness>(h: &H) {
+    let l = locker(h).await;
+    let backend = l.backend();
+    let name = unique_name("resend");
+    let key = l.key(&name).unwrap();
+    let (mine, other) = (LockToken::generate(), LockToken::generate());
+    let (short, long) = (Duration::from_secs(2), Duration::from_secs(20));
+    let first = match backend.try_acquire(&key, &mine, short, None).await.unwrap() {
+        Acquire::Acquired { fence } => fence,
+        held => panic!("a free key: {held:?}"),
+    };
+    let again = backend.try_acquire(&key, &mine, long, None).await.unwrap();
+    assert_eq!(
+        again,
+        Acquire::Acquired { fence: first },
+        "the holding token acquires again with the same fencing token"
+    );
+    let remaining = l.inspect(&name).await.unwrap().remaining;
+    if let Some(remaining) = remaining {
+        assert!(
+            remaining > short,
+            "the repeated acquire renewed the lease to {long:?}; {remaining:?} left"
+        );
+    }
+    assert!(
+        matches!(
+            backend.try_acquire(&key, &other, long, None).await.unwrap(),
+            Acquire::Held { .. }
+        ),
+        "another token is still refused"
+    );
+    assert_eq!(
+        backend.release(&key, &mine).await.unwrap(),
+        Release::Released
+    );
+    if !backend.capabilities().waiter_queue {
+        return;
+    }
+
+    // A handover through the line, claimed by a plain call.
+    let holder = match backend.try_acquire(&key, &other, long, None).await.unwrap() {
+        Acquire::Acquired { .. } => other,
+        held => panic!("released, so free: {held:?}"),
+    };
+    let waiter = Waiter::new(WaiterId::generate(), WAITER_LEASE);
+    let queued = backend
+        .try_acquire_queued(&key, &mine, long, None, &waiter)
+        .await
+        .unwrap();
+    assert!(matches!(queued, Acquire::Held { .. }), "{queued:?}");
+    assert_eq!(
+        backend.release(&key, &holder).await.unwrap(),
+        Release::Released
+    );
+    let claimed = backend.try_acquire(&key, &mine, long, None).await.unwrap();
+    assert!(
+        matches!(claimed, Acquire::Acquired { .. }),
+        "the release handed the lock to the first waiter in line: {claimed:?}"
+    );
+    let remaining = l.inspect(&name).await.unwrap().remaining;
+    if let Some(remaining) = remaining {
+        assert!(
+            remaining > WAITER_LEASE * 2,
+            "the claim renewed the lease to {long:?}, not the claim window; {remaining:?} left"
+        );
+    }
+    assert_eq!(
+        backend.release(&key, &mine).await.unwrap(),
         Release::Released
     );
 }
