@@ -51,8 +51,10 @@ pub trait LockBackend: Send + Sync + 'static {
     /// The one exception is `token` itself: a key that `token` already
     /// holds (the same acquire sent again after its answer was lost, or a
     /// lock that a line of waiters handed over to `token`) answers
-    /// [`Acquire::Acquired`] with that hold's fencing token, unchanged,
-    /// and renews the lease to `ttl` from now and the label to `owner`:
+    /// [`Acquire::Acquired`] with that hold's fencing token (no new one is
+    /// drawn; a [`Quorum`](crate::Quorum) may answer a higher one, when a
+    /// member that answered the first call late counts now), and renews
+    /// the lease to `ttl` from now and the label to `owner`:
     /// the caller counts a lease of `ttl` from its send time, so a shorter
     /// one left on the backend would outlive the caller's belief in the
     /// wrong direction. Checked by the conformance case

@@ -163,7 +163,8 @@ pub async fn double_release_is_harmless<H: Harness>(h: &H) {
 /// `try_acquire` with the token that already holds the key (an acquire
 /// sent again because its answer was lost, or the plain claim of a lock a
 /// line of waiters handed over to that token) answers
-/// [`Acquire::Acquired`] with the hold's fencing token, unchanged, and
+/// [`Acquire::Acquired`] with the hold's fencing token (not below it: a
+/// quorum may answer a higher one), and
 /// renews the lease to the new TTL from now: the caller counts a lease of
 /// that TTL from its send time, so the backend must not keep a shorter
 /// one. Any other token still gets [`Acquire::Held`].
@@ -185,10 +186,12 @@ pub async fn acquire_by_the_holding_token_renews_its_lease<H: Harness>(h: &H) {
         held => panic!("a free key: {held:?}"),
     };
     let again = backend.try_acquire(&key, &mine, long, None).await.unwrap();
-    assert_eq!(
-        again,
-        Acquire::Acquired { fence: first },
-        "the holding token acquires again with the same fencing token"
+    // The same fencing token from one store; a quorum may answer a higher
+    // one (a member that answered the first call late counts now, and the
+    // quorum's token is the highest of its majority), never a lower one.
+    assert!(
+        matches!(again, Acquire::Acquired { fence } if fence >= first),
+        "the holding token acquires again, its fencing token not below the first ({first}): {again:?}"
     );
     let remaining = l.inspect(&name).await.unwrap().remaining;
     if let Some(remaining) = remaining {
