@@ -286,8 +286,9 @@ impl LockBackend for MemoryBackend {
                 });
             }
             // Already this token's (a repeat, or the plain claim of a
-            // handover): same fence, the lease renewed to `ttl` from now.
-            held.expires_at = expires_at;
+            // handover): same fence, the lease renewed to `ttl` from now
+            // (never shortened: a late repeat after a longer extend).
+            held.expires_at = held.expires_at.max(expires_at);
             held.owner = owner.map(str::to_owned);
             let fence = held.fence;
             state.leave(key.encoded(), token);
@@ -337,6 +338,10 @@ impl LockBackend for MemoryBackend {
                 .is_some_and(|e| e.token == *token);
             if ours {
                 state.locks.remove(key.encoded());
+                // A place of the releasing token itself (it took the lock
+                // with a plain call while still in line) is dropped, never
+                // handed the lock (as Redis's release skips it).
+                state.leave(key.encoded(), token);
                 // The first live waiter in line gets it straight away.
                 (true, state.hand_over(key.encoded(), now))
             } else {

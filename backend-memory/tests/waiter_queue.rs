@@ -296,3 +296,42 @@ async fn lapsed_places_leave_nothing_behind() {
         store.stored_entries()
     );
 }
+
+/// A token that took the lock with a plain call while it still had a
+/// place in the line (a quorum does this on a member that is no longer
+/// its gate) is never handed the lock by its own release: the release
+/// drops that place, as Redis's release skips the releasing token. Before,
+/// the lock went straight back to the releaser for its claim window.
+#[tokio::test(start_paused = true)]
+async fn a_release_never_hands_the_lock_to_the_releasers_own_place() {
+    let store = MemoryBackend::new();
+    let k = key("own-place");
+    let (x, a, b) = (
+        LockToken::generate(),
+        LockToken::generate(),
+        LockToken::generate(),
+    );
+    let short = Duration::from_millis(100);
+    assert!(matches!(
+        store.try_acquire(&k, &x, short, None).await.unwrap(),
+        Acquire::Acquired { .. }
+    ));
+    let queued = store
+        .try_acquire_queued(&k, &a, TTL, None, &waiter())
+        .await
+        .unwrap();
+    assert!(matches!(queued, Acquire::Held { .. }), "{queued:?}");
+    // X's lease ends; A takes the free key with a plain call, its place
+    // still live.
+    tokio::time::sleep(short + MS).await;
+    assert!(matches!(
+        store.try_acquire(&k, &a, TTL, None).await.unwrap(),
+        Acquire::Acquired { .. }
+    ));
+    assert_eq!(store.release(&k, &a).await.unwrap(), Release::Released);
+    let after = store.try_acquire(&k, &b, TTL, None).await.unwrap();
+    assert!(
+        matches!(after, Acquire::Acquired { .. }),
+        "released, so free for anyone: {after:?}"
+    );
+}

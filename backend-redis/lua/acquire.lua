@@ -22,14 +22,16 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     -- answer), or the plain claim of a handover from the line of waiters:
     -- it already holds the lock. Answer with the hold's fence, and renew
     -- the lease to this call's TTL (the caller counts it from this call;
-    -- a handover's lease is only the claim window).
+    -- a handover's lease is only the claim window), never shortening it
+    -- (a late repeat after a longer extend).
     local fence = redis.pcall('GET', KEYS[2])
     if type(fence) ~= 'string' or not tonumber(fence) then
       return redis.error_reply('ERR the fencing counter ' .. KEYS[2] .. ' of a repeated acquire is gone')
     end
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    local lease = math.max(pttl, tonumber(ARGV[2]))
+    redis.call('PEXPIRE', KEYS[1], lease)
     if ARGV[4] then
-      redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[2])
+      redis.call('SET', KEYS[3], ARGV[4], 'PX', lease)
     else
       redis.call('DEL', KEYS[3])
     end

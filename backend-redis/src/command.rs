@@ -52,7 +52,8 @@ impl Commands {
     /// errors (formatted only then).
     ///
     /// Every script is safe to run twice with the same arguments (acquire
-    /// with the same token answers "acquired" with the same fence, extend
+    /// with the same token answers "acquired" with the same fence and
+    /// renews the lease, never shortening it; extend
     /// sets the same expiry, inspect only reads, a release finds the lock
     /// gone), so a call whose connection dropped is sent once more on a
     /// fresh connection: after a Redis restart or `CLIENT KILL` the shared

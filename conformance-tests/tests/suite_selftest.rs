@@ -368,6 +368,34 @@ impl Hooks<MemoryBackend> for NoLine {
     }
 }
 
+/// A repeated acquire by the holding token answers `Acquired` but keeps
+/// the old lease (what `distlock-redis` did before 0.2): a handover
+/// claimed by a plain call kept only its claim window.
+#[derive(Default)]
+struct RepeatKeepsOldLease;
+
+#[distlock::async_trait]
+impl Hooks<MemoryBackend> for RepeatKeepsOldLease {
+    async fn try_acquire(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        let before = inner.inspect(key).await?;
+        let outcome = inner.try_acquire(key, token, ttl, owner).await?;
+        if let (true, Some(remaining)) = (before.held, before.remaining) {
+            if matches!(outcome, Acquire::Acquired { .. }) {
+                // Put the old lease back.
+                inner.extend(key, token, remaining).await?;
+            }
+        }
+        Ok(outcome)
+    }
+}
+
 /// Every reply 20 ms late (after the store acted): slower than `MIN_TTL`.
 /// Not a defect: cases must not depend on a backend's speed.
 #[derive(Default)]
@@ -519,6 +547,14 @@ fn unreachable_store_misclassified_as_other_is_caught() {
 #[test]
 fn a_line_that_hands_nothing_over_is_caught() {
     assert_caught::<NoLine>(&[case!(NoLine, queued_waiters_make_one_attempt_per_release)]);
+}
+
+#[test]
+fn a_repeated_acquire_that_keeps_the_old_lease_is_caught() {
+    assert_caught::<RepeatKeepsOldLease>(&[case!(
+        RepeatKeepsOldLease,
+        acquire_by_the_holding_token_renews_its_lease
+    )]);
 }
 
 /// A backend slower than `MIN_TTL` still passes the TTL validation case

@@ -54,10 +54,10 @@ pub trait LockBackend: Send + Sync + 'static {
     /// [`Acquire::Acquired`] with that hold's fencing token (no new one is
     /// drawn; a [`Quorum`](crate::Quorum) may answer a higher one, when a
     /// member that answered the first call late counts now), and renews
-    /// the lease to `ttl` from now and the label to `owner`:
-    /// the caller counts a lease of `ttl` from its send time, so a shorter
-    /// one left on the backend would outlive the caller's belief in the
-    /// wrong direction. Checked by the conformance case
+    /// the lease to `ttl` from now (never shortening a longer one) and the
+    /// label to `owner`: the caller counts a lease of `ttl` from its send
+    /// time, so a shorter one left on the backend would end before the
+    /// caller believes it does. Checked by the conformance case
     /// `acquire_by_the_holding_token_renews_its_lease`.
     async fn try_acquire(
         &self,

@@ -181,11 +181,18 @@ pub async fn acquire_by_the_holding_token_renews_its_lease<H: Harness>(h: &H) {
     let key = l.key(&name).unwrap();
     let (mine, other) = (LockToken::generate(), LockToken::generate());
     let (short, long) = (Duration::from_secs(2), Duration::from_secs(20));
-    let first = match backend.try_acquire(&key, &mine, short, None).await.unwrap() {
+    let first = match backend
+        .try_acquire(&key, &mine, short, Some("first"))
+        .await
+        .unwrap()
+    {
         Acquire::Acquired { fence } => fence,
         held => panic!("a free key: {held:?}"),
     };
-    let again = backend.try_acquire(&key, &mine, long, None).await.unwrap();
+    let again = backend
+        .try_acquire(&key, &mine, long, Some("again"))
+        .await
+        .unwrap();
     // The same fencing token from one store; a quorum may answer a higher
     // one (a member that answered the first call late counts now, and the
     // quorum's token is the highest of its majority), never a lower one.
@@ -193,13 +200,30 @@ pub async fn acquire_by_the_holding_token_renews_its_lease<H: Harness>(h: &H) {
         matches!(again, Acquire::Acquired { fence } if fence >= first),
         "the holding token acquires again, its fencing token not below the first ({first}): {again:?}"
     );
-    let remaining = l.inspect(&name).await.unwrap().remaining;
-    if let Some(remaining) = remaining {
+    let info = l.inspect(&name).await.unwrap();
+    if let Some(remaining) = info.remaining {
         assert!(
             remaining > short,
             "the repeated acquire renewed the lease to {long:?}; {remaining:?} left"
         );
     }
+    assert_eq!(
+        info.owner.as_deref(),
+        Some("again"),
+        "the repeated acquire renewed the owner label"
+    );
+    // A repeat with a shorter TTL (a late copy after a longer extend)
+    // never shortens the lease.
+    let late = backend
+        .try_acquire(&key, &mine, Duration::from_millis(100), Some("again"))
+        .await
+        .unwrap();
+    assert!(matches!(late, Acquire::Acquired { .. }), "{late:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        l.inspect(&name).await.unwrap().held,
+        "a repeat with a shorter TTL shortened the lease"
+    );
     assert!(
         matches!(
             backend.try_acquire(&key, &other, long, None).await.unwrap(),

@@ -94,9 +94,11 @@ pub(super) async fn acquire(
     acquire_queued(q, key, token, ttl, owner, None).await
 }
 
-/// [`acquire`] for a waiter in line: the gate call of a contended key is
-/// the gate member's queued call (`waiter`), so waiters line up on the
-/// gate. See [`Quorum::try_acquire_queued`](super::Quorum).
+/// [`acquire`] for a waiter in line (`waiter`): every call asks the gate
+/// member first, as its queued call, so waiters line up on the gate for
+/// their whole wait; a waiter that finds the gate held asks the others too
+/// only when no round that asked every member saw the key held lately.
+/// See [`Quorum::try_acquire_queued`](super::Quorum).
 pub(super) async fn acquire_queued(
     q: &Arc<Inner>,
     key: &LockKey,

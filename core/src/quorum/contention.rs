@@ -14,9 +14,13 @@
 //! still held, see `acquire`); whoever finds the gate held stops there,
 //! holding nothing and giving nothing back. Racers that list the members in
 //! the same order share the gate, so at most one of them goes on to the
-//! other members. This changes who waits, never what counts as held: the
-//! majority rule, the validity check and the fencing are the same on both
-//! paths.
+//! other members. A waiter in a line of waiters (a queued call) asks the
+//! gate first whether or not the key counts as contended here, since its
+//! wake-up is the gate's handover; when the key does not count as
+//! contended it also asks the others after finding the gate held (the
+//! same one-second bound on a stale hold). This changes who waits, never
+//! what counts as held: the majority rule, the validity check and the
+//! fencing are the same on both paths.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
