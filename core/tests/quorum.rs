@@ -1091,3 +1091,45 @@ async fn contended_waiters_keep_to_the_gate_line_past_the_contention_window() {
         gaps.len()
     );
 }
+
+/// Waiters behind a holder that keeps the lock ask the members other than
+/// the gate about once per `CONTENDED_FOR` (1 s) each, not at every call
+/// that keeps their place in the gate's line (about six a second): the
+/// probe for a stale hold on the gate runs only when no round that asked
+/// every member has seen the key held within that second, and each probe
+/// that finds the key held is such a round.
+#[tokio::test(start_paused = true)]
+async fn waiters_behind_a_holder_probe_the_other_members_about_once_a_second() {
+    let m = members(3);
+    let holder = Locker::new(quorum(&m));
+    let guard = holder.lock("probed").await.unwrap();
+    let before = acquire_calls(&m).await;
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let waiter = patient_waiter(&m);
+        waits.push(tokio::spawn(async move {
+            let g = waiter.lock("probed").await.unwrap();
+            g.release().await.unwrap();
+        }));
+    }
+    let held_for = Duration::from_secs(10);
+    tokio::time::sleep(held_for).await;
+    let calls = delta(&acquire_calls(&m).await, &before);
+    guard.release().await.unwrap();
+    for w in waits {
+        w.await.unwrap();
+    }
+    // Each waiter: its first call (every member), then about one probe a
+    // second (at most one more for the rounding of the place-keeping calls).
+    let bound = 3 * (1 + held_for.as_secs() as usize + 1);
+    assert!(
+        calls[0] >= 3 * 5 * held_for.as_secs() as usize,
+        "the waiters keep their places on the gate (a call every ~167 ms each): {calls:?}"
+    );
+    for (i, &n) in calls.iter().enumerate().skip(1) {
+        assert!(
+            n <= bound,
+            "member {i} was asked {n} times in {held_for:?} by 3 waiters (at most {bound}): {calls:?}"
+        );
+    }
+}
