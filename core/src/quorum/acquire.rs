@@ -120,16 +120,18 @@ pub(super) async fn acquire_queued(
     // `Quorum::watch_queued`), so it keeps to the gate's line for its
     // whole wait, not only while a round that asked every member has
     // seen the key held lately.
-    let gate = match waiter {
-        Some(_) => q.contention.gate_member(),
-        None => q.contention.gate(key),
+    let contended = q.contention.contended(key);
+    let gate = if waiter.is_some() || contended {
+        q.contention.gate_member()
+    } else {
+        None
     };
     // No round that asked every member has seen the key held lately: a
     // waiter that finds the gate held asks the others too, so a stale
     // hold on the gate alone (a release that reached the others only)
     // hides a free majority for at most `CONTENDED_FOR`. Its place in the
     // gate's line stays.
-    let probe = waiter.is_some() && gate.is_some() && q.contention.gate(key).is_none();
+    let probe = waiter.is_some() && !contended;
     if let Some(g) = gate {
         let member = &q.members[g];
         let call = async {

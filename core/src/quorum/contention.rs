@@ -76,15 +76,18 @@ impl Contention {
     /// The gate for an acquisition of `key`: `None` when the key is not
     /// contended (call every member at once) or every member failed lately.
     pub(super) fn gate(&self, key: &LockKey) -> Option<usize> {
-        let now = Instant::now();
-        {
-            let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-            match keys.get(key.encoded()) {
-                Some(at) if now.duration_since(*at) < CONTENDED_FOR => {}
-                _ => return None,
-            }
+        if !self.contended(key) {
+            return None;
         }
-        self.first_healthy(now)
+        self.gate_member()
+    }
+
+    /// Whether a member answered "held" for `key` to a round that asked
+    /// every member within [`CONTENDED_FOR`].
+    pub(super) fn contended(&self, key: &LockKey) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get(key.encoded())
+            .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
     }
 
     /// The member that is the gate of every contended key now: the first
