@@ -270,8 +270,8 @@ fn main() {
         }
         println!("## {scenario}: {n} OS processes wait for one name (GET, 1 ms, SET; 1 ms pause after release)");
         println!();
-        println!("| impl | acq/s | held | mean gap | fewest/most | longest wait | lost updates |");
-        println!("|---|---|---|---|---|---|---|");
+        println!("| impl | acq/s | held | mean gap | p50 gap | round trip (p50) | fewest/most | longest wait | lost updates |");
+        println!("|---|---|---|---|---|---|---|---|---|");
         for w in Impl::ALL {
             let c = rt.block_on(procs::run(&procs::Run {
                 marker: CHILD_ENV,
@@ -282,11 +282,13 @@ fn main() {
                 secs,
             }));
             println!(
-                "| {} | {:.0} | {:.0} % | {} | {}/{} | {:.0} ms | {} |",
+                "| {} | {:.0} | {:.0} % | {} | {} | {} | {}/{} | {:.0} ms | {} |",
                 w.label(),
                 c.per_sec,
                 c.held_share * 100.0,
                 us(c.mean_gap),
+                us(c.p50_gap),
+                us(c.rtt_p50),
                 c.fewest,
                 c.most,
                 c.longest_wait.as_secs_f64() * 1e3,

@@ -921,19 +921,23 @@ fn main() {
                 "## {scenario}: {n} OS processes, each with its own client, one name, GET + 1 ms + SET inside, 1 ms outside"
             );
             println!();
-            println!("| impl | acq/s | held | mean gap | fewest/most (ratio) | longest wait (÷ fair share) | lost updates | attempts/acq | acq/s ÷ floor | acq/s ÷ rslock |");
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("| impl | acq/s | held | mean gap (÷ round trip) | p50 gap (÷ round trip) | fewest/most (ratio) | longest wait (÷ fair share) | lost updates | attempts/acq | acq/s ÷ floor | acq/s ÷ rslock |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for which in Impl::ALL {
                 let x: &procs::Contended = &r[&which];
                 // A fair share of waiting: the other n - 1 processes' holds
                 // at this implementation's mean hold + gap.
                 let fair = (n as f64 - 1.0) / x.per_sec.max(f64::MIN_POSITIVE);
+                let rtt = x.rtt_p50.as_secs_f64().max(f64::MIN_POSITIVE);
                 println!(
-                    "| {} | {:.0} | {:.1} % | {} | {}/{} ({:.2}) | {:.1} ms ({:.1}) | {} | {:.2} | {} | {} |",
+                    "| {} | {:.0} | {:.1} % | {} ({:.1}) | {} ({:.1}) | {}/{} ({:.2}) | {:.1} ms ({:.1}) | {} | {:.2} | {} | {} |",
                     which.label(),
                     x.per_sec,
                     x.held_share * 100.0,
                     us(x.mean_gap),
+                    x.mean_gap.as_secs_f64() / rtt,
+                    us(x.p50_gap),
+                    x.p50_gap.as_secs_f64() / rtt,
                     x.fewest,
                     x.most,
                     x.fewest as f64 / x.most.max(1) as f64,
@@ -947,6 +951,15 @@ fn main() {
                 assert!(x.acquisitions > 0, "{}: no acquisition", which.label());
                 assert_eq!(x.lost_updates, 0, "{}: lost updates", which.label());
             }
+            println!();
+            println!(
+                "Round trip (median `PING` from the parent during each run): {}.",
+                Impl::ALL
+                    .iter()
+                    .map(|w| format!("{} {}", w.label(), us(r[w].rtt_p50)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             println!();
         }
 

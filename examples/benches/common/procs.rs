@@ -12,7 +12,10 @@
 //! pause; then prints one `hold ACQUIRED_NS RELEASED_NS WAIT_NS` line per
 //! hold. The parent merges the holds of all children into the figures of
 //! [`Contended`]; `SET` calls counted by the first server between `go` and
-//! the children's exit give the attempts per acquisition.
+//! the children's exit give the attempts per acquisition. Meanwhile the
+//! parent sends a `PING` to the first server every [`RTT_EVERY`] from its
+//! own connection: the median of those is the round trip under this load,
+//! the unit of the mean gap's target (issue 15: 1.5 round trips).
 
 use std::future::Future;
 use std::process::Stdio;
@@ -23,6 +26,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The critical section's sleep and the pause after each release.
 pub const WORK: Duration = Duration::from_millis(1);
+
+/// How often the parent measures the round trip during a run.
+pub const RTT_EVERY: Duration = Duration::from_millis(5);
 
 /// One client of a lock implementation, as a child process uses it.
 pub trait Contender {
@@ -144,6 +150,11 @@ pub struct Contended {
     pub held_share: f64,
     /// Mean time from one release call to the next acquisition's return.
     pub mean_gap: Duration,
+    /// The median of those gaps.
+    pub p50_gap: Duration,
+    /// Median `PING` round trip to the first server during the run, from
+    /// the parent (see the module documentation).
+    pub rtt_p50: Duration,
     /// Acquisitions of the least and the most lucky process.
     pub fewest: usize,
     pub most: usize,
@@ -197,6 +208,7 @@ pub async fn run(run: &Run<'_>) -> Contended {
     let sets_before = set_calls(&mut admin).await;
     let start = now_ns() + 20_000_000;
     let end = start + run.secs.as_nanos();
+    let pings = tokio::spawn(round_trips(connect(&run.urls[0]).await, start, end));
     for (child, _) in &mut children {
         let mut stdin = child.stdin.take().expect("stdin");
         stdin
@@ -226,6 +238,9 @@ pub async fn run(run: &Run<'_>) -> Contended {
         per_proc.push(n);
     }
     let sets = set_calls(&mut admin).await - sets_before;
+    let mut rtts = pings.await.expect("the round-trip task");
+    rtts.sort_unstable();
+    let rtt_p50 = rtts.get(rtts.len() / 2).copied().unwrap_or(Duration::ZERO);
     let counted: i64 = admin.get(&counter).await.expect("GET counter");
     holds.sort_unstable();
     let last = holds.iter().map(|h| h.1).max().unwrap_or(end).max(end);
@@ -240,16 +255,47 @@ pub async fn run(run: &Run<'_>) -> Contended {
     } else {
         Duration::from_nanos((gaps.iter().sum::<u128>() / gaps.len() as u128) as u64)
     };
+    let mut sorted = gaps.clone();
+    sorted.sort_unstable();
+    let p50_gap = Duration::from_nanos(sorted.get(sorted.len() / 2).copied().unwrap_or(0) as u64);
     let n = holds.len();
     Contended {
         acquisitions: n,
         per_sec: n as f64 / wall.as_secs_f64(),
         held_share: held as f64 / wall.as_nanos() as f64,
         mean_gap,
+        p50_gap,
+        rtt_p50,
         fewest: per_proc.iter().copied().min().unwrap_or(0),
         most: per_proc.iter().copied().max().unwrap_or(0),
         longest_wait,
         lost_updates: n as i64 - counted,
         attempts: (sets - n as i64) as f64 / n.max(1) as f64,
     }
+}
+
+/// `PING` round trips on `con`, one every [`RTT_EVERY`] from `start_ns` to
+/// `end_ns` (wall clock, as the children's).
+async fn round_trips(
+    mut con: MultiplexedConnection,
+    start_ns: u128,
+    end_ns: u128,
+) -> Vec<Duration> {
+    tokio::time::sleep(Duration::from_nanos(
+        start_ns.saturating_sub(now_ns()) as u64
+    ))
+    .await;
+    let mut rtts = Vec::new();
+    let mut every = tokio::time::interval(RTT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while now_ns() < end_ns {
+        every.tick().await;
+        let sent = std::time::Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut con)
+            .await
+            .expect("PING");
+        rtts.push(sent.elapsed());
+    }
+    rtts
 }
