@@ -420,8 +420,10 @@ impl LockBackend for MemoryBackend {
             let mut state = self.state();
             let held = state.live(k, now).map(|e| {
                 if e.token == *token {
-                    // The claim of a handover (or a repeat): no new fence.
-                    e.expires_at = expires_at;
+                    // The claim of a handover (or a repeat): no new fence;
+                    // the lease never shortened (a late repeat after a
+                    // longer extend).
+                    e.expires_at = e.expires_at.max(expires_at);
                     e.owner = owner.map(str::to_owned);
                     Acquire::Acquired { fence: e.fence }
                 } else {

@@ -12,9 +12,9 @@
 local k = {lock = KEYS[1], fence = KEYS[2], owner = KEYS[3], waiters = KEYS[5], leases = KEYS[6]}
 local token, ttl = ARGV[1], ARGV[2]
 
-local function set_owner()
+local function set_owner(lease)
   if ARGV[9] then
-    redis.call('SET', k.owner, ARGV[9], 'PX', ttl)
+    redis.call('SET', k.owner, ARGV[9], 'PX', lease)
   else
     redis.call('DEL', k.owner)
   end
@@ -32,13 +32,16 @@ return guarded(function()
   end
   if v == token then
     -- The claim of a handover to this waiter (or a repeated call): the
-    -- lease is ttl from now; the handover already counted the fence.
+    -- lease is ttl from now, never shortened (a late repeat after a longer
+    -- extend; a handover's claim window is shorter than any ttl that uses
+    -- the line); the handover already counted the fence.
     local fence = redis.pcall('GET', k.fence)
     if type(fence) ~= 'string' or not tonumber(fence) then
       return redis.error_reply('ERR the fencing counter ' .. k.fence .. ' of a claimed handover is gone')
     end
-    redis.call('PEXPIRE', k.lock, ttl)
-    set_owner()
+    local lease = math.max(redis.call('PTTL', k.lock), tonumber(ttl))
+    redis.call('PEXPIRE', k.lock, lease)
+    set_owner(lease)
     leave(k.waiters, k.leases, token)
     return {1, tonumber(fence)}
   end
@@ -61,7 +64,7 @@ return guarded(function()
     if err then
       return err
     end
-    set_owner()
+    set_owner(ttl)
     leave(k.waiters, k.leases, token)
     return {1, fence}
   end

@@ -4,7 +4,8 @@
 -- ARGV[1] token, ARGV[2] release channel, ARGV[3] notification payload
 -- (the encoded lock key), ARGV[4] tombstone lifetime in ms,
 -- ARGV[5] 's' to publish with SPUBLISH (Redis Cluster: sharded pub/sub),
--- ARGV[6] fence retention in ms
+-- ARGV[6] fence retention in ms, ARGV[7] 'g' for a give-back (the tombstone
+-- is left whether or not the token holds the lock)
 -- Returns 1 when released (and published on the release channel),
 -- 'BACKEND WAITER' when released and handed over to the first live waiter
 -- in line, 0 when the token does not hold the lock.
@@ -24,6 +25,12 @@ return guarded(function()
     redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
     leave(k.waiters, k.leases, ARGV[1])
     return 0
+  end
+  if ARGV[7] == 'g' then
+    -- A give-back: another call with this token may still be on its way
+    -- (it timed out, and the caller went on with a new token or gave up),
+    -- so refuse it too once this token's hold ends here.
+    redis.call('SET', KEYS[3], '1', 'PX', ARGV[4])
   end
   -- The one probe of the uncontended release: a missing key. PTTL (an
   -- integer reply, -2 for a missing key) costs the server less than the

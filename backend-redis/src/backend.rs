@@ -357,6 +357,80 @@ impl RedisBackend {
         self.inner.waiter_queue && self.inner.subscriber.enabled()
     }
 
+    /// One release round trip (`release.lua`); `give_back` also leaves the
+    /// token's tombstone when the token holds the lock
+    /// ([`LockBackend::give_back`]).
+    async fn run_release(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        give_back: bool,
+    ) -> Result<Release, BackendError> {
+        // The keys and arguments in one buffer (the hot path: no string
+        // per key).
+        use crate::keys::{
+            CHANNEL_SUFFIX, FENCE_SUFFIX, LEASES_SUFFIX, OWNER_SUFFIX, TOMBSTONE_INFIX,
+            WAITERS_SUFFIX,
+        };
+        let lock = self.inner.layout.lock_key(key);
+        let token_hex = token.as_hex();
+        let mut items = ScriptArgs::with_capacity(
+            7 * lock.len() + 2 * token_hex.len() + key.encoded().len() + 96,
+            13,
+        );
+        items.push(&[&lock]);
+        items.push(&[&lock, OWNER_SUFFIX]);
+        items.push(&[&lock, TOMBSTONE_INFIX, token_hex]);
+        items.push(&[&lock, FENCE_SUFFIX]);
+        items.push(&[&lock, WAITERS_SUFFIX]);
+        items.push(&[&lock, LEASES_SUFFIX]);
+        items.end_keys();
+        items.push(&[token_hex]);
+        items.push(&[&lock, CHANNEL_SUFFIX]);
+        items.push(&[key.encoded()]);
+        items.push(&[RELEASE_TOMBSTONE_TTL_MS]);
+        // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
+        items.push(&[if self.inner.sharded { "s" } else { "" }]);
+        items.push(&[&self.inner.fence_retention_ms]);
+        if give_back {
+            items.push(&["g"]);
+        }
+        let call = scripts::RELEASE.call_with(items);
+        let reply = self.run("release", &lock, &call, None).await?;
+        let outcome = scripts::parse_release(&reply.value)?;
+        if outcome == scripts::Released::NotHeld && reply.repeated {
+            // The first attempt may have released the lock before its
+            // connection dropped; "not held" would be a guess either way.
+            return Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                format!(
+                    "release {lock}: the connection dropped before the answer, and the \
+                     release sent again found the lock not held: the first attempt \
+                     released it, or the lease had already ended"
+                ),
+            ));
+        }
+        Ok(match outcome {
+            scripts::Released::Freed => {
+                // Waiters of this backend (of any Locker on it) hear of the
+                // release at once, not only through the pub/sub message.
+                self.inner.subscriber.hub().notify(key.encoded());
+                Release::Released
+            }
+            scripts::Released::HandedOver { backend, waiter } => {
+                if backend == self.inner.backend_id {
+                    // Our own waiter: wake it now, not after the pub/sub hop.
+                    self.inner
+                        .subscriber
+                        .hub()
+                        .notify_waiter(key.encoded(), waiter);
+                }
+                Release::Released
+            }
+            scripts::Released::NotHeld => Release::NotHeld,
+        })
+    }
+
     /// Runs an acquire script (`call`, for `token` on `key`, whose lock key
     /// is `lock`), with `WAIT` when [`replica_ack`](RedisConfig::replica_ack)
     /// is set: an acquisition too few replicas acknowledged is given back
@@ -608,66 +682,14 @@ impl LockBackend for RedisBackend {
     }
 
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
-        // The keys and arguments in one buffer (the hot path: no string
-        // per key).
-        use crate::keys::{
-            CHANNEL_SUFFIX, FENCE_SUFFIX, LEASES_SUFFIX, OWNER_SUFFIX, TOMBSTONE_INFIX,
-            WAITERS_SUFFIX,
-        };
-        let lock = self.inner.layout.lock_key(key);
-        let token_hex = token.as_hex();
-        let mut items = ScriptArgs::with_capacity(
-            7 * lock.len() + 2 * token_hex.len() + key.encoded().len() + 96,
-            12,
-        );
-        items.push(&[&lock]);
-        items.push(&[&lock, OWNER_SUFFIX]);
-        items.push(&[&lock, TOMBSTONE_INFIX, token_hex]);
-        items.push(&[&lock, FENCE_SUFFIX]);
-        items.push(&[&lock, WAITERS_SUFFIX]);
-        items.push(&[&lock, LEASES_SUFFIX]);
-        items.end_keys();
-        items.push(&[token_hex]);
-        items.push(&[&lock, CHANNEL_SUFFIX]);
-        items.push(&[key.encoded()]);
-        items.push(&[RELEASE_TOMBSTONE_TTL_MS]);
-        // Cluster: SPUBLISH (sharded pub/sub, to the lock's shard only).
-        items.push(&[if self.inner.sharded { "s" } else { "" }]);
-        items.push(&[&self.inner.fence_retention_ms]);
-        let call = scripts::RELEASE.call_with(items);
-        let reply = self.run("release", &lock, &call, None).await?;
-        let outcome = scripts::parse_release(&reply.value)?;
-        if outcome == scripts::Released::NotHeld && reply.repeated {
-            // The first attempt may have released the lock before its
-            // connection dropped; "not held" would be a guess either way.
-            return Err(BackendError::new(
-                BackendErrorKind::Unavailable,
-                format!(
-                    "release {lock}: the connection dropped before the answer, and the \
-                     release sent again found the lock not held: the first attempt \
-                     released it, or the lease had already ended"
-                ),
-            ));
-        }
-        Ok(match outcome {
-            scripts::Released::Freed => {
-                // Waiters of this backend (of any Locker on it) hear of the
-                // release at once, not only through the pub/sub message.
-                self.inner.subscriber.hub().notify(key.encoded());
-                Release::Released
-            }
-            scripts::Released::HandedOver { backend, waiter } => {
-                if backend == self.inner.backend_id {
-                    // Our own waiter: wake it now, not after the pub/sub hop.
-                    self.inner
-                        .subscriber
-                        .hub()
-                        .notify_waiter(key.encoded(), waiter);
-                }
-                Release::Released
-            }
-            scripts::Released::NotHeld => Release::NotHeld,
-        })
+        self.run_release(key, token, false).await
+    }
+
+    /// A release that also leaves the token's tombstone when the token
+    /// holds the lock (`release.lua` always leaves it when it does not), so
+    /// a late copy of any earlier call with this token is refused.
+    async fn give_back(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.run_release(key, token, true).await
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {

@@ -778,11 +778,71 @@ async fn a_handed_waiter_that_gives_up_passes_the_lock_on_at_once() {
     let late = a.try_acquire_queued(&k, &ta, TTL, None, &wa).await.unwrap();
     assert!(is_held(&late), "{late:?}");
     assert_eq!(b.release(&k, &tb).await.unwrap(), Release::Released);
-    // A's late copy re-joined as an orphan place (the design's stated
-    // case: its release ran while it held the handover, so no tombstone);
-    // the release hands the lock to it, and the lapse frees it later.
+    // A's late copy re-joined as an orphan place (a plain release ran
+    // while it held the handover, so no tombstone); the release hands the
+    // lock to it, and the lapse frees it later. The `Locker` gives such a
+    // token back with `give_back` instead, which refuses the late copy
+    // (next test).
     assert_eq!(
         get(&mut admin, &keys.lock).await.as_deref(),
         Some(ta.as_hex())
     );
+}
+
+/// A late copy of a call whose token was given back
+/// (`LockBackend::give_back`) is refused, whether the token held the lock
+/// when it was given back (taken, or handed over and not yet claimed) or
+/// not; and a plain release of a held lock still leaves no tombstone (the
+/// uncontended path pays nothing). Found in review: the `Locker` used to
+/// give back with a plain release, so a handover given back before its
+/// claim, or a guard released after one of its wait's calls had timed out,
+/// left no tombstone, and the late copy took the free lock for a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_given_back_token_refuses_its_late_copies() {
+    let url = RedisServer::shared().url();
+    let (holder, a) = (backend(url), backend(url));
+    let mut admin = admin(url).await;
+    let stale = |r: &Result<Acquire, distlock_redis::BackendError>| matches!(r, Err(e) if e.to_string().contains("STALE"));
+
+    // Taken by a queued call, then given back: its copies are refused.
+    let k = unique("give-back-held");
+    let keys = a.keys(&k);
+    let (ta, wa) = (LockToken::generate(), waiter(WAITER_LEASE));
+    acquired(a.try_acquire_queued(&k, &ta, TTL, None, &wa).await.unwrap());
+    assert_eq!(a.give_back(&k, &ta).await.unwrap(), Release::Released);
+    assert_eq!(exists(&mut admin, &[&keys.tombstone(&ta)]).await, 1);
+    let late = a.try_acquire_queued(&k, &ta, TTL, None, &wa).await;
+    assert!(stale(&late), "a late queued copy: {late:?}");
+    let late = a.try_acquire(&k, &ta, TTL, None).await;
+    assert!(stale(&late), "a late plain copy: {late:?}");
+    assert_eq!(exists(&mut admin, &[&keys.lock, &keys.waiters]).await, 0);
+
+    // Handed over by a release, given back before the claim: the claim's
+    // late copy is refused, and the lock is free (nobody was in line).
+    let k = unique("give-back-handover");
+    let keys = holder.keys(&k);
+    let t0 = LockToken::generate();
+    acquired(holder.try_acquire(&k, &t0, TTL, None).await.unwrap());
+    let (ta, wa) = (LockToken::generate(), waiter(WAITER_LEASE));
+    assert!(is_held(
+        &a.try_acquire_queued(&k, &ta, TTL, None, &wa).await.unwrap()
+    ));
+    assert_eq!(holder.release(&k, &t0).await.unwrap(), Release::Released);
+    assert_eq!(
+        get(&mut admin, &keys.lock).await.as_deref(),
+        Some(ta.as_hex()),
+        "handed over to A"
+    );
+    assert_eq!(a.give_back(&k, &ta).await.unwrap(), Release::Released);
+    let late = a.try_acquire_queued(&k, &ta, TTL, None, &wa).await;
+    assert!(stale(&late), "the claim's late copy: {late:?}");
+    assert_eq!(exists(&mut admin, &[&keys.lock, &keys.waiters]).await, 0);
+
+    // A plain release of a held lock leaves no tombstone.
+    let k = unique("plain-release");
+    let keys = a.keys(&k);
+    let t = LockToken::generate();
+    acquired(a.try_acquire(&k, &t, TTL, None).await.unwrap());
+    assert_eq!(a.release(&k, &t).await.unwrap(), Release::Released);
+    assert_eq!(exists(&mut admin, &[&keys.tombstone(&t)]).await, 0);
 }

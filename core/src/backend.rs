@@ -80,6 +80,30 @@ pub trait LockBackend: Send + Sync + 'static {
     /// another token holds. Retrying a release is harmless.
     async fn release(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError>;
 
+    /// Gives `token` back after an acquisition call whose outcome is
+    /// unknown: cancelled in flight, timed out, or followed by further calls
+    /// with a new token. As [`release`](LockBackend::release), and
+    /// additionally **no call with `token` that reaches the store later may
+    /// acquire `key` or join its line**: a copy of a call delayed in the
+    /// network (a timed-out request still in a socket buffer) must not take
+    /// a lock nobody will ever release, whether or not the key was held by
+    /// `token` when this ran.
+    ///
+    /// The [`Locker`](crate::Locker) calls it for every token of an
+    /// acquisition that ended without a guard, and for the token a waiting
+    /// `lock()` stops using after a call timed out (it goes on with a new
+    /// one). A guard's release, whose token saw every call answered, uses
+    /// [`release`](LockBackend::release).
+    ///
+    /// The default calls [`release`](LockBackend::release): right for a
+    /// store whose calls cannot arrive late (in process). A networked
+    /// backend should remember a given-back token for longer than any
+    /// request can be delayed; the Redis backend leaves a tombstone for
+    /// 60 s, which its acquire scripts honour.
+    async fn give_back(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.release(key, token).await
+    }
+
     /// Reads the state of `key` for debugging and tests. Never returns the
     /// holder's token.
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError>;

@@ -337,9 +337,13 @@ impl<B: LockBackend> Locker<B> {
     /// ([`Capabilities::waiter_queue`](crate::Capabilities)), for a
     /// non-zero wait and a TTL of at least [`WAITER_LEASE`]. One token and
     /// one [`WaiterId`] serve every call of this wait, and one ticket gives
-    /// the token back in the background if the wait ends without a guard
-    /// (cancelled, timed out, an error): that release frees a lock handed
-    /// over to it, or takes the place out of the line.
+    /// the token back in the background
+    /// ([`LockBackend::give_back`](crate::LockBackend::give_back)) if the
+    /// wait ends without a guard (cancelled, timed out, an error): that
+    /// frees a lock handed over to it, or takes the place out of the line.
+    /// After a call that timed out (a copy of it may still reach the
+    /// store), the token is given back at once and the wait goes on with a
+    /// new one: every token of a guard saw all its calls answered.
     async fn wait_queued(
         &self,
         key: &LockKey,
@@ -363,7 +367,7 @@ impl<B: LockBackend> Locker<B> {
         // acquires) never needs it.
         let mut waiter: Option<Waiter> = None;
         let new_waiter = || Waiter::new(WaiterId::generate(), WAITER_LEASE);
-        let token = LockToken::generate();
+        let mut token = LockToken::generate();
         // A task of this process went first, or this process was answered
         // `Held` for the key a moment ago: register for the handover and
         // join the line with the first call.
@@ -377,10 +381,12 @@ impl<B: LockBackend> Locker<B> {
         }
         // Armed for the whole call: from the first request on, the token
         // may hold the lock (taken, or handed over) or a place in line.
-        let ticket = PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
+        let mut ticket =
+            PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         let mut last_transient: Option<LockError> = None;
         let mut first = true;
+        let mut unknown = false;
         loop {
             inner.releaser.adopt_orphans();
             crate::telemetry::attempted();
@@ -479,13 +485,27 @@ impl<B: LockBackend> Locker<B> {
                     }
                     continue;
                 }
-                Err(e) => LockError::from(e),
+                Err(e) => {
+                    unknown = e.kind() == BackendErrorKind::Timeout;
+                    LockError::from(e)
+                }
             };
             if !(retry_while_waiting(&error) && Instant::now() < deadline) {
                 return Err(error);
             }
+            if std::mem::take(&mut unknown) {
+                // The call timed out: a copy of it may still reach the
+                // store, after this wait's guard has released the lock, and
+                // take it for a whole TTL. Go on with a new token (and a new
+                // place in line); the old one is given back at once, which
+                // also refuses such a copy (`LockBackend::give_back`).
+                token = LockToken::generate();
+                ticket =
+                    PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
+            }
             tracing::debug!(lock = %key.name(), error = %error, "transient error while queued; retrying");
-            // Retried with the same token, before the place in line lapses.
+            // Retried (with the same token unless the call timed out)
+            // before the place in line lapses.
             let delay = backoff.next_delay().min(refresh_period());
             tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;
             if Instant::now() >= deadline {

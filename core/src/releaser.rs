@@ -41,6 +41,9 @@ struct Job {
     token: LockToken,
     /// Retry transient failures until then.
     until: Instant,
+    /// A give-back ([`LockBackend::give_back`]): a call with the token may
+    /// still be on its way. Otherwise a guard's release.
+    give_back: bool,
 }
 
 struct Slot {
@@ -92,14 +95,24 @@ impl Releaser {
         }
     }
 
-    /// Queues a release of `token`'s lease on `key`, retried until `until`
-    /// (the latest moment the lease could still be held) plus a grace.
+    /// Queues a release of `token`'s lease on `key` (a guard's), retried
+    /// until `until` (the latest moment the lease could still be held) plus
+    /// a grace.
     pub(crate) fn submit(&self, key: LockKey, token: LockToken, until: Instant) {
+        self.queue(key, token, until, false);
+    }
+
+    fn queue(&self, key: LockKey, token: LockToken, until: Instant, give_back: bool) {
         let until = until + GRACE;
         let mut table = self.shared.table();
         let seq = table.next;
         table.next += 1;
-        let job = Job { key, token, until };
+        let job = Job {
+            key,
+            token,
+            until,
+            give_back,
+        };
         let handle = tokio::runtime::Handle::try_current().ok();
         table.slots.insert(
             seq,
@@ -273,7 +286,13 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
         let attempt_until = job.until.max(Instant::now() + GRACE);
         let error = match tokio::time::timeout_at(
             attempt_until,
-            crate::telemetry::release(&job.key, true, backend.release(&job.key, &job.token)),
+            crate::telemetry::release(&job.key, true, async {
+                if job.give_back {
+                    backend.give_back(&job.key, &job.token).await
+                } else {
+                    backend.release(&job.key, &job.token).await
+                }
+            }),
         )
         .await
         {
@@ -320,27 +339,47 @@ fn worth_retrying(error: &BackendError) -> bool {
 /// cancelling the caller's future never leaves a lock held.
 pub(crate) struct PendingRelease<'a> {
     releaser: &'a Releaser,
-    job: Option<(&'a LockKey, &'a LockToken)>,
+    job: Option<(&'a LockKey, LockToken)>,
     /// The lease may be held until the later of `held_at_most` and `ttl`
     /// after the moment this is dropped armed.
     held_at_most: Instant,
     ttl: Duration,
+    /// Dropped armed, it gives the token back ([`LockBackend::give_back`])
+    /// rather than releasing it.
+    give_back: bool,
 }
 
 impl<'a> PendingRelease<'a> {
+    /// Armed around acquisition calls with `token`: dropped armed, it gives
+    /// the token back ([`LockBackend::give_back`]), since a call with it
+    /// may still be on its way.
     pub(crate) fn arm(
         releaser: &'a Releaser,
         key: &'a LockKey,
-        token: &'a LockToken,
+        token: &LockToken,
         held_at_most: Instant,
         ttl: Duration,
     ) -> Self {
         Self {
             releaser,
-            job: Some((key, token)),
+            job: Some((key, token.clone())),
             held_at_most,
             ttl,
+            give_back: true,
         }
+    }
+
+    /// Armed around a guard's release call: dropped armed (the call was
+    /// cancelled), the release goes on in the background.
+    pub(crate) fn arm_release(
+        releaser: &'a Releaser,
+        key: &'a LockKey,
+        token: &LockToken,
+        held_at_most: Instant,
+    ) -> Self {
+        let mut pending = Self::arm(releaser, key, token, held_at_most, Duration::ZERO);
+        pending.give_back = false;
+        pending
     }
 
     pub(crate) fn disarm(mut self) {
@@ -352,7 +391,8 @@ impl Drop for PendingRelease<'_> {
     fn drop(&mut self) {
         if let Some((key, token)) = self.job.take() {
             let until = self.held_at_most.max(Instant::now() + self.ttl);
-            self.releaser.submit(key.clone(), token.clone(), until);
+            self.releaser
+                .queue(key.clone(), token, until, self.give_back);
         }
     }
 }

@@ -266,6 +266,19 @@ pub async fn acquire_by_the_holding_token_renews_its_lease<H: Harness>(h: &H) {
             "the claim renewed the lease to {long:?}, not the claim window; {remaining:?} left"
         );
     }
+    // A late copy of an earlier queued call of the same wait (its answer
+    // timed out, the wait went on with the same token) never shortens the
+    // lease either.
+    let late = backend
+        .try_acquire_queued(&key, &mine, Duration::from_millis(100), None, &waiter)
+        .await
+        .unwrap();
+    assert!(matches!(late, Acquire::Acquired { .. }), "{late:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        is_held(&l, &name).await,
+        "a queued repeat with a shorter TTL shortened the lease"
+    );
     assert_eq!(
         backend.release(&key, &mine).await.unwrap(),
         Release::Released

@@ -167,12 +167,11 @@ impl LockGuard {
         let was_lost = self.lease.is_lost();
         self.finish();
         let state = self.lease.state.clone();
-        let pending = PendingRelease::arm(
+        let pending = PendingRelease::arm_release(
             &self.releaser,
             state.key(),
             &self.token,
             state.held_at_most(),
-            Duration::ZERO,
         );
         let outcome = crate::telemetry::release(
             state.key(),

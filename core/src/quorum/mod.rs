@@ -324,7 +324,16 @@ impl LockBackend for Quorum {
         if let Some(only) = self.single() {
             return only.release(key, token).await;
         }
-        ops::release(&self.inner, key, token).await
+        ops::release(&self.inner, key, token, false).await
+    }
+
+    /// [`release`](LockBackend::release) through every member's
+    /// [`give_back`](LockBackend::give_back).
+    async fn give_back(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        if let Some(only) = self.single() {
+            return only.give_back(key, token).await;
+        }
+        ops::release(&self.inner, key, token, true).await
     }
 
     async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {

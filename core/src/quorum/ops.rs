@@ -107,10 +107,18 @@ pub(super) async fn release(
     q: &Arc<Inner>,
     key: &LockKey,
     token: &LockToken,
+    give_back: bool,
 ) -> Result<Release, BackendError> {
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {
-        calls.push(i, q.member_timeout, release_call(member, key, token));
+        if give_back {
+            let (member, key, token) = (member.clone(), key.clone(), token.clone());
+            calls.push(i, q.member_timeout, async move {
+                member.give_back(&key, &token).await
+            });
+        } else {
+            calls.push(i, q.member_timeout, release_call(member, key, token));
+        }
     }
     // Before returning, hear the member that gates contended acquisitions
     // (see `contention`), not only a majority: a release still in flight
