@@ -23,6 +23,7 @@ use redis::{ErrorKind, RedisError};
 /// | `WRONGTYPE` | `WrongType` | a lock's key holds data distlock did not write (also a lock key without expiry) |
 /// | `MOVED`, `ASK`, `CROSSSLOT` | `Config` | a Redis Cluster node: this backend talks to one server |
 /// | `ERR unknown command` | `Config` | scripting is disabled or renamed on the server |
+/// | `ERR DB index is out of range` | `Config` | the URL's database number is above the server's `databases` |
 /// | `NOSCRIPT` (after the `EVAL` fallback), `EXECABORT` | `Protocol` | cannot happen with these commands |
 /// | `STALE` (distlock's own) | `Other` | a late copy of an acquire whose token was already released; nobody awaits its answer |
 /// | any other `ERR` (a script error) and unknown codes | `Other` | |
@@ -46,6 +47,10 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
                 return BackendErrorKind::Unavailable;
             }
             if detail.starts_with("unknown command") {
+                return BackendErrorKind::Config;
+            }
+            if detail.starts_with("DB index is out of range") {
+                // The URL's database number: no retry can fix it.
                 return BackendErrorKind::Config;
             }
         }

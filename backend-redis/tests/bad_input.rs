@@ -449,6 +449,15 @@ fn rows() -> Vec<Row> {
             RedisBackend::from_url("memcached://127.0.0.1:11211")?;
             Ok(())
         }),
+        row!(
+            "URL with database 99 (the server has 16), used",
+            Backend(Config),
+            mentions | _ | "DB index is out of range".into(),
+            |cx| {
+                let url = format!("{}/99", cx.admin_url().trim_end_matches('/'));
+                try_lock_with_backend(&cx, RedisBackend::from_url(&url)?).await
+            }
+        ),
         // ---- credentials and permissions
         row!(
             "wrong password",

@@ -140,3 +140,39 @@ async fn release_after_max_hold_agrees_with_the_lost_signal() {
         "lost at {at:?}"
     );
 }
+
+/// Renewal never shortens a longer lease set by a manual extend: it waits
+/// until what is left falls to its TTL. Found by a newcomer's trial: an
+/// auto-renewing guard's `extend(60 s)` was put back to the 1 s TTL by the
+/// next renewal, and `keep_for(5 s)` raced by a renewal on another worker
+/// thread kept only the TTL (16 of 400 runs on Redis).
+#[tokio::test(start_paused = true)]
+async fn renewal_never_shortens_a_longer_manual_extend() {
+    let store = distlock_memory::MemoryBackend::new();
+    let locker = distlock::Locker::new(store.clone());
+    let mut guard = locker
+        .lock_with("long", |o| {
+            o.with_ttl(std::time::Duration::from_secs(3))
+                .with_auto_renew(true)
+        })
+        .await
+        .unwrap();
+    guard
+        .extend(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    // Ten renewal periods later the manual lease still stands.
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    let left = locker.inspect("long").await.unwrap().remaining.unwrap();
+    assert!(
+        left > std::time::Duration::from_secs(45),
+        "renewal shortened the 60 s lease to {left:?}"
+    );
+    assert!(guard.lease().remaining() > std::time::Duration::from_secs(45));
+    // Once what is left falls to the TTL, renewal takes over again.
+    tokio::time::sleep(std::time::Duration::from_secs(55)).await;
+    assert!(guard.is_valid(), "renewed past the manual lease");
+    let left = locker.inspect("long").await.unwrap().remaining.unwrap();
+    assert!(left <= std::time::Duration::from_secs(3), "{left:?}");
+    guard.release().await.unwrap();
+}

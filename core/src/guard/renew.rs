@@ -12,7 +12,8 @@ use crate::token::LockToken;
 
 /// Extends the lease every third of its TTL until the guard ends, the lock
 /// is found lost, or `stop_at` (from `max_hold`) is reached: renewal never
-/// sets the lease to end after `stop_at`.
+/// sets the lease to end after `stop_at`, and never shortens a longer lease
+/// set by a manual extend (it waits until what is left falls to its TTL).
 ///
 /// Every call goes through [`LeaseState::extend`], so a renewal whose
 /// outcome is unknown (an error, or no answer before the deadline) leaves
@@ -41,6 +42,16 @@ pub(super) async fn renew(
                 return;
             }
             next_ttl = next_ttl.min(left);
+        }
+        // A manual extend (or `keep_for`, racing this task on another
+        // thread) set a longer lease than this renewal would: never shorten
+        // it; renew again once what is left falls to the renewal TTL.
+        let left = state
+            .valid_until()
+            .saturating_duration_since(Instant::now());
+        if left > next_ttl {
+            wait = left - next_ttl + period;
+            continue;
         }
         // No answer before the deadline (lowered by this call if its TTL is
         // shorter): the lease can no longer be counted on.
