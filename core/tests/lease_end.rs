@@ -176,3 +176,25 @@ async fn renewal_never_shortens_a_longer_manual_extend() {
     assert!(left <= std::time::Duration::from_secs(3), "{left:?}");
     guard.release().await.unwrap();
 }
+
+/// ...and a later manual extend that shortens the lease again hands it
+/// back to renewal within a renewal period (renewal looks every period
+/// while it skips, without a call).
+#[tokio::test(start_paused = true)]
+async fn renewal_resumes_after_a_manual_extend_shortens_the_lease() {
+    use std::time::Duration;
+    let locker = distlock::Locker::new(distlock_memory::MemoryBackend::new());
+    let mut guard = locker
+        .lock_with("short-again", |o| {
+            o.with_ttl(Duration::from_secs(3)).with_auto_renew(true)
+        })
+        .await
+        .unwrap();
+    guard.extend(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    guard.extend(Duration::from_secs(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(guard.is_valid(), "renewal took the lease over again");
+    assert!(locker.inspect("short-again").await.unwrap().held);
+    guard.release().await.unwrap();
+}

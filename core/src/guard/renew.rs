@@ -45,12 +45,13 @@ pub(super) async fn renew(
         }
         // A manual extend (or `keep_for`, racing this task on another
         // thread) set a longer lease than this renewal would: never shorten
-        // it; renew again once what is left falls to the renewal TTL.
+        // it. Look again every period (no call: a later manual extend may
+        // shorten it), and renew once what is left falls to the TTL.
         let left = state
             .valid_until()
             .saturating_duration_since(Instant::now());
         if left > next_ttl {
-            wait = left - next_ttl + period;
+            wait = period;
             continue;
         }
         // No answer before the deadline (lowered by this call if its TTL is
