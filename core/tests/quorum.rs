@@ -8,7 +8,7 @@ use std::time::Duration;
 use distlock::{
     async_trait, Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend,
     LockError, LockInfo, LockKey, LockOptions, LockToken, Locker, Quorum, QuorumConfig,
-    QuorumError, RaiseFence, Release, ReleaseWatch, Waiter, WaiterId,
+    QuorumError, RaiseFence, Release, ReleaseWatch, Waiter, WaiterId, MAX_TTL,
 };
 use distlock_memory::MemoryBackend;
 use tokio::time::Instant;
@@ -1132,4 +1132,142 @@ async fn waiters_behind_a_holder_probe_the_other_members_about_once_a_second() {
             "member {i} was asked {n} times in {held_for:?} by 3 waiters (at most {bound}): {calls:?}"
         );
     }
+}
+
+/// After a split vote, the ordered round retries with the same token while
+/// the give-back of a member whose first acquire failed (but landed) still
+/// runs in the background. The acquisition succeeds without that member;
+/// an extend sent before that give-back lands must not count it as a
+/// "yes" either (found in review: it did, and another client then took a
+/// majority while the guard still counted its lease).
+#[tokio::test(start_paused = true)]
+async fn an_extend_never_counts_a_member_whose_give_back_is_still_running() {
+    let m = members(5);
+    let mt = Duration::from_millis(100);
+    let q = Quorum::with_config(
+        m.iter().cloned(),
+        QuorumConfig::default().with_member_timeout(mt),
+    )
+    .unwrap();
+    let k = key("ordered-extend");
+    let ttl = Duration::from_secs(1);
+    let (t, x) = (LockToken::generate(), LockToken::generate());
+    let start = Instant::now();
+    // A racer holds members 1 and 2, and gives them back 101 ms in.
+    for i in [1, 2] {
+        let out = m[i].store.try_acquire(&k, &x, ttl, None).await.unwrap();
+        assert!(matches!(out, Acquire::Acquired { .. }));
+    }
+    {
+        let (m, k, x) = (m.clone(), k.clone(), x.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(101)).await;
+            for i in [1, 2] {
+                m[i].store.release(&k, &x).await.unwrap();
+            }
+        });
+    }
+    // Member 3: its acquire acts but answers past the member timeout; its
+    // release acts 50 ms after it is sent.
+    m[3].set(SLOW);
+    m[3].late_release.store(true, Ordering::SeqCst);
+    let a = q.try_acquire(&k, &t, ttl, None).await.unwrap();
+    assert!(matches!(a, Acquire::Acquired { .. }), "{a:?}");
+    let acquired_at = start.elapsed();
+    m[3].set(UP);
+    tokio::time::sleep_until(start + Duration::from_millis(130)).await;
+    m[0].set(DOWN);
+    let extended_at = Instant::now();
+    let e = q.extend(&k, &t, ttl).await.unwrap();
+    m[0].set(UP);
+    let believed_until = extended_at + ttl - LockOptions::drift(ttl);
+    assert!(acquired_at < Duration::from_millis(130), "{acquired_at:?}");
+    // Member 0's hold (taken at ~100 ms) ends at ~1.1 s.
+    tokio::time::sleep_until(start + Duration::from_millis(1105)).await;
+    let q2 = quorum(&m);
+    let y = LockToken::generate();
+    let other = q2.try_acquire(&k, &y, ttl, None).await.unwrap();
+    let now = Instant::now();
+    let both =
+        e == Extend::Extended && now < believed_until && matches!(other, Acquire::Acquired { .. });
+    assert!(
+        !both,
+        "extend answered {e:?} (guard counts the lease until {:?} after start), and \
+         another client acquired at {:?}: {other:?}",
+        believed_until - start,
+        now - start
+    );
+}
+
+/// A `watch()` cancelled while it registers with the members (a `lock()`
+/// cut off at its deadline while a member is slow) must not leave the key
+/// without a forwarding task for good (found in review: every later watch
+/// of the key was never woken).
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_watch_registration_does_not_silence_the_key() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("cancelled-watch");
+    m[2].set(SLOW);
+    let cut = tokio::time::timeout(Duration::from_millis(100), q.watch(&k)).await;
+    assert!(cut.is_err(), "registration takes the member timeout");
+    m[2].set(UP);
+    let holder = LockToken::generate();
+    acquired(&q, &k, &holder).await;
+    let mut w = q.watch(&k).await.unwrap().expect("members notify");
+    assert_eq!(q.release(&k, &holder).await.unwrap(), Release::Released);
+    let woken = tokio::time::timeout(Duration::from_secs(30), w.released()).await;
+    assert!(
+        woken.is_ok(),
+        "a release on every member never woke the waiter"
+    );
+}
+
+/// The control of the test above: the same without the cancellation.
+#[tokio::test(start_paused = true)]
+async fn an_uncancelled_watch_is_woken() {
+    let m = members(3);
+    let q = quorum(&m);
+    let k = key("uncancelled-watch");
+    let holder = LockToken::generate();
+    acquired(&q, &k, &holder).await;
+    let mut w = q.watch(&k).await.unwrap().expect("members notify");
+    assert_eq!(q.release(&k, &holder).await.unwrap(), Release::Released);
+    let woken = tokio::time::timeout(Duration::from_secs(30), w.released()).await;
+    assert!(woken.is_ok());
+}
+
+/// A member timeout above the longest TTL is refused when the quorum is
+/// built (found in review: `Duration::MAX`, "no timeout", panicked on the
+/// first give-back with an overflow).
+#[tokio::test(start_paused = true)]
+async fn a_member_timeout_above_the_longest_ttl_is_refused() {
+    let m = members(3);
+    for too_long in [Duration::MAX, MAX_TTL + Duration::from_millis(1)] {
+        let built = Quorum::with_config(
+            m.iter().cloned(),
+            QuorumConfig::default().with_member_timeout(too_long),
+        );
+        assert!(
+            matches!(built, Err(QuorumError::InvalidConfig(_))),
+            "{too_long:?}: {:?}",
+            built.err()
+        );
+    }
+    // The longest allowed one works through a give-back.
+    let q = Quorum::with_config(
+        m.iter().cloned(),
+        QuorumConfig::default().with_member_timeout(MAX_TTL),
+    )
+    .unwrap();
+    let k = key("longest-timeout");
+    let other = LockToken::generate();
+    acquired_on(&m[1], &k, &other).await;
+    acquired_on(&m[2], &k, &other).await;
+    // Member 0 acquires, 1 and 2 are held: member 0 is given back.
+    let out = q
+        .try_acquire(&k, &LockToken::generate(), TTL, None)
+        .await
+        .unwrap();
+    assert!(matches!(out, Acquire::Held { .. }), "{out:?}");
 }

@@ -28,8 +28,9 @@ pub struct QuorumConfig {
     /// that member as failed for this call (every operation). Members
     /// answer concurrently, so a call ends once its outcome is decided (a
     /// majority agreed, or a majority can no longer be reached), and never
-    /// later than this bound. Default [`DEFAULT_MEMBER_TIMEOUT`]; must not
-    /// be zero.
+    /// later than this bound. Default [`DEFAULT_MEMBER_TIMEOUT`]; must be
+    /// above zero and at most [`MAX_TTL`](crate::MAX_TTL) (24 h: a longer
+    /// wait could never leave a lease any validity).
     pub member_timeout: Duration,
     /// Refuse to build a quorum without fencing tokens (when a member lacks
     /// [`Capabilities::fencing`](crate::Capabilities) or, with more than
@@ -132,6 +133,13 @@ pub(super) fn validate(
         return Err(QuorumError::InvalidConfig(
             "member_timeout must be above zero".into(),
         ));
+    }
+    if config.member_timeout > crate::MAX_TTL {
+        return Err(QuorumError::InvalidConfig(format!(
+            "member_timeout {:?} is above the longest TTL ({:?}): no lease could outlast it",
+            config.member_timeout,
+            crate::MAX_TTL
+        )));
     }
     let identities: Vec<Option<String>> = members.iter().map(|m| m.identity()).collect();
     for second in 1..members.len() {

@@ -24,6 +24,13 @@
 //!    which every hold it had has expired. A give-back cut off (its
 //!    acquisition was cancelled, or the runtime shut down) ends with the
 //!    members it had not heard from counted as unknown.
+//! 3. **Running give-backs do not count for extends.** An acquisition
+//!    that follows a give-back within the same call (the ordered round
+//!    after a split vote) does not wait for the background give-backs of
+//!    the members it skips; until those answer, an extend of the token
+//!    does not count those members either (found in review: one that
+//!    still held the token answered "extended", its give-back landed, and
+//!    another client took a majority while the guard counted its lease).
 //!
 //! The cost of rule 2 is liveness, never safety: an acquisition whose
 //! majority needs an uncounted member answers a transient
@@ -69,6 +76,10 @@ struct Slot {
     running: watch::Sender<usize>,
     /// Members whose give-back had an unknown outcome.
     unknown: Vec<usize>,
+    /// Members whose give-back has not answered yet (one entry per running
+    /// release call): it may still land, so they do not count for the
+    /// token's extends meanwhile (an acquisition waits for them instead).
+    in_flight: Vec<usize>,
     /// When the slot may go: every hold of the token has expired by then.
     until: Instant,
     /// The token was released through the quorum while give-backs still
@@ -87,7 +98,7 @@ impl GiveBacks {
 
     /// Registers a give-back of `token` that is about to run; every call
     /// is matched by one [`GiveBacks::end`].
-    fn begin(&self, key: &LockKey, token: &LockToken, keep: Duration) {
+    fn begin(&self, key: &LockKey, token: &LockToken, keep: Duration, members: &[usize]) {
         let now = Instant::now();
         let mut slots = self.slots();
         if slots.len() >= SWEEP_ABOVE {
@@ -98,23 +109,37 @@ impl GiveBacks {
             .or_insert_with(|| Slot {
                 running: watch::Sender::new(0),
                 unknown: Vec::new(),
+                in_flight: Vec::new(),
                 until: now,
                 forgotten: false,
             });
         slot.running.send_modify(|n| *n += 1);
+        slot.in_flight.extend_from_slice(members);
         slot.until = slot.until.max(now + keep);
         self.live.store(slots.len(), Ordering::Release);
     }
 
     /// Ends a give-back registered by [`GiveBacks::begin`]; `unknown` are
     /// the members whose release had no clear answer.
-    fn end(&self, key: &LockKey, token: &LockToken, unknown: &[usize], keep: Duration) {
+    fn end(
+        &self,
+        key: &LockKey,
+        token: &LockToken,
+        unknown: &[usize],
+        keep: Duration,
+        members: &[usize],
+    ) {
         let now = Instant::now();
         let id = (key.clone(), token.clone());
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(&id) else {
             return;
         };
+        for &i in members {
+            if let Some(p) = slot.in_flight.iter().position(|&m| m == i) {
+                slot.in_flight.swap_remove(p);
+            }
+        }
         for &i in unknown {
             if !slot.unknown.contains(&i) {
                 slot.unknown.push(i);
@@ -161,7 +186,13 @@ impl GiveBacks {
         match self.slots().get_mut(&(key.clone(), token.clone())) {
             Some(slot) if slot.until > now || *slot.running.borrow() > 0 => {
                 slot.until = slot.until.max(now + keep);
-                slot.unknown.clone()
+                let mut out = slot.unknown.clone();
+                for &i in &slot.in_flight {
+                    if !out.contains(&i) {
+                        out.push(i);
+                    }
+                }
+                out
             }
             _ => Vec::new(),
         }
@@ -211,9 +242,10 @@ pub(super) async fn give_back(
         for &i in failed {
             later.push(i, q.member_timeout, release_call(&q.members[i], key, token));
         }
-        let mut pending = Pending::begin(q, key, token, keep);
-        pending.unheard.extend(failed);
-        pending.unheard.extend(in_flight.members());
+        let mut members: Vec<usize> = failed.to_vec();
+        members.extend(in_flight.members());
+        let mut pending = Pending::begin(q, key, token, keep, &members);
+        pending.unheard.extend(&members);
         let q = q.clone();
         let background = async move {
             // Both at once: a call's bound runs from when it was started.
@@ -235,7 +267,7 @@ pub(super) async fn give_back(
             Err(_) => background.await,
         }
     }
-    let mut pending = Pending::begin(q, key, token, keep);
+    let mut pending = Pending::begin(q, key, token, keep, held);
     pending.unheard.extend(held);
     hear(&mut pending, now).await;
 }
@@ -247,6 +279,7 @@ struct Pending {
     key: LockKey,
     token: LockToken,
     keep: Duration,
+    registered: Vec<usize>,
     /// Members whose release has not answered (or not been sent) yet.
     unheard: Vec<usize>,
     /// Members whose release failed in a way that may still land.
@@ -254,13 +287,20 @@ struct Pending {
 }
 
 impl Pending {
-    fn begin(q: &Arc<Inner>, key: &LockKey, token: &LockToken, keep: Duration) -> Self {
-        q.give_backs.begin(key, token, keep);
+    fn begin(
+        q: &Arc<Inner>,
+        key: &LockKey,
+        token: &LockToken,
+        keep: Duration,
+        members: &[usize],
+    ) -> Self {
+        q.give_backs.begin(key, token, keep, members);
         Self {
             q: q.clone(),
             key: key.clone(),
             token: token.clone(),
             keep,
+            registered: members.to_vec(),
             unheard: Vec::new(),
             unknown: Vec::new(),
         }
@@ -286,9 +326,13 @@ impl Drop for Pending {
     fn drop(&mut self) {
         let mut unknown = std::mem::take(&mut self.unknown);
         unknown.append(&mut self.unheard);
-        self.q
-            .give_backs
-            .end(&self.key, &self.token, &unknown, self.keep);
+        self.q.give_backs.end(
+            &self.key,
+            &self.token,
+            &unknown,
+            self.keep,
+            &self.registered,
+        );
     }
 }
 
@@ -378,17 +422,17 @@ mod tests {
         let key = LockKey::new("", "forgotten").unwrap();
         let token = LockToken::generate();
         let keep = Duration::from_secs(30);
-        give_backs.begin(&key, &token, keep);
+        give_backs.begin(&key, &token, keep, &[]);
         give_backs.forget(&key, &token);
         assert_eq!(give_backs.live.load(Ordering::Acquire), 1, "still running");
-        give_backs.end(&key, &token, &[1], keep);
+        give_backs.end(&key, &token, &[1], keep, &[]);
         assert_eq!(give_backs.live.load(Ordering::Acquire), 0);
         assert!(give_backs.slots().is_empty());
 
         // Not forgotten: the unknown member is kept for the token's next
         // acquisition.
-        give_backs.begin(&key, &token, keep);
-        give_backs.end(&key, &token, &[1], keep);
+        give_backs.begin(&key, &token, keep, &[]);
+        give_backs.end(&key, &token, &[1], keep, &[]);
         assert_eq!(give_backs.uncounted(&key, &token, keep), vec![1]);
     }
 }

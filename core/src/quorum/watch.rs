@@ -48,7 +48,16 @@ pub(super) async fn watch(
     if !start {
         return Ok(Some(watch));
     }
+    // Cancelled while registering (a `lock()` cut off at its deadline
+    // while a member is slow), the key must not stay marked as forwarded
+    // with no task behind it: no later watch of it would ever be woken.
+    let mut unmark = Unmark {
+        q,
+        key: key.encoded(),
+        armed: true,
+    };
     let registered = register(q, key).await;
+    unmark.armed = false;
     let q = q.clone();
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
@@ -184,6 +193,21 @@ fn ready(q: &Inner, key: &LockKey, indices: &[usize], fired: &[bool]) -> bool {
     {
         Some(gate) => fired[gate],
         None => true,
+    }
+}
+
+/// Unmarks a key as forwarded when dropped armed (see [`watch`]).
+struct Unmark<'a> {
+    q: &'a Inner,
+    key: &'a str,
+    armed: bool,
+}
+
+impl Drop for Unmark<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            stop_forwarding(self.q, self.key);
+        }
     }
 }
 
