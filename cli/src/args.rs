@@ -162,7 +162,12 @@ pub struct WaitArgs {
     pub wait: WaitOpts,
 }
 
-/// Seconds as flock(1) takes them: a non-negative decimal number.
+/// The longest duration any option takes: 10 years. Beyond it a deadline
+/// (now + the duration) could overflow the clock; nothing here needs more.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Seconds as flock(1) takes them: a non-negative decimal number, at most
+/// [`MAX_DURATION`].
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .trim()
@@ -170,14 +175,28 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs)
         .map_err(|_| format!("{s:?} is not a usable number of seconds"))
+        .and_then(|d| at_most(s, d))
 }
 
-/// Seconds (`30`, `0.5`) or a humantime duration (`30s`, `1m 30s`, `250ms`).
+/// Seconds (`30`, `0.5`) or a humantime duration (`30s`, `1m 30s`, `250ms`),
+/// at most [`MAX_DURATION`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    parse_seconds(s).or_else(|_| {
-        humantime::parse_duration(s.trim())
-            .map_err(|e| format!("{s:?} is not a duration (seconds, or e.g. 30s, 2m): {e}"))
-    })
+    let parsed = s.trim().parse::<f64>().is_ok();
+    if parsed {
+        return parse_seconds(s);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration (seconds, or e.g. 30s, 2m): {e}"))
+        .and_then(|d| at_most(s, d))
+}
+
+fn at_most(s: &str, d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the longest duration taken (10 years)"
+        ));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -197,6 +216,16 @@ mod tests {
         assert_eq!(parse_seconds("0").unwrap(), Duration::ZERO);
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
+        // Found in review: 1e19 s parsed, and `now + it` panicked.
+        for huge in ["1e19", "1e10", "400y", "100000000000000s"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(err.contains("10 years"), "{huge}: {err}");
+        }
+        assert!(parse_seconds("1e19").is_err());
+        assert_eq!(
+            parse_duration("3650d").unwrap(),
+            Duration::from_secs(3650 * 86400)
+        );
         assert!(parse_duration("soon").is_err());
     }
 

@@ -25,8 +25,18 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the library's background release before the process exits.
 const CANCEL_GRACE: Duration = Duration::from_millis(300);
 
-/// The signals passed on to the child.
-const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+/// The signals passed on to the command. Each would otherwise end
+/// `distlock` at once and leave the command running without the lock
+/// (SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM too, found in review).
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
 
 /// Runs the command under the lock; returns the exit code.
 pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Failure> {
@@ -63,6 +73,11 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
         .args(&args.command[1..])
         .env("DISTLOCK_NAME", &args.name)
         .env("DISTLOCK_FENCE", guard.fence().to_string())
+        // Its own process group (as `timeout` runs it), so that stopping
+        // it for a lost lease stops what it started too, not only its
+        // first process (a shell script's running child survived that,
+        // found in review).
+        .process_group(0)
         // A last resort if distlock itself fails: never leave the child
         // running without the lock.
         .kill_on_drop(true);
@@ -81,10 +96,11 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
             ));
         }
     };
-    let pid = child
+    // The command's process group (its id is the command's pid).
+    let group = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
+        .map(|id| Pid::from_raw(-id));
 
     let lease = guard.lease();
     let mut lost = false;
@@ -93,8 +109,8 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
         tokio::select! {
             status = child.wait() => break status,
             sig = signals.recv() => {
-                if let Some(pid) = pid {
-                    let _ = kill(pid, sig);
+                if let Some(group) = group {
+                    let _ = kill(group, sig);
                 }
             }
             _ = lease.lost(), if !lost => {
@@ -103,13 +119,16 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
                     "distlock: the lease on {:?} was lost; stopping the command (SIGTERM, SIGKILL after {:?})",
                     args.name, args.kill_grace
                 );
-                if let Some(pid) = pid {
-                    let _ = kill(pid, Signal::SIGTERM);
+                if let Some(group) = group {
+                    let _ = kill(group, Signal::SIGTERM);
                 }
                 kill_at = Some(Instant::now() + args.kill_grace);
             }
             _ = sleep_until(kill_at) => {
                 kill_at = None;
+                if let Some(group) = group {
+                    let _ = kill(group, Signal::SIGKILL);
+                }
                 let _ = child.start_kill();
             }
         }
@@ -117,6 +136,13 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     let status = status
         .map_err(|e| Failure::new(exit::INTERNAL, format!("waiting for the command: {e}")))?;
     let lost = lost || lease.is_lost();
+    if lost {
+        // What the command started and left running must not go on
+        // without the lock either.
+        if let Some(group) = group {
+            let _ = kill(group, Signal::SIGKILL);
+        }
+    }
     match release(guard).await {
         Ok(Release::Released) if !lost => Ok(status_code(status)),
         Ok(_) => Err(lost_failure(&args.name, lost)),

@@ -346,6 +346,81 @@ fn sigterm_while_waiting_ends_the_wait() {
     rt.block_on(guard.release()).unwrap();
 }
 
+/// A lost lease stops everything the command started, not only its first
+/// process (found in review: a shell script's running child was orphaned
+/// and went on without the lock after distlock exited with 79).
+#[test]
+fn a_lost_lease_stops_the_commands_children_too() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let name = unique("tree");
+    let dir = scratch("tree");
+    let ready = dir.join("ready");
+    // The child's output goes elsewhere, so distlock's pipes end with it.
+    let script = format!(
+        "sleep 300 >/dev/null 2>&1 & echo $! > {ready}; wait",
+        ready = ready.display()
+    );
+    let child = spawn(distlock(url).args([
+        "run",
+        "--ttl",
+        "3s",
+        "--kill-grace",
+        "0.5",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let grandchild: i32 = wait_for_file(&ready).trim().parse().unwrap();
+    assert!(running(grandchild));
+    let deleted: i64 = redis_cmd(url, &["DEL", &lock_key(url, &name)]);
+    assert_eq!(deleted, 1);
+    let out = finish(child);
+    assert_eq!(code(&out), LOST, "{}", stderr(&out));
+    let stopped = stops_running(grandchild);
+    if !stopped {
+        let _ = kill(Pid::from_raw(grandchild), Signal::SIGKILL);
+    }
+    assert!(stopped, "the command's child went on without the lock");
+}
+
+/// Signals whose default action would end distlock at once (SIGUSR1 here;
+/// also SIGQUIT, SIGUSR2, SIGALRM) are passed on to the command, and
+/// distlock keeps holding the lock (found in review: SIGUSR1 killed
+/// distlock, and the command ran on without the lock).
+#[test]
+fn sigusr1_is_passed_on_and_distlock_keeps_the_lock() {
+    let url = RedisServer::shared().url();
+    let name = unique("usr1");
+    let dir = scratch("usr1");
+    let (ready, got) = (dir.join("ready"), dir.join("got"));
+    let script = format!(
+        "trap 'echo usr1 > {got}' USR1; trap 'exit 3' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let mut child = spawn(distlock(url).args(["run", &name, "--", "sh", "-c", &script]));
+    let pid: i32 = wait_for_file(&ready).trim().parse().unwrap();
+    let distlock_pid = Pid::from_raw(child.id() as i32);
+    kill(distlock_pid, Signal::SIGUSR1).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    if child.try_wait().unwrap().is_some() {
+        // distlock died of the signal: stop the orphaned command.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        panic!("SIGUSR1 ended distlock, and the command ran on without the lock");
+    }
+    assert_eq!(wait_for_file(&got).trim(), "usr1");
+    assert!(child.try_wait().unwrap().is_none(), "distlock still runs");
+    assert!(inspect(url, &name).held, "and holds the lock");
+    kill(distlock_pid, Signal::SIGTERM).unwrap();
+    let out = finish(child);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stops_running(pid));
+    assert!(!inspect(url, &name).held, "the lock must be free");
+}
+
 /// A reader that stops early (`distlock inspect name | head -1`) ends the
 /// output quietly: exit 0 and nothing on stderr. Before, `inspect`
 /// panicked on the broken pipe (exit 101, a backtrace on stderr). The

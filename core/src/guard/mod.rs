@@ -207,6 +207,12 @@ impl LockGuard {
     /// [`LockGuard::extend`]; then the guard is dropped and released in the
     /// background, so a later run may do the work again.
     pub async fn keep_for(mut self, ttl: Duration) -> Result<(), LockError> {
+        // Renewal stops first: one running on another worker thread between
+        // this extend and `keep` would otherwise set its own TTL over a
+        // shorter `ttl` (found in review).
+        if let Some(task) = self.renewal.take() {
+            task.abort();
+        }
         self.extend(ttl).await?;
         self.keep();
         Ok(())
