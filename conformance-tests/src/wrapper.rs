@@ -231,6 +231,10 @@ impl<B: LockBackend> LockBackend for Wrapped<B> {
 
     // Not hooked: forwarded as they are, so a wrapped backend can still be
     // a quorum member.
+    async fn give_back(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
+        self.inner.give_back(key, token).await
+    }
+
     async fn raise_fence(
         &self,
         key: &LockKey,

@@ -2,8 +2,10 @@
 //! `Locker<Arc<dyn LockBackend>>` or `Locker<Box<dyn LockBackend>>`.
 //!
 //! Every method is forwarded, the optional ones included (`watch`,
-//! `capabilities`): a wrapper that kept the trait's default `watch` would
-//! compile and silently lose release notifications.
+//! `capabilities`, `give_back`, ...): a wrapper that kept the trait's
+//! default `watch` would compile and silently lose release notifications,
+//! and one that kept the default `give_back` would give tokens back without
+//! the backend's protection against late copies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,14 @@ macro_rules! forward_lock_backend {
                 token: &LockToken,
             ) -> Result<Release, BackendError> {
                 (**self).release(key, token).await
+            }
+
+            async fn give_back(
+                &self,
+                key: &LockKey,
+                token: &LockToken,
+            ) -> Result<Release, BackendError> {
+                (**self).give_back(key, token).await
             }
 
             async fn inspect(&self, key: &LockKey) -> Result<LockInfo, BackendError> {

@@ -249,3 +249,27 @@ async fn a_quorum_gives_back_through_its_members_give_back() {
         assert!(!m.inner.inspect(&key).await.unwrap().held, "member {i}");
     }
 }
+
+/// A backend chosen at run time (`Arc<dyn LockBackend>`, `Box<dyn ..>`)
+/// forwards `give_back` too: with the trait's default, a Redis backend
+/// behind a pointer would give back without its tombstone.
+#[tokio::test(start_paused = true)]
+async fn pointers_forward_give_back() {
+    let logged = Logged::default();
+    let key = Locker::new(MemoryBackend::new()).key("k").unwrap();
+    let as_arc: Arc<dyn LockBackend> = Arc::new(logged.clone());
+    let as_box: Box<dyn LockBackend> = Box::new(logged.clone());
+    let (a, b) = (LockToken::generate(), LockToken::generate());
+    as_arc.give_back(&key, &a).await.unwrap();
+    as_box.give_back(&key, &b).await.unwrap();
+    // Through the pointer's own impl (what `Locker<Arc<dyn LockBackend>>`
+    // calls), not only through the vtable.
+    let arc_of_arc: Arc<Arc<dyn LockBackend>> = Arc::new(as_arc.clone());
+    let c = LockToken::generate();
+    LockBackend::give_back(&arc_of_arc, &key, &c).await.unwrap();
+    let calls = logged.calls();
+    for t in [a, b, c] {
+        assert!(calls.contains(&Call::GiveBack(t.clone())), "{calls:?}");
+        assert!(!calls.contains(&Call::Release(t)), "{calls:?}");
+    }
+}
