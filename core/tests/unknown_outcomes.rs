@@ -145,3 +145,28 @@ async fn a_renewal_after_a_longer_manual_extend_sends_nothing_shorter() {
     );
     assert!(g.is_valid(), "and the guard counts on it, rightly");
 }
+
+/// An extend confirmed only after the lease it set could have ended is an
+/// error (`NotHeld`), not `Ok`: the guard can no longer count on the lock
+/// (found in review: it returned `Ok` while `is_valid()` was false).
+#[tokio::test(start_paused = true)]
+async fn an_extend_answered_after_its_lease_ended_is_not_ok() {
+    let store = MemoryBackend::new();
+    let a = Locker::new(Faulty {
+        inner: store.clone(),
+        extend_delay: Duration::from_millis(300),
+        ..Faulty::default()
+    });
+    let mut g = a
+        .try_lock_with("k", |_| ttl(Duration::from_secs(30)).clone())
+        .await
+        .unwrap()
+        .expect("free");
+    let late = g.extend(Duration::from_millis(100)).await;
+    assert!(
+        matches!(late, Err(LockError::NotHeld { .. })),
+        "{late:?} while valid = {}",
+        g.is_valid()
+    );
+    assert!(!g.is_valid());
+}

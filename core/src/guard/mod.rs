@@ -146,6 +146,11 @@ impl LockGuard {
             .extend(self.backend.as_ref(), &self.token, ttl, false)
             .await?
         {
+            // Confirmed, but too late to count on: the new lease could
+            // already have ended when the answer came (found in review:
+            // this returned `Ok` while the lease was lost), as an acquire
+            // answered that late gives no guard.
+            Extend::Extended if !state.is_held() => Err(self.not_held()),
             Extend::Extended => Ok(()),
             Extend::NotHeld => Err(self.not_held()),
         }
