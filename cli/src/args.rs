@@ -181,8 +181,7 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
 /// Seconds (`30`, `0.5`) or a humantime duration (`30s`, `1m 30s`, `250ms`),
 /// at most [`MAX_DURATION`].
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let parsed = s.trim().parse::<f64>().is_ok();
-    if parsed {
+    if s.trim().parse::<f64>().is_ok() {
         return parse_seconds(s);
     }
     humantime::parse_duration(s.trim())

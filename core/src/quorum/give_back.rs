@@ -76,9 +76,10 @@ struct Slot {
     running: watch::Sender<usize>,
     /// Members whose give-back had an unknown outcome.
     unknown: Vec<usize>,
-    /// Members whose give-back has not answered yet (one entry per running
-    /// release call): it may still land, so they do not count for the
-    /// token's extends meanwhile (an acquisition waits for them instead).
+    /// Members of the give-backs still running (one entry per member per
+    /// give-back, until that give-back ends): a release may still land, so
+    /// they do not count for the token's extends meanwhile (an acquisition
+    /// waits for them instead).
     in_flight: Vec<usize>,
     /// When the slot may go: every hold of the token has expired by then.
     until: Instant,
@@ -235,12 +236,20 @@ pub(super) async fn give_back(
     let keep = keep + q.member_timeout;
     let mut now = Calls::new();
     for &i in held {
-        now.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+        now.push(
+            i,
+            q.member_timeout,
+            release_call(&q.members[i], key, token, false),
+        );
     }
     if !failed.is_empty() || !in_flight.is_empty() {
         let mut later = Calls::new();
         for &i in failed {
-            later.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+            later.push(
+                i,
+                q.member_timeout,
+                release_call(&q.members[i], key, token, false),
+            );
         }
         let mut members: Vec<usize> = failed.to_vec();
         members.extend(in_flight.members());
@@ -356,7 +365,7 @@ async fn after_answers(
                 if matches!(answer, Ok(Acquire::Held { .. })) {
                     held.push(i);
                 } else {
-                    releases.push(i, q.member_timeout, release_call(&q.members[i], key, token));
+                    releases.push(i, q.member_timeout, release_call(&q.members[i], key, token, false));
                 }
             }
             Some(answer) = releases.next(), if !releases.is_empty() => released.push(answer),
@@ -397,14 +406,22 @@ fn may_have_landed(e: &BackendError) -> bool {
     )
 }
 
-/// A release of `key` for `token` on `member`, as an owned future.
+/// A release of `key` for `token` on `member`, as an owned future: a
+/// [`LockBackend::give_back`] when `give_back` is set.
 pub(super) fn release_call(
     member: &Arc<dyn LockBackend>,
     key: &LockKey,
     token: &LockToken,
+    give_back: bool,
 ) -> impl std::future::Future<Output = Result<Release, BackendError>> + Send + 'static {
     let (member, key, token) = (member.clone(), key.clone(), token.clone());
-    async move { member.release(&key, &token).await }
+    async move {
+        if give_back {
+            member.give_back(&key, &token).await
+        } else {
+            member.release(&key, &token).await
+        }
+    }
 }
 
 #[cfg(test)]

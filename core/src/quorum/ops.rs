@@ -111,14 +111,11 @@ pub(super) async fn release(
 ) -> Result<Release, BackendError> {
     let mut calls = Calls::new();
     for (i, member) in q.members.iter().enumerate() {
-        if give_back {
-            let (member, key, token) = (member.clone(), key.clone(), token.clone());
-            calls.push(i, q.member_timeout, async move {
-                member.give_back(&key, &token).await
-            });
-        } else {
-            calls.push(i, q.member_timeout, release_call(member, key, token));
-        }
+        calls.push(
+            i,
+            q.member_timeout,
+            release_call(member, key, token, give_back),
+        );
     }
     // Before returning, hear the member that gates contended acquisitions
     // (see `contention`), not only a majority: a release still in flight
