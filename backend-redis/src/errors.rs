@@ -25,7 +25,7 @@ use redis::{ErrorKind, RedisError};
 /// | `ERR unknown command` | `Config` | scripting is disabled or renamed on the server |
 /// | `ERR DB index is out of range` | `Config` | the URL's database number is above the server's `databases` |
 /// | `NOSCRIPT` (after the `EVAL` fallback), `EXECABORT` | `Protocol` | cannot happen with these commands |
-/// | `STALE` (distlock's own) | `Other` | a late copy of an acquire whose token was already released; nobody awaits its answer |
+/// | `STALE` (distlock's own) | `Other`, [needs a new token](BackendError::needs_new_token) (so transient) | a late copy of an acquire whose token was already released (nobody awaits its answer), or a retry with a token given back here (a quorum member): a new token can succeed |
 /// | any other `ERR` (a script error) and unknown codes | `Other` | |
 pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
     match err.code() {
@@ -140,7 +140,11 @@ pub(crate) fn from_redis(what: &str, err: RedisError) -> BackendError {
         },
         _ => format!("{what}: {err}"),
     };
-    BackendError::new(kind, message).with_source(err)
+    // A token given back here is refused for good; a new one can win.
+    let stale = err.code() == Some("STALE");
+    BackendError::new(kind, message)
+        .with_needs_new_token(stale)
+        .with_source(err)
 }
 
 /// A failure to get a pooled connection.

@@ -802,7 +802,9 @@ async fn a_given_back_token_refuses_its_late_copies() {
     let url = RedisServer::shared().url();
     let (holder, a) = (backend(url), backend(url));
     let mut admin = admin(url).await;
-    let stale = |r: &Result<Acquire, distlock_redis::BackendError>| matches!(r, Err(e) if e.to_string().contains("STALE"));
+    // Refused as STALE, and marked so that a waiting `lock()` goes on with
+    // a new token (`BackendError::needs_new_token`).
+    let stale = |r: &Result<Acquire, distlock_redis::BackendError>| matches!(r, Err(e) if e.to_string().contains("STALE") && e.needs_new_token() && e.is_transient());
 
     // Taken by a queued call, then given back: its copies are refused.
     let k = unique("give-back-held");

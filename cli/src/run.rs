@@ -21,10 +21,6 @@ use crate::wait::acquire;
 /// normally ends it sooner.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long an acquisition cancelled by a signal gets to be given back by
-/// the library's background release before the process exits.
-const CANCEL_GRACE: Duration = Duration::from_millis(300);
-
 /// The signals passed on to the command. Each would otherwise end
 /// `distlock` at once and leave the command running without the lock
 /// (SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM too, found in review).
@@ -55,9 +51,15 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
             guard.map_err(|e| Failure::from_lock_error(e, conflict))?
         }
         sig = signals.recv() => {
-            // Dropping the acquisition queues the release of a lock taken
-            // in flight; give the background task a moment to send it.
-            tokio::time::sleep(CANCEL_GRACE).await;
+            // The acquisition was dropped when this branch was chosen, which
+            // queued the give-back of its token (a lock taken in flight, a
+            // place in line). Wait for it before exiting, or the lock could
+            // stay held for a TTL; bounded, and a second signal ends it.
+            // (Before: a fixed 300 ms, too short for a slow server.)
+            tokio::select! {
+                _ = tokio::time::timeout(RELEASE_TIMEOUT, locker.flush()) => {}
+                _ = signals.recv() => {}
+            }
             return Ok(128 + sig as u8);
         }
     };

@@ -95,7 +95,7 @@ impl LockError {
 /// | the lock's storage has another shape | [`WrongType`](Self::WrongType) | `42P01` missing table, `42703` missing column | `WRONGTYPE`, a lock key without expiry |
 /// | the backend's own configuration is unusable | [`Config`](Self::Config) | bad connection string | bad URL, untrusted TLS certificate, `MOVED`/`ASK`/`CROSSSLOT` (a Cluster node), `ERR unknown command` |
 /// | an answer the backend cannot interpret | [`Protocol`](Self::Protocol) | unexpected row shape | unexpected reply type, `EXECABORT`, `NOSCRIPT` after the `EVAL` fallback |
-/// | anything else (not retried) | [`Other`](Self::Other) | | script errors, `STALE` (a late acquire refused) |
+/// | anything else (not retried) | [`Other`](Self::Other) | | script errors, `STALE` (a late acquire refused; [needs a new token](BackendError::needs_new_token), so retried with one) |
 ///
 /// When unsure between a transient kind and [`Other`](Self::Other), ask
 /// whether repeating the very same call in a second could succeed. The
@@ -176,6 +176,7 @@ impl fmt::Display for BackendErrorKind {
 pub struct BackendError {
     kind: BackendErrorKind,
     transient: Option<bool>,
+    needs_new_token: bool,
     message: String,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
 }
@@ -187,6 +188,7 @@ impl BackendError {
         Self {
             kind,
             transient: None,
+            needs_new_token: false,
             message: message.into(),
             source: None,
         }
@@ -198,6 +200,28 @@ impl BackendError {
     pub fn with_transient(mut self, transient: bool) -> Self {
         self.transient = Some(transient);
         self
+    }
+
+    /// Marks (or unmarks) this error as one that no retry **with the same
+    /// token** can get past, although a new token may succeed at once: the
+    /// store refuses the token for good because it was released or given
+    /// back there before (Redis answers `STALE`), or a combinator can no
+    /// longer count enough members for it (a [`Quorum`](crate::Quorum)
+    /// whose members' give-backs of the token had unknown outcomes).
+    ///
+    /// A waiting [`Locker::lock`](crate::Locker::lock) then goes on with a
+    /// new token (and a new place in line), giving the old one back,
+    /// instead of retrying in vain until its wait ends. Such an error is
+    /// transient unless [`BackendError::with_transient`] says otherwise.
+    pub fn with_needs_new_token(mut self, needs_new_token: bool) -> Self {
+        self.needs_new_token = needs_new_token;
+        self
+    }
+
+    /// Whether a retry needs a new token; see
+    /// [`BackendError::with_needs_new_token`].
+    pub fn needs_new_token(&self) -> bool {
+        self.needs_new_token
     }
 
     /// Attaches the underlying error.
@@ -212,10 +236,12 @@ impl BackendError {
     }
 
     /// True when a retry may succeed: as set by
-    /// [`BackendError::with_transient`], else as
+    /// [`BackendError::with_transient`], else true for an error that
+    /// [needs a new token](BackendError::needs_new_token), else as
     /// [`BackendErrorKind::is_transient`] says for its kind.
     pub fn is_transient(&self) -> bool {
-        self.transient.unwrap_or_else(|| self.kind.is_transient())
+        self.transient
+            .unwrap_or_else(|| self.needs_new_token || self.kind.is_transient())
     }
 
     /// The message, without the kind.
@@ -231,6 +257,7 @@ impl fmt::Debug for BackendError {
         f.debug_struct("BackendError")
             .field("kind", &self.kind)
             .field("transient", &self.is_transient())
+            .field("needs_new_token", &self.needs_new_token)
             .field("message", &self.message)
             .field("source", &self.source)
             .finish()

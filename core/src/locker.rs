@@ -486,7 +486,10 @@ impl<B: LockBackend> Locker<B> {
                     continue;
                 }
                 Err(e) => {
-                    unknown = e.kind() == BackendErrorKind::Timeout;
+                    // A timed-out call may still land; a token the backend
+                    // refuses for good cannot win: both go on with a new
+                    // token below.
+                    unknown = e.kind() == BackendErrorKind::Timeout || e.needs_new_token();
                     LockError::from(e)
                 }
             };
@@ -496,9 +499,11 @@ impl<B: LockBackend> Locker<B> {
             if std::mem::take(&mut unknown) {
                 // The call timed out: a copy of it may still reach the
                 // store, after this wait's guard has released the lock, and
-                // take it for a whole TTL. Go on with a new token (and a new
-                // place in line); the old one is given back at once, which
-                // also refuses such a copy (`LockBackend::give_back`).
+                // take it for a whole TTL. Or the backend refuses this
+                // token for good (`BackendError::needs_new_token`). Go on
+                // with a new token (and a new place in line); the old one
+                // is given back at once, which also refuses such a copy
+                // (`LockBackend::give_back`).
                 token = LockToken::generate();
                 ticket =
                     PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);

@@ -1271,3 +1271,44 @@ async fn a_member_timeout_above_the_longest_ttl_is_refused() {
         .unwrap();
     assert!(matches!(out, Acquire::Held { .. }), "{out:?}");
 }
+
+/// A waiting `lock()` whose token can no longer win a majority (two of
+/// three members do not count for it: their give-backs had unknown
+/// outcomes) goes on with a new token at once. Before, it kept the token
+/// and got the same transient error on every try, each try keeping the
+/// members uncounted for a TTL more, so the wait ended without the lock
+/// although the lock was free.
+#[tokio::test(start_paused = true)]
+async fn a_wait_whose_token_cannot_win_a_majority_goes_on_with_a_new_token() {
+    let m = members(3);
+    let k = key("retired");
+    let other = LockToken::generate();
+    acquired_on(&m[2], &k, &other).await;
+    // The first call of the wait: member 0 acquires and its give-back
+    // times out (it lands 3 s later), member 1 is down (its give-back
+    // fails too), member 2 is held. Both given-back members are of
+    // unknown outcome for this wait's token.
+    m[1].set(DOWN);
+    m[0].stalled_release.store(true, Ordering::SeqCst);
+    let locker = patient_waiter(&m);
+    let task = tokio::spawn(async move {
+        let g = locker.lock("retired").await?;
+        let at = Instant::now();
+        g.release().await?;
+        Ok::<_, LockError>(at)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m[0].stalled_release.store(false, Ordering::SeqCst);
+    m[1].set(UP);
+    let freed = Instant::now();
+    m[2].store.release(&k, &other).await.unwrap();
+    let got = task
+        .await
+        .unwrap()
+        .expect("the lock is free: lock() must get it");
+    assert!(
+        got - freed < Duration::from_secs(2),
+        "got the free lock {:?} after its release",
+        got - freed
+    );
+}

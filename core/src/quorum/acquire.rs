@@ -273,7 +273,32 @@ pub(super) async fn acquire_queued(
 /// The answer of an acquisition that found no majority: `Ok(Held)` when
 /// members reported the key held (contention) unless a majority failed
 /// outright (then the outage is the news), else the combined error.
+///
+/// When this token can no longer win a majority whoever holds the key (the
+/// members that do not count for it, or that refuse it for good, leave
+/// fewer than a majority), the answer is a transient `Unavailable` error
+/// that [needs a new token](BackendError::needs_new_token), so a waiting
+/// `lock()` goes on with one at once instead of retrying in vain.
 fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
+    let mut lost = tally.uncounted.clone();
+    for (i, e) in &tally.errors {
+        if e.needs_new_token() && !lost.contains(i) {
+            lost.push(*i);
+        }
+    }
+    if q.members.len() - lost.len() < q.majority {
+        lost.sort_unstable();
+        return Err(BackendError::new(
+            BackendErrorKind::Unavailable,
+            format!(
+                "quorum acquire: members {lost:?} cannot count for this token (an earlier \
+                 give-back of it there has an unknown outcome, or they refuse it as given \
+                 back), which leaves fewer than a majority of {}; a new token can win",
+                q.majority
+            ),
+        )
+        .with_needs_new_token(true));
+    }
     if tally.held > 0 && tally.errors.len() < q.majority {
         return Ok(Acquire::Held {
             remaining: tally.remaining,
@@ -299,7 +324,8 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
                  earlier give-back of it there has an unknown outcome and may still land",
                 combined.message()
             ),
-        ));
+        )
+        .with_needs_new_token(true));
     }
     Err(combined)
 }

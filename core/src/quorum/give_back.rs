@@ -35,7 +35,9 @@
 //! The cost of rule 2 is liveness, never safety: an acquisition whose
 //! majority needs an uncounted member answers a transient
 //! [`Unavailable`](crate::BackendErrorKind::Unavailable) error naming it,
-//! so a `lock()` keeps trying until its wait ends. Which errors count as
+//! marked [`needs_new_token`](crate::BackendError::needs_new_token), so a
+//! waiting `lock()` goes on with a new token at once (which every member
+//! counts) instead of retrying in vain until its wait ends. Which errors count as
 //! unknown: every kind except those that say nothing was done
 //! (`PoolExhausted`, `Conflict`, `Auth`, `Permission`, `Config`); a broken
 //! connection (`Unavailable`) or a timeout may come after the request was
