@@ -39,8 +39,10 @@
 //!         // lease ran out), store `token` with an expiry of `ttl`, bump the
 //!         // key's fencing counter and answer `Acquired { fence }`; if
 //!         // `token` already holds it (a retried request, or a handover
-//!         // claimed), answer the same fence again and renew the expiry
-//!         // and owner to this call's; else `Held { remaining }`.
+//!         // claimed), answer the same fence again, renew the owner to
+//!         // this call's and the expiry to this call's `ttl`, never
+//!         // shortening a longer lease (a late repeat after an `extend`);
+//!         // else `Held { remaining }`.
 //!         store_call(format!("acquire {key} {token:?} {ttl:?} {owner:?}"))
 //!     }
 //!
@@ -146,7 +148,10 @@
 //! `release_notify` without `registered_waiters`). Skips are written
 //! straight to the terminal (`distlock-conformance: SKIPPED ...`), never
 //! only to captured output. With `DISTLOCK_CONFORMANCE_NO_SKIP=1`
-//! ([`NO_SKIP_ENV`](crate::NO_SKIP_ENV)) a skip fails instead.
+//! ([`NO_SKIP_ENV`](crate::NO_SKIP_ENV)) a skip fails instead; a case
+//! for a capability your backend does not claim (`NOT APPLICABLE ...`)
+//! is not a skip and still passes, so a backend without release
+//! notifications can run under it.
 //!
 //! For a suite that needs a service not every developer runs, either skip
 //! in `setup` as above, or put attributes on every generated test:
@@ -211,12 +216,15 @@
 //! );
 //! -- try_acquire: take a free or expired row, or create it; the fence is
 //! -- computed under the row lock, from the row itself. The holder's own
-//! -- token (a retried request) keeps its fence and renews its lease.
+//! -- token (a retried request) keeps its fence and renews its lease, never
+//! -- shortening a longer one (a late repeat after an extend).
 //! INSERT INTO distlock AS l (key_digest, namespace, name, token, owner, expires_at, fence)
 //! VALUES ($1, $2, $3, $4, $5, now() + $6 * interval '1 millisecond', 1)
 //! ON CONFLICT (key_digest) DO UPDATE
 //!    SET token = excluded.token, owner = excluded.owner,
-//!        expires_at = excluded.expires_at,
+//!        expires_at = CASE WHEN l.token = excluded.token AND l.expires_at > now()
+//!                          THEN greatest(l.expires_at, excluded.expires_at)
+//!                          ELSE excluded.expires_at END,
 //!        fence = CASE WHEN l.token = excluded.token AND l.expires_at > now()
 //!                     THEN l.fence ELSE l.fence + 1 END
 //!  WHERE l.token IS NULL OR l.expires_at <= now() OR l.token = excluded.token

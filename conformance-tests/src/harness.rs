@@ -16,6 +16,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// then calls [`Harness::setup`] inside it, so setup may connect
 /// asynchronously. Hooks return errors instead of panicking; the suite turns
 /// an error into a test failure that names the hook.
+///
+/// **Cleanup.** Each case drops its harness value when it ends (also when
+/// it fails), inside the case's runtime: remove what [`Harness::setup`]
+/// created (a scratch database file, a schema, a container) in a `Drop`
+/// implementation, or a full run leaves one per case behind.
 #[async_trait]
 pub trait Harness: Sized + Send + Sync + 'static {
     /// The backend under test.

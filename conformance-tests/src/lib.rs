@@ -14,15 +14,16 @@
 //! that survive cleanup, the error-kind mapping, the harness, skipping, and
 //! the stress drivers.
 //!
-//! **Skipped cases are visible.** A case that needs a capability the
-//! backend does not claim ([`CASE_NEEDS`]) or an optional hook the harness
-//! does not provide writes `distlock-conformance: SKIPPED <case>: <why>`
-//! straight to the terminal (libtest does not capture it) and passes; the
-//! `capability_report` test lists every skip and fails where the harness and
-//! the backend disagree (for example a paused clock for a backend that does
+//! **Skipped cases are visible.** A case that needs an optional hook the
+//! harness does not provide writes `distlock-conformance: SKIPPED <case>:
+//! <why>` straight to the terminal (libtest does not capture it) and
+//! passes; one that needs a capability the backend does not claim
+//! ([`CASE_NEEDS`]) writes `NOT APPLICABLE <case>: <why>`. The
+//! `capability_report` test lists both and fails where the harness and the
+//! backend disagree (for example a paused clock for a backend that does
 //! not follow tokio's clock, or `release_notify` without a working
 //! `watch`). With `DISTLOCK_CONFORMANCE_NO_SKIP=1` ([`NO_SKIP_ENV`]) every
-//! skip fails instead.
+//! skip fails instead; a case that does not apply still passes.
 //!
 //! A complete harness, here for the in-memory backend; the scenarios in
 //! [`scenarios`] can also be called one by one:

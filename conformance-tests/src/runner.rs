@@ -12,6 +12,13 @@ use crate::harness::{BoxError, Harness, SetupError};
 
 /// The environment variable that turns every skip into a failure (set it
 /// to `1` in CI, where the store must be there and every case must run).
+///
+/// A case that needs a capability the backend does not claim
+/// ([`Need::is_capability`]) is not a skip but does not apply: it is
+/// announced as `NOT APPLICABLE` and passes even with this set, so a
+/// backend that honestly lacks an optional capability (release
+/// notifications, fencing) can run under it. A setup skip and a missing
+/// harness hook are skips.
 pub const NO_SKIP_ENV: &str = "DISTLOCK_CONFORMANCE_NO_SKIP";
 
 /// What a case needs beyond the contract every backend meets.
@@ -24,6 +31,15 @@ pub enum Need {
     ReleaseNotify,
     /// The [`Harness::unreachable_client`] hook.
     UnreachableClient,
+}
+
+impl Need {
+    /// Whether this is a capability the backend may honestly lack (the case
+    /// does not apply to it), rather than something the harness should
+    /// provide (a skip, which [`NO_SKIP_ENV`] forbids).
+    pub fn is_capability(self) -> bool {
+        matches!(self, Need::Fencing | Need::ReleaseNotify)
+    }
 }
 
 impl fmt::Display for Need {
@@ -122,7 +138,13 @@ pub(crate) fn skipped_for(case: &str, caps: Capabilities) -> bool {
             Need::UnreachableClient => true,
         };
         if name == case && !has {
-            skip(case, &format!("the backend lacks {need}"));
+            if need.is_capability() {
+                announce(&format!(
+                    "NOT APPLICABLE {case}: the backend does not claim {need}"
+                ));
+            } else {
+                skip(case, &format!("the backend lacks {need}"));
+            }
             return true;
         }
     }
@@ -166,7 +188,8 @@ pub struct CapabilityReport {
     pub waiter_hook: bool,
     /// Whether [`Harness::unreachable_client`] gives a client.
     pub unreachable_hook: bool,
-    /// Cases that skip with this backend, and why.
+    /// Cases that skip, or do not apply ([`Need::is_capability`]), with
+    /// this backend, and why.
     pub skipped: Vec<(&'static str, Need)>,
     /// Notes that are not problems.
     pub notes: Vec<String>,
@@ -232,7 +255,8 @@ impl CapabilityReport {
             ),
             (false, true) => report.problems.push(
                 "LockBackend::watch returns a watch but Capabilities::release_notify is false \
-                 (waiters would never use it)"
+                 (the capabilities must say what the backend does: wrappers and combinators \
+                 such as Quorum decide by them)"
                     .into(),
             ),
             _ => {}
@@ -288,7 +312,14 @@ impl fmt::Display for CapabilityReport {
             writeln!(f, "every case runs")?;
         }
         for (case, need) in &self.skipped {
-            writeln!(f, "SKIPPED {case}: needs {need}")?;
+            if need.is_capability() {
+                writeln!(
+                    f,
+                    "NOT APPLICABLE {case}: the backend does not claim {need}"
+                )?;
+            } else {
+                writeln!(f, "SKIPPED {case}: needs {need}")?;
+            }
         }
         for note in &self.notes {
             writeln!(f, "note: {note}")?;
@@ -316,7 +347,7 @@ pub fn run_capability_report<H: Harness>() {
             assert!(report.is_consistent(), "{report}");
             if skips_forbidden() {
                 assert!(
-                    report.skipped.is_empty(),
+                    report.skipped.iter().all(|(_, need)| need.is_capability()),
                     "{NO_SKIP_ENV} forbids skips: {report}"
                 );
             }

@@ -494,11 +494,73 @@ fn release_of_an_expired_lease_saying_released_is_caught() {
             stale_guard_cannot_touch_new_holder
         ),
         case!(ReleaseOfExpiredSaysReleased, double_release_is_harmless),
-        // extend_after_expiry_is_not_held no longer sees it: a guard that
-        // counted its lease as lost reports NotHeld whatever the backend's
-        // release says; stale_guard_cannot_touch_new_holder asks the
-        // backend directly.
+        // A lease that ran out and nobody took since, released through the
+        // backend (a guard that counted its lease as lost reports NotHeld
+        // whatever the backend says, so the case asks the backend too;
+        // found missing by a backend author's trial).
+        case!(
+            ReleaseOfExpiredSaysReleased,
+            extend_after_expiry_is_not_held
+        ),
     ]);
+}
+
+/// `Held.remaining` 1000 times too short (a unit mix-up): waiters sleep on
+/// it, so they poll the store a thousand times too often.
+#[derive(Default)]
+struct RemainingTooShort;
+
+impl RemainingTooShort {
+    fn shrink(outcome: Acquire) -> Acquire {
+        match outcome {
+            Acquire::Held {
+                remaining: Some(left),
+            } => Acquire::Held {
+                remaining: Some(left / 1000),
+            },
+            other => other,
+        }
+    }
+}
+
+#[distlock::async_trait]
+impl Hooks<MemoryBackend> for RemainingTooShort {
+    async fn try_acquire(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        Ok(Self::shrink(
+            inner.try_acquire(key, token, ttl, owner).await?,
+        ))
+    }
+
+    async fn try_acquire_queued(
+        &self,
+        inner: &MemoryBackend,
+        key: &LockKey,
+        token: &LockToken,
+        ttl: Duration,
+        owner: Option<&str>,
+        waiter: &Waiter,
+    ) -> Result<Acquire, BackendError> {
+        Ok(Self::shrink(
+            inner
+                .try_acquire_queued(key, token, ttl, owner, waiter)
+                .await?,
+        ))
+    }
+}
+
+#[test]
+fn a_held_answer_with_a_wrong_remaining_lease_is_caught() {
+    assert_caught::<RemainingTooShort>(&[case!(
+        RemainingTooShort,
+        acquire_free_then_held_then_free
+    )]);
 }
 
 #[test]

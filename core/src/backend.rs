@@ -96,10 +96,16 @@ pub trait LockBackend: Send + Sync + 'static {
     /// [`release`](LockBackend::release).
     ///
     /// The default calls [`release`](LockBackend::release): right for a
-    /// store whose calls cannot arrive late (in process). A networked
-    /// backend should remember a given-back token for longer than any
-    /// request can be delayed; the Redis backend leaves a tombstone for
-    /// 60 s, which its acquire scripts honour.
+    /// store whose calls act at once and cannot arrive late (an in-process
+    /// map behind a lock, as `distlock-memory`). A backend whose calls can
+    /// still act after the caller gave up on them should remember a
+    /// given-back token for longer than any call can be delayed: a
+    /// networked store, and also an embedded one driven through
+    /// `spawn_blocking` or a thread pool (a cancelled call keeps running
+    /// there and may land after the give-back). The Redis backend leaves a
+    /// tombstone for 60 s, which its acquire scripts honour; an acquire
+    /// refused that way is best answered with an error marked
+    /// [`needs_new_token`](BackendError::needs_new_token).
     async fn give_back(&self, key: &LockKey, token: &LockToken) -> Result<Release, BackendError> {
         self.release(key, token).await
     }

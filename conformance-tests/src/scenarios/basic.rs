@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use distlock::{LockError, LockOptions, Release};
+use distlock::{Acquire, LockBackend, LockError, LockOptions, LockToken, Release};
 
 use crate::support::{is_held, locker};
 use crate::{unique_name, Harness};
@@ -26,6 +26,26 @@ pub async fn acquire_free_then_held_then_free<H: Harness>(h: &H) {
         b.try_lock(&name).await.unwrap().is_none(),
         "a held lock gives None"
     );
+    // `Held.remaining` is the holder's remaining lease (waiters sleep on
+    // it): here about the default TTL, never more.
+    let lease = LockOptions::default().ttl;
+    let key = b.key(&name).unwrap();
+    let held = b
+        .backend()
+        .try_acquire(&key, &LockToken::generate(), lease, None)
+        .await
+        .unwrap();
+    match held {
+        Acquire::Held { remaining: None } => {}
+        Acquire::Held {
+            remaining: Some(left),
+        } => assert!(
+            left > lease / 2 && left <= lease,
+            "Held.remaining must be the holder's remaining lease, about {lease:?} here \
+             (waiters sleep on it): {left:?}"
+        ),
+        other => panic!("a held lock answers Held: {other:?}"),
+    }
     let independent = b.try_lock(&other).await.unwrap();
     assert!(independent.is_some(), "another name is independent");
     assert_eq!(guard.release().await.unwrap(), Release::Released);

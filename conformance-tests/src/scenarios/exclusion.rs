@@ -78,6 +78,11 @@ pub async fn mutual_exclusion_counter<H: Harness>(h: &H) {
                     let guard = l.lock_with(&name, |_| opts.clone()).await.expect("lock");
                     let now_inside = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     max_inside.fetch_max(now_inside, Ordering::SeqCst);
+                    assert_eq!(
+                        now_inside, 1,
+                        "two holders at once: lock() granted a lock another task held \
+                         (the acquire is not atomic, or ignores an unexpired lease)"
+                    );
                     // A non-atomic read-modify-write: only the lock protects it.
                     let read = value.load(Ordering::SeqCst);
                     if i % 10 == 0 {
@@ -87,7 +92,12 @@ pub async fn mutual_exclusion_counter<H: Harness>(h: &H) {
                     }
                     value.store(read + 1, Ordering::SeqCst);
                     inside.fetch_sub(1, Ordering::SeqCst);
-                    assert_eq!(guard.release().await.unwrap(), Release::Released);
+                    assert_eq!(
+                        guard.release().await.unwrap(),
+                        Release::Released,
+                        "the holder's release found the lock no longer its own: someone \
+                         else was granted it while it was held (two holders)"
+                    );
                 }
             }));
         }
@@ -135,7 +145,12 @@ pub async fn every_contender_progresses<H: Harness>(h: &H) {
                 };
                 acquired += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                assert_eq!(guard.release().await.unwrap(), Release::Released);
+                assert_eq!(
+                    guard.release().await.unwrap(),
+                    Release::Released,
+                    "the holder's release found the lock no longer its own: someone \
+                     else was granted it while it was held (two holders)"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             acquired

@@ -117,6 +117,12 @@ pub async fn extend_after_expiry_is_not_held<H: Harness>(h: &H) {
         Extend::NotHeld,
         "extending an expired lease through the backend"
     );
+    assert_eq!(
+        a.backend().release(&key, &token).await.unwrap(),
+        Release::NotHeld,
+        "releasing a lease that ran out (nobody took the lock since) through the backend: \
+         the token no longer holds it"
+    );
     for name in [&by_guard, &by_backend] {
         assert!(!is_held(&b, name).await, "an extend revived {name}");
         assert!(b.try_lock(name).await.unwrap().is_some());

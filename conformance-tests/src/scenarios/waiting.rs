@@ -199,7 +199,12 @@ async fn cancel_at_many_points<B: LockBackend>(l: &Locker<B>, name: &str, opts: 
         let limit = Duration::from_micros(step * 150);
         if let Ok(got) = tokio::time::timeout(limit, attempt).await {
             let got = got.expect("a free name");
-            assert_eq!(got.release().await.unwrap(), Release::Released);
+            assert_eq!(
+                got.release().await.unwrap(),
+                Release::Released,
+                "a lock() that completed before its cancellation: its guard's release \
+                 found the lock no longer held by it"
+            );
         }
     }
 }

@@ -343,9 +343,18 @@ impl LockBackend for Quorum {
         ops::inspect(&self.inner, key).await
     }
 
+    /// With one member, that member's. With several, a watch woken by any
+    /// member's release notification when **every** member sends them (the
+    /// quorum's [`Capabilities::release_notify`]); otherwise `None`, and a
+    /// waiting [`Locker`](crate::Locker) polls with its backoff (found by a
+    /// backend author's trial: a watch came back while the capability said
+    /// there was none).
     async fn watch(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         if let Some(only) = self.single() {
             return only.watch(key).await;
+        }
+        if !self.inner.capabilities.release_notify {
+            return Ok(None);
         }
         watch::watch(&self.inner, key).await
     }
@@ -391,6 +400,12 @@ impl LockBackend for Quorum {
                 only.try_acquire_queued(key, token, ttl, owner, waiter)
                     .await
             }
+            // Not every member keeps a line: no line at all (a gate that
+            // kept one would hand the key to a waiter the other members
+            // know nothing of).
+            None if !self.inner.capabilities.waiter_queue => {
+                acquire::acquire(&self.inner, key, token, ttl, owner).await
+            }
             None => {
                 acquire::acquire_queued(&self.inner, key, token, ttl, owner, Some(waiter)).await
             }
@@ -402,8 +417,9 @@ impl LockBackend for Quorum {
     /// line: the gate member's own `watch_queued`, so a waiter wakes when
     /// the gate is handed to it (or released with nobody in line) and not
     /// on every member's release, which would wake every waiter of every
-    /// process. Otherwise (or if that registration fails)
-    /// [`LockBackend::watch`].
+    /// process. Otherwise (or if that registration fails), and always when
+    /// not every member keeps a line (the quorum's
+    /// [`Capabilities::waiter_queue`]), [`LockBackend::watch`].
     async fn watch_queued(
         &self,
         key: &LockKey,
@@ -411,6 +427,9 @@ impl LockBackend for Quorum {
     ) -> Result<Option<ReleaseWatch>, BackendError> {
         if let Some(only) = self.single() {
             return only.watch_queued(key, waiter).await;
+        }
+        if !self.inner.capabilities.waiter_queue {
+            return self.watch(key).await;
         }
         if let Some(g) = self.inner.contention.gate_member() {
             let gate = &self.inner.members[g];
