@@ -192,7 +192,7 @@ impl RedisBackend {
         let info = config.client_connection_info()?;
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.command_timeout));
+            .set_response_timeout(Some(config.response_timeout()));
         let manager = Manager::new_with_config(info.clone(), connection)
             .map_err(|e| from_redis("building the connection pool", e))?;
         let pool = ManagedPool::builder(CheckIdleManager::new(manager))

@@ -356,6 +356,24 @@ impl RedisConfig {
         }
         KeyLayout::new(&self.key_prefix)?;
         self.topology.validate()?;
+        if let Topology::Cluster { .. } = self.topology {
+            // Found in review: both passed validation and failed at connect
+            // with a transient error, so waiters retried a configuration
+            // error.
+            if info.redis_settings().db() != 0 {
+                return Err(config(format!(
+                    "topology cluster: the url selects database {}, but a Redis Cluster has \
+                     only database 0",
+                    info.redis_settings().db()
+                )));
+            }
+            if matches!(info.addr(), redis::ConnectionAddr::Unix(_)) {
+                return Err(config(
+                    "topology cluster: the url is a unix socket; cluster nodes are reached \
+                     over TCP (redis:// or rediss://)",
+                ));
+            }
+        }
         if tls_files && matches!(self.topology, Topology::Sentinel { .. }) {
             return Err(config(
                 "tls_ca_cert, tls_client_cert and tls_client_key are not supported with the \
@@ -442,7 +460,17 @@ impl RedisConfig {
         }))
     }
 
-    /// Parses the URL.
+    /// The redis client's own bound on one answer: the command timeout,
+    /// plus the `WAIT` timeout when acquire and extend are followed by
+    /// `WAIT` (the pipeline's answer comes after it; found in review: with
+    /// the command timeout alone, a `WAIT` longer than it ended as
+    /// `Timeout`, of unknown outcome, instead of `ReplicationIncomplete`
+    /// with the acquisition given back). Every call is also bounded by the
+    /// backend's own timeout.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.command_timeout + self.replica_ack.map_or(Duration::ZERO, |a| a.timeout)
+    }
+
     /// The server address without credentials: `redis://host:port` or
     /// `redis+unix://path` (see `RedisBackend`'s `identity`).
     pub(crate) fn server_identity(&self) -> Result<String, BackendError> {

@@ -440,9 +440,13 @@ impl Task {
         // The sink is either here (idle) or inside the one running job.
         let mut sink = Some(sink);
         let mut job: Option<SinkJob> = None;
+        // Our own unsubscribes whose confirmation has not come yet, per
+        // channel (cluster: a confirmation looks like the server dropping
+        // the channel).
+        let mut ours = OwnUnsubscribes::new(stream.is_sharded());
         loop {
             if let Some(idle) = sink.take() {
-                match self.next_job(idle, &mut pending, &channels) {
+                match self.next_job(idle, &mut pending, &channels, &mut ours) {
                     Ok(next) => job = Some(next),
                     Err(idle) => sink = Some(idle),
                 }
@@ -454,9 +458,24 @@ impl Task {
                         self.hub.notify_waiter(&encoded_key, waiter);
                     }
                     Some(Event::Malformed(e)) => tracing::debug!(error = %e, "ignoring a malformed release message"),
-                    // The cluster client reconnected a node and subscribes
-                    // again by itself; a release may have been missed.
-                    Some(Event::Reconnected) => self.hub.notify_all(),
+                    // A node connection of the cluster client dropped.
+                    // The client does not follow the subscriptions that
+                    // were on it to their slots' new owners (a dead
+                    // primary's slots move to a replica): start over on a
+                    // fresh connection, which subscribes every watched
+                    // channel where its slot is now and wakes every waiter
+                    // (found in review: releases went unheard for good).
+                    Some(Event::Reconnected) => return Ended::Lost,
+                    // The server dropped a shard channel whose slot moved
+                    // (resharding, failover), which the client does not
+                    // follow either: start over likewise. A confirmation
+                    // of our own unsubscribe is not that.
+                    Some(Event::ShardUnsubscribed(channel)) => {
+                        if !ours.confirmed(&channel) && channels.values().any(|c| *c == channel) {
+                            tracing::debug!(%channel, "a shard channel's slot moved; subscribing again");
+                            return Ended::Lost;
+                        }
+                    }
                     Some(Event::Other) => {}
                     None => return Ended::Lost,
                 },
@@ -520,6 +539,7 @@ impl Task {
                         self.known.remove(sub);
                     }
                     let gone: Vec<String> = idle.iter().filter_map(|s| channels.remove(s)).collect();
+                    ours.sent(&gone);
                     self.count.send_replace(channels.len());
                     if let Some(s) = sink.take() {
                         job = Some(Box::pin(unsubscribe(s, gone, self.timeout)));
@@ -561,6 +581,7 @@ impl Task {
         sink: PubSubSink,
         pending: &mut Pending,
         channels: &HashMap<Sub, String>,
+        ours: &mut OwnUnsubscribes,
     ) -> Result<SinkJob, PubSubSink> {
         loop {
             match pending.next() {
@@ -601,10 +622,67 @@ impl Task {
                         self.moves
                             .channels
                             .fetch_add(moved.len() as u64, Ordering::Relaxed);
+                        ours.sent(&moved);
                         return Ok(Box::pin(move_to_back(sink, moved, self.timeout)));
                     }
                 }
             }
+        }
+    }
+}
+
+/// Our own unsubscribes on one subscriber connection whose confirmation
+/// has not been read yet, per channel. On a sharded (cluster) connection
+/// the confirmation is the same push as the server dropping a channel whose
+/// slot moved; only the second calls for subscribing again.
+struct OwnUnsubscribes {
+    /// Only a sharded connection reports them.
+    sharded: bool,
+    awaited: HashMap<String, u32>,
+}
+
+impl OwnUnsubscribes {
+    /// Most confirmations awaited per channel.
+    const MAX_PER_CHANNEL: u32 = 64;
+    /// Most channels tracked: should confirmations go missing, the map is
+    /// emptied rather than grow (a slot move seen as a confirmation then
+    /// costs only the waiters' polling, as before this was tracked).
+    const MAX_CHANNELS: usize = 10_000;
+
+    fn new(sharded: bool) -> Self {
+        Self {
+            sharded,
+            awaited: HashMap::new(),
+        }
+    }
+
+    /// Unsubscribes of `channels` were sent.
+    fn sent(&mut self, channels: &[String]) {
+        if !self.sharded {
+            return;
+        }
+        if self.awaited.len() + channels.len() > Self::MAX_CHANNELS {
+            self.awaited.clear();
+        }
+        for channel in channels {
+            let n = self.awaited.entry(channel.clone()).or_default();
+            *n = (*n + 1).min(Self::MAX_PER_CHANNEL);
+        }
+    }
+
+    /// Whether the end of `channel`'s subscription just read confirms one
+    /// of ours (and counts it).
+    fn confirmed(&mut self, channel: &str) -> bool {
+        match self.awaited.get_mut(channel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                true
+            }
+            Some(_) => {
+                self.awaited.remove(channel);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -740,6 +818,24 @@ enum Outcome {
     Lost,
 }
 
+/// Whether the server refused a subscriber command for good (an ACL
+/// without the channel, say), rather than the connection failing or the
+/// cluster being in flux: a `MOVED`/`ASK` (the slot map is stale: a slot
+/// moved, a failover), `TRYAGAIN`, `CLUSTERDOWN` and other transient
+/// answers reconnect and try again, where the next connection's slot map
+/// routes it right (found testing the review fix: a `SSUBSCRIBE` right
+/// after the slot's primary was killed answered `MOVED` and the channel
+/// was left unsubscribed).
+fn refused(e: &redis::RedisError) -> bool {
+    let lost = e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+        || matches!(e.code(), Some("MOVED" | "ASK"))
+        || crate::errors::redis_kind(e).is_transient();
+    !lost
+}
+
 /// Runs one command on the subscriber connection within the timeout.
 async fn call<T>(
     timeout: Duration,
@@ -747,12 +843,7 @@ async fn call<T>(
 ) -> Outcome {
     match tokio::time::timeout(timeout, command).await {
         Ok(Ok(_)) => Outcome::Done,
-        Ok(Err(e))
-            if !(e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_connection_refusal()
-                || e.is_unrecoverable_error()) =>
-        {
+        Ok(Err(e)) if refused(&e) => {
             tracing::debug!(error = %e, "release subscriber command refused");
             Outcome::Refused
         }

@@ -657,6 +657,48 @@ fn rows() -> Vec<Row> {
             Ok(())
         }),
         row!(
+            "RedisConfig TOML topology single with nodes (a cluster meant)",
+            Toml("does not take the field `nodes`"),
+            |_cx| {
+                toml::from_str::<RedisConfig>(
+                    "url = \"redis://h\"\n[topology]\nmode = \"single\"\nnodes = [\"redis://h2\"]",
+                )?;
+                Ok(())
+            }
+        ),
+        row!(
+            "RedisConfig TOML topology cluster with master_name",
+            Toml("does not take the field `master_name`"),
+            |_cx| {
+                toml::from_str::<RedisConfig>(
+                    "url = \"redis://h\"\n[topology]\nmode = \"cluster\"\nmaster_name = \"m\"",
+                )?;
+                Ok(())
+            }
+        ),
+        row!(
+            "topology cluster with a url selecting database 3",
+            Backend(Config),
+            |_cx| {
+                let config: RedisConfig = toml::from_str(
+                    "url = \"redis://127.0.0.1:1/3\"\n[topology]\nmode = \"cluster\"",
+                )?;
+                RedisBackend::from_config(&config)?;
+                Ok(())
+            }
+        ),
+        row!(
+            "topology cluster with a unix socket url",
+            Backend(Config),
+            |_cx| {
+                let config: RedisConfig = toml::from_str(
+                    "url = \"redis+unix:///tmp/distlock-none.sock\"\n[topology]\nmode = \"cluster\"",
+                )?;
+                RedisBackend::from_config(&config)?;
+                Ok(())
+            }
+        ),
+        row!(
             "tls_client_cert without tls_client_key",
             Backend(Config),
             |_cx| {

@@ -27,6 +27,8 @@ pub(crate) struct ClusterSettings {
     pub(crate) certificates: Option<redis::TlsCertificates>,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    /// The client's bound on one answer (see `RedisConfig::response_timeout`).
+    pub(crate) response_timeout: Duration,
 }
 
 impl ClusterSettings {
@@ -34,7 +36,7 @@ impl ClusterSettings {
     pub(crate) fn builder(&self) -> ClusterClientBuilder {
         let mut builder = ClusterClientBuilder::new(self.seeds.clone())
             .connection_timeout(self.connect_timeout)
-            .response_timeout(self.command_timeout)
+            .response_timeout(self.response_timeout)
             .retries(RETRIES)
             .min_retry_wait(10)
             .max_retry_wait(500);

@@ -54,7 +54,12 @@ pub(crate) mod sentinel;
 /// assert_eq!(single.topology, Topology::Single);
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    tag = "mode",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    try_from = "RawTopology"
+)]
 #[non_exhaustive]
 pub enum Topology {
     /// One server (or a managed endpoint that always points at the
@@ -65,7 +70,8 @@ pub enum Topology {
     /// sentinels for the current primary of `master_name` when it opens a
     /// connection, and asks again after a connection error or a `READONLY`
     /// answer (the primary was demoted), for operations and for the release
-    /// subscriber alike.
+    /// subscriber alike, and about once a second while a connection is in
+    /// use (an old primary cut off by a partition is never demoted).
     Sentinel {
         /// The name the sentinels monitor the primary under
         /// (`sentinel monitor NAME …`).
@@ -84,6 +90,82 @@ pub enum Topology {
         #[serde(default)]
         nodes: Vec<String>,
     },
+}
+
+/// Every field any mode takes, so that a field of another mode is refused
+/// by name: serde's `deny_unknown_fields` does not reach the unit variant
+/// `single` of an internally tagged enum (found in review: `mode =
+/// "single"` with `nodes = [...]`, a cluster meant, was accepted and ran
+/// as one server).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    mode: RawMode,
+    master_name: Option<String>,
+    sentinels: Option<Vec<String>>,
+    nodes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawMode {
+    Single,
+    Sentinel,
+    Cluster,
+}
+
+impl TryFrom<RawTopology> for Topology {
+    type Error = String;
+
+    fn try_from(raw: RawTopology) -> Result<Self, String> {
+        let RawTopology {
+            mode,
+            master_name,
+            sentinels,
+            nodes,
+        } = raw;
+        let stray = |mode: &str, fields: &[(&str, bool)]| -> Result<(), String> {
+            match fields.iter().find(|(_, present)| *present) {
+                Some((field, _)) => Err(format!(
+                    "topology mode {mode:?} does not take the field `{field}`"
+                )),
+                None => Ok(()),
+            }
+        };
+        match mode {
+            RawMode::Single => {
+                stray(
+                    "single",
+                    &[
+                        ("master_name", master_name.is_some()),
+                        ("sentinels", sentinels.is_some()),
+                        ("nodes", nodes.is_some()),
+                    ],
+                )?;
+                Ok(Topology::Single)
+            }
+            RawMode::Sentinel => {
+                stray("sentinel", &[("nodes", nodes.is_some())])?;
+                Ok(Topology::Sentinel {
+                    master_name: master_name
+                        .ok_or("topology sentinel: missing field `master_name`")?,
+                    sentinels: sentinels.ok_or("topology sentinel: missing field `sentinels`")?,
+                })
+            }
+            RawMode::Cluster => {
+                stray(
+                    "cluster",
+                    &[
+                        ("master_name", master_name.is_some()),
+                        ("sentinels", sentinels.is_some()),
+                    ],
+                )?;
+                Ok(Topology::Cluster {
+                    nodes: nodes.unwrap_or_default(),
+                })
+            }
+        }
+    }
 }
 
 impl Topology {
@@ -330,6 +412,7 @@ pub(crate) fn build(config: &crate::RedisConfig) -> Result<(Remote, pubsub::Sour
                 &info,
                 config.connect_timeout,
                 config.command_timeout,
+                config.response_timeout(),
             )?);
             Ok((
                 Remote::Sentinel(remote.clone()),
@@ -356,6 +439,7 @@ pub(crate) fn build(config: &crate::RedisConfig) -> Result<(Remote, pubsub::Sour
                 certificates: config.tls_certificates()?,
                 connect_timeout: config.connect_timeout,
                 command_timeout: config.command_timeout,
+                response_timeout: config.response_timeout(),
             };
             let remote = cluster::ClusterRemote::new(settings.clone())?;
             Ok((

@@ -122,9 +122,14 @@ pub(crate) enum Event {
     Granted(String, WaiterId),
     /// A message that could not be read.
     Malformed(redis::RedisError),
-    /// The client reconnected underneath (cluster): messages may have been
-    /// missed meanwhile.
+    /// A node connection of the client dropped underneath (cluster):
+    /// messages may have been missed meanwhile, and the subscriptions that
+    /// were on it are not followed to their slots' new owners.
     Reconnected,
+    /// The end of this shard channel's subscription (cluster): the
+    /// confirmation of our own `SUNSUBSCRIBE`, or the server dropping it
+    /// because its slot moved to another primary (resharding, failover).
+    ShardUnsubscribed(String),
     /// Nothing for the subscriber (a subscription confirmation).
     Other,
 }
@@ -156,6 +161,11 @@ pub(crate) enum Stream {
 }
 
 impl Stream {
+    /// Whether this is a sharded (cluster) subscriber connection.
+    pub(crate) fn is_sharded(&self) -> bool {
+        matches!(self, Stream::Sharded(_))
+    }
+
     /// The next event; `None` when the connection is gone.
     pub(crate) async fn next(&mut self) -> Option<Event> {
         match self {
@@ -177,6 +187,14 @@ impl Stream {
                         None => Event::Other,
                     },
                     PushKind::Disconnection => Event::Reconnected,
+                    PushKind::SUnsubscribe => match push
+                        .data
+                        .first()
+                        .and_then(|c| redis::from_redis_value_ref::<String>(c).ok())
+                    {
+                        Some(channel) => Event::ShardUnsubscribed(channel),
+                        None => Event::Other,
+                    },
                     _ => Event::Other,
                 })
             }

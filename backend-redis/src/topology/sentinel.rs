@@ -1,7 +1,12 @@
 //! Redis Sentinel: the primary is looked up through the sentinels (the
 //! `redis` crate's `SentinelClient`) whenever a connection is opened, and
 //! the connection is dropped after a connection error or `READONLY`, so the
-//! next operation looks it up again.
+//! next operation looks it up again. A connection in use is also checked
+//! against the sentinels about once a second ([`RECHECK_EVERY`]): an old
+//! primary cut off from the sentinels (a partition) is never demoted and
+//! never fails a call, so without the check a backend would go on taking
+//! locks there while other clients take them on the new primary (found in
+//! review: two holders of one lock ten seconds after the failover).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -15,6 +20,22 @@ use crate::scripts::ScriptCall;
 
 use crate::errors::{config, from_redis, redis_kind, timed_out};
 
+/// How long a connection to the primary is used before one call asks the
+/// sentinels again whether its server still is the primary. After a
+/// failover that leaves the old primary running and reachable, a backend
+/// sends at most this long (plus one lookup) to it.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The connection to the primary found last.
+#[derive(Clone)]
+struct Current {
+    conn: MultiplexedConnection,
+    /// The primary's address, as the sentinels named it.
+    addr: String,
+    /// When the sentinels last named `addr` (or a call took on asking).
+    checked: tokio::time::Instant,
+}
+
 /// How the backend reaches the current primary of a Sentinel group.
 pub(crate) struct SentinelRemote {
     master_name: String,
@@ -22,8 +43,9 @@ pub(crate) struct SentinelRemote {
     /// Serializes lookups (the client caches sentinel connections and needs
     /// `&mut`).
     client: tokio::sync::Mutex<SentinelClient>,
-    /// The connection to the primary found last, until it fails.
-    current: Mutex<Option<MultiplexedConnection>>,
+    /// The connection to the primary found last, until it fails or the
+    /// sentinels name another primary.
+    current: Mutex<Option<Current>>,
     connection: AsyncConnectionConfig,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -38,6 +60,7 @@ impl SentinelRemote {
         data_node: &redis::ConnectionInfo,
         connect_timeout: Duration,
         command_timeout: Duration,
+        response_timeout: Duration,
     ) -> Result<Self, BackendError> {
         let tls = match data_node.addr() {
             redis::ConnectionAddr::TcpTls { insecure, .. } => Some(if *insecure {
@@ -66,7 +89,7 @@ impl SentinelRemote {
             current: Mutex::new(None),
             connection: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(command_timeout)),
+                .set_response_timeout(Some(response_timeout)),
             connect_timeout,
             command_timeout,
         })
@@ -150,10 +173,47 @@ impl SentinelRemote {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
-        if let Some(conn) = self.current() {
-            return Ok(conn);
+        if let Some(current) = self.current() {
+            if !self.take_recheck(&current.addr) {
+                return Ok(current.conn);
+            }
+            // This call asks the sentinels (the others go on meanwhile).
+            // A failed lookup (a failover in progress, sentinels down)
+            // keeps the connection; only another answer replaces it.
+            return match self.primary_client().await {
+                Ok(client) if address(&client) != current.addr => {
+                    tracing::info!(old = %current.addr, new = %address(&client),
+                        "the sentinels name another primary; reconnecting");
+                    self.forget();
+                    self.open(client).await
+                }
+                _ => Ok(current.conn),
+            };
         }
         let client = self.primary_client().await?;
+        self.open(client).await
+    }
+
+    /// Whether this call should ask the sentinels about the primary at
+    /// `addr` now: once [`RECHECK_EVERY`] has passed since they last named
+    /// it, to the first call that asks (it restarts the period, so
+    /// concurrent calls do not all look it up).
+    fn take_recheck(&self, addr: &str) -> bool {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        match current.as_mut() {
+            Some(c) if c.addr == addr && c.checked.elapsed() >= RECHECK_EVERY => {
+                c.checked = tokio::time::Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Opens a connection to the primary `client` (just looked up) and
+    /// makes it the current one, unless a concurrent call opened one
+    /// meanwhile (then that one is used).
+    async fn open(&self, client: redis::Client) -> Result<MultiplexedConnection, BackendError> {
+        let addr = address(&client);
         let what = || format!("connecting to the primary {:?}", self.master_name);
         let conn = match tokio::time::timeout(
             self.connect_timeout,
@@ -167,10 +227,17 @@ impl SentinelRemote {
         };
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         // Keep a connection a concurrent call opened meanwhile.
-        Ok(current.get_or_insert(conn).clone())
+        Ok(current
+            .get_or_insert(Current {
+                conn,
+                addr,
+                checked: tokio::time::Instant::now(),
+            })
+            .conn
+            .clone())
     }
 
-    fn current(&self) -> Option<MultiplexedConnection> {
+    fn current(&self) -> Option<Current> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -242,6 +309,11 @@ impl SentinelRemote {
             }
         }
     }
+}
+
+/// The address of the server `client` connects to (`host:port`).
+fn address(client: &redis::Client) -> String {
+    client.get_connection_info().addr().to_string()
 }
 
 /// An error of the Sentinel lookup other than an unknown master: no
