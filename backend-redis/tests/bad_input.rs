@@ -688,6 +688,17 @@ fn rows() -> Vec<Row> {
             }
         ),
         row!(
+            "topology cluster with a unix socket among the nodes",
+            Backend(Config),
+            |_cx| {
+                let config: RedisConfig = toml::from_str(
+                    "url = \"redis://127.0.0.1:1\"\n[topology]\nmode = \"cluster\"\nnodes = [\"redis+unix:///tmp/x.sock\"]",
+                )?;
+                RedisBackend::from_config(&config)?;
+                Ok(())
+            }
+        ),
+        row!(
             "topology cluster with a unix socket url",
             Backend(Config),
             |_cx| {

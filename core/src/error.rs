@@ -237,7 +237,8 @@ impl BackendError {
 
     /// True when a retry may succeed: as set by
     /// [`BackendError::with_transient`], else true for an error that
-    /// [needs a new token](BackendError::needs_new_token), else as
+    /// [needs a new token](BackendError::needs_new_token) (a retry with a
+    /// **new** token may succeed; one with the same token cannot), else as
     /// [`BackendErrorKind::is_transient`] says for its kind.
     pub fn is_transient(&self) -> bool {
         self.transient

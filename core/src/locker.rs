@@ -509,7 +509,8 @@ impl<B: LockBackend> Locker<B> {
                     PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
             }
             tracing::debug!(lock = %key.name(), error = %error, "transient error while queued; retrying");
-            // Retried (with the same token unless the call timed out)
+            // Retried (with the same token unless the call timed out or the
+            // error needs a new token)
             // before the place in line lapses.
             let delay = backoff.next_delay().min(refresh_period());
             tokio::time::sleep_until(deadline.min(Instant::now() + delay)).await;

@@ -70,8 +70,10 @@ pub enum Topology {
     /// sentinels for the current primary of `master_name` when it opens a
     /// connection, and asks again after a connection error or a `READONLY`
     /// answer (the primary was demoted), for operations and for the release
-    /// subscriber alike, and about once a second while a connection is in
-    /// use (an old primary cut off by a partition is never demoted).
+    /// subscriber alike. A connection for operations is also checked about
+    /// once a second while in use (an old primary cut off by a partition is
+    /// never demoted); the release subscriber's is not (its waiters then
+    /// fall back to polling until it reconnects).
     Sentinel {
         /// The name the sentinels monitor the primary under
         /// (`sentinel monitor NAME …`).
@@ -98,7 +100,10 @@ pub enum Topology {
 /// "single"` with `nodes = [...]`, a cluster meant, was accepted and ran
 /// as one server).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a topology table with a `mode` field"
+)]
 struct RawTopology {
     mode: RawMode,
     master_name: Option<String>,
@@ -208,7 +213,17 @@ impl Topology {
                 }
                 sentinels.iter().try_for_each(|s| parse("sentinel", s))
             }
-            Topology::Cluster { nodes } => nodes.iter().try_for_each(|s| parse("cluster node", s)),
+            Topology::Cluster { nodes } => nodes.iter().try_for_each(|s| {
+                parse("cluster node", s)?;
+                if s.starts_with("redis+unix:") || s.starts_with("unix:") {
+                    return Err(config(format!(
+                        "topology cluster: node {} is a unix socket; cluster nodes are reached \
+                         over TCP",
+                        crate::config::redact(s)
+                    )));
+                }
+                Ok(())
+            }),
         }
     }
 }
