@@ -27,7 +27,6 @@ use crate::errors::{config, from_redis, redis_kind, timed_out};
 pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The connection to the primary found last.
-#[derive(Clone)]
 struct Current {
     conn: MultiplexedConnection,
     /// The primary's address, as the sentinels named it.
@@ -173,40 +172,25 @@ impl SentinelRemote {
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
-        if let Some(current) = self.current() {
-            if !self.take_recheck(&current.addr) {
-                return Ok(current.conn);
-            }
+        if let Some((conn, recheck)) = self.current() {
+            let Some(addr) = recheck else {
+                return Ok(conn);
+            };
             // This call asks the sentinels (the others go on meanwhile).
             // A failed lookup (a failover in progress, sentinels down)
             // keeps the connection; only another answer replaces it.
             return match self.primary_client().await {
-                Ok(client) if address(&client) != current.addr => {
-                    tracing::info!(old = %current.addr, new = %address(&client),
+                Ok(client) if address(&client) != addr => {
+                    tracing::info!(old = %addr, new = %address(&client),
                         "the sentinels name another primary; reconnecting");
                     self.forget();
                     self.open(client).await
                 }
-                _ => Ok(current.conn),
+                _ => Ok(conn),
             };
         }
         let client = self.primary_client().await?;
         self.open(client).await
-    }
-
-    /// Whether this call should ask the sentinels about the primary at
-    /// `addr` now: once [`RECHECK_EVERY`] has passed since they last named
-    /// it, to the first call that asks (it restarts the period, so
-    /// concurrent calls do not all look it up).
-    fn take_recheck(&self, addr: &str) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        match current.as_mut() {
-            Some(c) if c.addr == addr && c.checked.elapsed() >= RECHECK_EVERY => {
-                c.checked = tokio::time::Instant::now();
-                true
-            }
-            _ => false,
-        }
     }
 
     /// Opens a connection to the primary `client` (just looked up) and
@@ -237,11 +221,19 @@ impl SentinelRemote {
             .clone())
     }
 
-    fn current(&self) -> Option<Current> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// The current connection, and its primary's address when this call
+    /// is to ask the sentinels about it: once [`RECHECK_EVERY`] has passed
+    /// since they last named it, to the first call that asks (it restarts
+    /// the period, so concurrent calls do not all look it up). One lock,
+    /// and no allocation unless a recheck is due.
+    fn current(&self) -> Option<(MultiplexedConnection, Option<String>)> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = current.as_mut()?;
+        let recheck = (c.checked.elapsed() >= RECHECK_EVERY).then(|| {
+            c.checked = tokio::time::Instant::now();
+            c.addr.clone()
+        });
+        Some((c.conn.clone(), recheck))
     }
 
     /// Forgets the connection, so the next call looks the primary up again.
