@@ -35,7 +35,8 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     else
       redis.call('DEL', KEYS[3])
     end
-    return {1, tonumber(fence)}
+    -- The counter's text: exact beyond 2^53 (a Lua number is not).
+    return {1, fence}
   end
   if pttl == -1 then
     return redis.error_reply('WRONGTYPE key ' .. KEYS[1] .. ' has no expiry, so distlock did not write it (not a lock)')

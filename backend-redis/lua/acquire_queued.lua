@@ -43,7 +43,8 @@ return guarded(function()
     redis.call('PEXPIRE', k.lock, lease)
     set_owner(lease)
     leave(k.waiters, k.leases, token)
-    return {1, tonumber(fence)}
+    -- The counter's text: exact beyond 2^53 (a Lua number is not).
+    return {1, fence}
   end
   local now_ms, now_us = server_now()
   if v then

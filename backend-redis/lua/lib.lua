@@ -9,8 +9,9 @@ if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 -- Counts one more acquisition of the lock whose fencing counter is
 -- `fence_key` and keeps the counter for `retention` ms. Returns the new
--- fence, or nil and an error reply. On an error `undo_key` (if any) is
--- deleted first: Redis does not roll a script back on error.
+-- fence (a number, or its decimal text from 2^53 up), or nil and an error
+-- reply. On an error `undo_key` (if any) is deleted first: Redis does not
+-- roll a script back on error.
 local function bump_fence(fence_key, retention, undo_key)
   local fence = redis.pcall('INCR', fence_key)
   if type(fence) == 'table' and fence['err'] then
@@ -36,6 +37,12 @@ local function bump_fence(fence_key, retention, undo_key)
     local start = now[1] .. string.format('%06d', tonumber(now[2]))
     redis.call('SET', fence_key, start)
     fence = tonumber(start)
+  end
+  -- Lua numbers are doubles: exact only up to 2^53. Above that (a counter
+  -- raised there by a quorum, see raise_fence.lua) the reply is the
+  -- counter's exact decimal text instead, or fences would repeat.
+  if fence >= 9007199254740992 then
+    fence = redis.call('GET', fence_key)
   end
   -- The counter lives for the retention after the name's last acquire, so
   -- names no longer used do not stay in Redis.

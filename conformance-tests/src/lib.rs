@@ -180,6 +180,7 @@ macro_rules! suite {
             fences_strictly_increase,
             fences_increase_per_name,
             raise_fence_lifts_the_counter,
+            raised_fences_stay_exact_above_2_pow_53,
             // waiting
             lock_times_out_while_held,
             zero_wait_timeout_is_one_attempt,
