@@ -39,10 +39,12 @@ return guarded(function()
     if type(fence) ~= 'string' or not tonumber(fence) then
       return redis.error_reply('ERR the fencing counter ' .. k.fence .. ' of a claimed handover is gone')
     end
+    -- Leaving first: its error (a line key of another type) is the only
+    -- one possible here, and must come before any write.
+    leave(k.waiters, k.leases, token)
     local lease = math.max(redis.call('PTTL', k.lock), tonumber(ttl))
     redis.call('PEXPIRE', k.lock, lease)
     set_owner(lease)
-    leave(k.waiters, k.leases, token)
     -- The counter's text: exact beyond 2^53 (a Lua number is not).
     return {1, fence}
   end
@@ -56,17 +58,25 @@ return guarded(function()
     join(k.waiters, k.leases, token, now_ms, now_us, ARGV[4], ARGV[5], ARGV[6])
     return {0, pttl}
   end
-  local head, rec = first_live(k.waiters, k.leases, now_ms, nil)
+  local head, rec = first_live(k.waiters, k.leases, now_ms, nil, 16)
+  if head == nil and rec then
+    -- More lapsed places ahead than one call drops: this waiter may not be
+    -- first. Keep (or take) its place and call again soon; every call
+    -- drops more of them.
+    join(k.waiters, k.leases, token, now_ms, now_us, ARGV[4], ARGV[5], ARGV[6])
+    return {0, 0}
+  end
   if head == nil or head == token then
     -- Free, and this waiter is first (or nobody is in line): take it as
-    -- acquire.lua does.
+    -- acquire.lua does. Leaving first: its error is the only one possible
+    -- before the write (bump_fence undoes the SET on its own error).
+    leave(k.waiters, k.leases, token)
     redis.call('SET', k.lock, token, 'PX', ttl)
     local fence, err = bump_fence(k.fence, ARGV[3], k.lock)
     if err then
       return err
     end
     set_owner(ttl)
-    leave(k.waiters, k.leases, token)
     return {1, fence}
   end
   -- Free (a holder's or a handover's lease ended), another waiter first:

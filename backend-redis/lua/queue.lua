@@ -66,14 +66,15 @@ local function leave(waiters, leases, token)
 end
 
 -- The first waiter whose lease has not ended, left in line: its token and
--- {backend, waiter, claim_ms}; nil when nobody is live. Waiters whose lease
--- ended (or `skip`) are dropped on the way, at most 16 per call (beyond
--- that the line counts as empty this time).
-local function first_live(waiters, leases, now_ms, skip)
-  for _ = 1, 16 do
+-- {backend, waiter, claim_ms}. Waiters whose lease ended (or `skip`) are
+-- dropped on the way, at most `cap` per call (a bound on one script's run
+-- time); nil, false when nobody is live; nil, true when the cap was reached
+-- with places still to look at (the next call goes on from there).
+local function first_live(waiters, leases, now_ms, skip, cap)
+  for _ = 1, cap do
     local head = queue_call('ZRANGE', waiters, 0, 0)[1]
     if not head then
-      return nil
+      return nil, false
     end
     local record = queue_call('HGET', leases, head)
     if head ~= skip and type(record) == 'string' then
@@ -85,21 +86,23 @@ local function first_live(waiters, leases, now_ms, skip)
     end
     leave(waiters, leases, head)
   end
-  return nil
+  return nil, queue_call('ZRANGE', waiters, 0, 0)[1] ~= nil
 end
 
--- Hands the free lock to `head` (from first_live): it leaves the line, the
--- fence counts this acquisition (before the write, so an error leaves the
--- lock free), the lock key holds its token for its claim window, and its
--- backend hears of it on the lock key + ':grant:' + BACKEND with the
--- payload 'ENCODED-KEY WAITER'. Returns 'BACKEND WAITER'.
--- k = {lock, owner, fence, waiters, leases}.
+-- Hands the lock to `head` (from first_live): the fence counts this
+-- acquisition first (its error is the only one possible here once
+-- first_live has read the line, so an error leaves everything as it was),
+-- then the waiter leaves the line, the lock key holds its token for its
+-- claim window (replacing a holder's token: a release hands over without
+-- freeing the key), and its backend hears of it on the lock key +
+-- ':grant:' + BACKEND with the payload 'ENCODED-KEY WAITER'. Returns
+-- 'BACKEND WAITER'. k = {lock, owner, fence, waiters, leases}.
 local function grant(k, head, rec, retention, payload, sharded)
-  leave(k.waiters, k.leases, head)
   local _, err = bump_fence(k.fence, retention, nil)
   if err then
     error(err)
   end
+  leave(k.waiters, k.leases, head)
   redis.call('SET', k.lock, head, 'PX', rec.claim)
   redis.call('DEL', k.owner)
   redis.call(sharded and 'SPUBLISH' or 'PUBLISH', k.lock .. ':grant:' .. rec.backend, payload .. ' ' .. rec.waiter)

@@ -36,19 +36,18 @@ return guarded(function()
   -- integer reply, -2 for a missing key) costs the server less than the
   -- ZRANGE of a missing key (an empty array turned into a Lua table), and
   -- the minimal ACL already allows it; a key of another type still reaches
-  -- ZRANGE and its WRONGTYPE error.
-  local head = nil
+  -- first_live and its WRONGTYPE error.
   if redis.call('PTTL', k.waiters) ~= -2 then
-    head = queue_call('ZRANGE', k.waiters, 0, 0)[1]
-  end
-  redis.call('DEL', k.lock, k.owner)
-  if head then
-    local now_ms = server_now()
-    local first, rec = first_live(k.waiters, k.leases, now_ms, ARGV[1])
+    -- Every check that can fail (the line's keys, the fence counter) runs
+    -- before the lock key is written: Redis does not undo a script's
+    -- writes when it errors, and a release that answers an error must
+    -- leave the lock as it was (dropping lapsed places aside).
+    local first, rec = first_live(k.waiters, k.leases, server_now(), ARGV[1], 256)
     if first then
       return grant(k, first, rec, ARGV[6], ARGV[3], sharded)
     end
   end
+  redis.call('DEL', k.lock, k.owner)
   redis.call(sharded and 'SPUBLISH' or 'PUBLISH', ARGV[2], ARGV[3])
   return 1
 end)

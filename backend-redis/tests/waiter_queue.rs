@@ -574,6 +574,143 @@ async fn queue_keys_of_another_type_are_wrongtype() {
     assert_eq!(b.release(&k, &t0).await.unwrap(), Release::Released);
 }
 
+/// A release that answers an error has written nothing: the lock is still
+/// the holder's and the waiter keeps its place (Redis does not undo a
+/// script's writes on error, so every check runs before the first write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_leaves_the_lock_and_the_line_as_they_were() {
+    let url = RedisServer::shared().url();
+    let b = backend(url);
+    let mut admin = admin(url).await;
+    for broken in ["fence", "leases"] {
+        let k = unique("release-error");
+        let keys = b.keys(&k);
+        let t0 = LockToken::generate();
+        acquired(b.try_acquire(&k, &t0, TTL, None).await.unwrap());
+        let (t1, w1) = (LockToken::generate(), waiter(Duration::from_secs(10)));
+        assert!(is_held(
+            &b.try_acquire_queued(&k, &t1, TTL, None, &w1).await.unwrap()
+        ));
+        let held_by = get(&mut admin, &keys.lock).await;
+        let target = if broken == "fence" {
+            &keys.fence
+        } else {
+            &keys.leases
+        };
+        let saved: Option<Vec<u8>> = redis::cmd("DUMP")
+            .arg(target)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let () = redis::cmd("SET")
+            .arg(target)
+            .arg("not a number")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let err = b.release(&k, &t0).await.unwrap_err();
+        assert_eq!(err.kind(), BackendErrorKind::WrongType, "{broken}: {err}");
+        assert_eq!(
+            get(&mut admin, &keys.lock).await,
+            held_by,
+            "{broken}: the failed release changed the lock key"
+        );
+        assert_eq!(
+            zcard(&mut admin, &keys.waiters).await,
+            1,
+            "{broken}: the failed release dropped the waiter"
+        );
+        // Repaired, the release hands over to the waiter as usual.
+        let () = redis::cmd("DEL")
+            .arg(target)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if let Some(dump) = saved {
+            let () = redis::cmd("RESTORE")
+                .arg(target)
+                .arg(0)
+                .arg(dump)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        assert_eq!(b.release(&k, &t0).await.unwrap(), Release::Released);
+        acquired(b.try_acquire_queued(&k, &t1, TTL, None, &w1).await.unwrap());
+        assert_eq!(b.release(&k, &t1).await.unwrap(), Release::Released);
+    }
+}
+
+/// More lapsed places at the head of the line than one call drops (16 for
+/// a queued call, 256 for a release) never let a later waiter take the lock
+/// ahead of the first live one: a queued call that could not reach the end
+/// answers `Held` with no time left, so the waiter calls again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_lapsed_places_do_not_let_a_later_waiter_jump_the_line() {
+    let url = RedisServer::shared().url();
+    let b = backend(url);
+    for (lapsed, by_release) in [(17, false), (40, false), (17, true), (300, true)] {
+        let k = unique("lapsed");
+        let holder = LockToken::generate();
+        let hold = if by_release {
+            TTL
+        } else {
+            Duration::from_millis(400)
+        };
+        acquired(b.try_acquire(&k, &holder, hold, None).await.unwrap());
+        for _ in 0..lapsed {
+            let w = waiter(Duration::from_millis(50));
+            let _ = b
+                .try_acquire_queued(&k, &LockToken::generate(), TTL, None, &w)
+                .await
+                .unwrap();
+        }
+        let (tx, wx) = (LockToken::generate(), waiter(Duration::from_secs(10)));
+        let (ty, wy) = (LockToken::generate(), waiter(Duration::from_secs(10)));
+        assert!(is_held(
+            &b.try_acquire_queued(&k, &tx, TTL, None, &wx).await.unwrap()
+        ));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(is_held(
+            &b.try_acquire_queued(&k, &ty, TTL, None, &wy).await.unwrap()
+        ));
+        if by_release {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(b.release(&k, &holder).await.unwrap(), Release::Released);
+        } else {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        // The later waiter calls first, as often as it is told to.
+        for _ in 0..lapsed {
+            let y = b.try_acquire_queued(&k, &ty, TTL, None, &wy).await.unwrap();
+            assert!(
+                is_held(&y),
+                "{lapsed} lapsed places (release: {by_release}): the later waiter got {y:?}"
+            );
+            if y != (Acquire::Held {
+                remaining: Some(Duration::ZERO),
+            }) {
+                break;
+            }
+        }
+        let mut x = None;
+        for _ in 0..lapsed {
+            let a = b.try_acquire_queued(&k, &tx, TTL, None, &wx).await.unwrap();
+            if let Acquire::Acquired { fence } = a {
+                x = Some(fence);
+                break;
+            }
+        }
+        assert!(
+            x.is_some(),
+            "{lapsed} lapsed places (release: {by_release}): the first live waiter never acquired"
+        );
+        assert_eq!(b.release(&k, &tx).await.unwrap(), Release::Released);
+        acquired(b.try_acquire_queued(&k, &ty, TTL, None, &wy).await.unwrap());
+        assert_eq!(b.release(&k, &ty).await.unwrap(), Release::Released);
+    }
+}
+
 fn calls(info: &str, command: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
