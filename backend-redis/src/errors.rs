@@ -18,7 +18,7 @@ use redis::{ErrorKind, RedisError};
 /// | `OOM` | `Unavailable` (transient) | writes are refused until memory is freed; leases expiring free it, so waiting callers keep trying |
 /// | `MISCONF` | `Unavailable` (transient) | writes are refused until a snapshot succeeds again |
 /// | `ERR max number of clients reached` | `Unavailable` (transient) | the server refuses connections for now |
-/// | `WRONGPASS`, `NOAUTH` | `Auth` | |
+/// | `WRONGPASS`, `NOAUTH`, `ERR Protocol error: unauthenticated …` | `Auth` | the last is Redis 7's answer to a command of more than 10 arguments before authentication |
 /// | `NOPERM`, `ERR` from a script the ACL denies | `Permission` | |
 /// | `WRONGTYPE` | `WrongType` | a lock's key holds data distlock did not write (also a lock key without expiry) |
 /// | `MOVED`, `ASK`, `CROSSSLOT` | `Config` | a Redis Cluster node: this backend talks to one server |
@@ -43,6 +43,12 @@ pub(crate) fn redis_kind(err: &RedisError) -> BackendErrorKind {
         Some("STALE") => return BackendErrorKind::Other,
         Some("ERR") => {
             let detail = err.detail().unwrap_or_default();
+            if detail.starts_with("Protocol error: unauthenticated") {
+                // Redis 7 refuses a command of more than 10 arguments (a
+                // script call) from a client that has not authenticated
+                // with this instead of NOAUTH.
+                return BackendErrorKind::Auth;
+            }
             if detail.starts_with("max number of clients reached") {
                 return BackendErrorKind::Unavailable;
             }

@@ -473,6 +473,23 @@ fn rows() -> Vec<Row> {
             Backend(Auth),
             |cx| try_lock_with_backend(&cx, RedisBackend::from_url(&cx.server)?).await
         ),
+        row!(
+            "no password on a server that needs one, with an owner label",
+            Backend(Auth),
+            mentions | _ | "refused the credentials".into(),
+            |cx| {
+                // A longer command: Redis refuses more than 10 arguments
+                // from a client that has not authenticated with a protocol
+                // error ("unauthenticated multibulk length"), not NOAUTH.
+                let locker = Locker::new(RedisBackend::from_url(&cx.server)?)
+                    .with_prefix(&cx.prefix)?
+                    .with_defaults(LockOptions::default().with_owner("job-7"))?;
+                if let Some(guard) = locker.try_lock(&cx.name).await? {
+                    guard.release().await?;
+                }
+                Ok(())
+            }
+        ),
         row!("unknown ACL user", Backend(Auth), |cx| {
             let url = cx.url("nobody", LOCKER_PASSWORD);
             try_lock_with_backend(&cx, RedisBackend::from_url(&url)?).await
