@@ -349,7 +349,12 @@ fn a_backend_error() {
             "distlock_backend_errors_total{{kind=Unavailable,op={op}}}"
         ))
     };
-    assert_eq!(errors("acquire"), 1);
+    // Every failed attempt of the wait is one error, counted when it
+    // happened; the one the call ended with is not counted twice.
+    let attempts: u64 = failed.field("attempts").unwrap().parse().unwrap();
+    assert!(attempts > 1, "the wait retried: {attempts}");
+    assert_eq!(errors("acquire"), attempts);
+    assert_eq!(failed.field("retried_errors"), Some(&*attempts.to_string()));
     assert_eq!(errors("extend"), 1);
     assert_eq!(
         metrics.counter("distlock_acquisitions_total{outcome=error}"),
@@ -364,4 +369,58 @@ fn a_backend_error() {
     let background = metrics.counter("distlock_releases_total{background=true,outcome=error}");
     assert!(background >= 2, "{background}");
     assert_eq!(errors("release"), 1 + background);
+}
+
+/// An outage that only a waiting `lock()` meets shows while it lasts: each
+/// failed attempt counts in `distlock_backend_errors_total` as it happens
+/// (not only a call that ends with the error), and the first is a `WARN`
+/// event. Found by an operator's trial: a wait riding out an outage left no
+/// metric and logged only at `DEBUG`.
+#[test]
+fn an_outage_while_waiting_is_counted_as_it_happens() {
+    let (capture, metrics) = observe(|| async {
+        let backend = Flaky::default();
+        let locker = Locker::new(backend.clone());
+        let guard = locker.lock_with("busy", |_| opts().clone()).await.unwrap();
+        backend.down.store(true, Ordering::SeqCst);
+        let waiter = {
+            let locker = locker.clone();
+            tokio::spawn(async move {
+                locker
+                    .lock_with("busy", |_| {
+                        opts().with_wait_timeout(Duration::from_secs(20))
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        backend.down.store(false, Ordering::SeqCst);
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+        let got = waiter.await.unwrap().unwrap();
+        assert_eq!(got.release().await.unwrap(), Release::Released);
+    });
+    let spans = capture.spans();
+    let waited = spans
+        .iter()
+        .filter(|s| s.name == "acquire")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(waited.field("outcome"), Some("\"acquired\""));
+    let retried: u64 = waited.field("retried_errors").unwrap().parse().unwrap();
+    assert!(retried > 1, "{waited:#?}");
+    assert_eq!(
+        metrics.counter("distlock_backend_errors_total{kind=Unavailable,op=acquire}"),
+        retried
+    );
+    let warned: Vec<_> = capture
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.message()
+                .is_some_and(|m| m.contains("backend error while waiting"))
+        })
+        .filter(|e| e.level == tracing::Level::WARN)
+        .collect();
+    assert_eq!(warned.len(), 1, "one WARN per wait: {warned:#?}");
+    assert_eq!(warned[0].field("lock"), Some("{busy}"));
 }

@@ -291,7 +291,7 @@ impl<B: LockBackend> Locker<B> {
                     remaining
                 }
                 Err(e) if retry_while_waiting(&e) && Instant::now() < deadline => {
-                    tracing::debug!(lock = %key.name(), error = %e, "transient error while waiting; retrying");
+                    crate::telemetry::retried_error(key, &e);
                     let wake_at = deadline.min(Instant::now() + backoff.next_delay());
                     tokio::time::sleep_until(wake_at).await;
                     if Instant::now() >= deadline {
@@ -508,7 +508,7 @@ impl<B: LockBackend> Locker<B> {
                 ticket =
                     PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
             }
-            tracing::debug!(lock = %key.name(), error = %error, "transient error while queued; retrying");
+            crate::telemetry::retried_error(key, &error);
             // Retried (with the same token unless the call timed out or the
             // error needs a new token)
             // before the place in line lapses.

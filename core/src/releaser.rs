@@ -297,7 +297,7 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
         .await
         {
             Ok(Ok(outcome)) => {
-                tracing::debug!(key = %job.key, token = %job.token, ?outcome, attempts,
+                tracing::debug!(lock = %job.key, token = %job.token, ?outcome, attempts,
                     "background release");
                 return;
             }
@@ -309,7 +309,7 @@ async fn release(backend: &dyn LockBackend, job: &Job) {
         };
         let now = Instant::now();
         if !worth_retrying(&error) || now >= job.until {
-            tracing::warn!(key = %job.key, token = %job.token, error = %error, attempts,
+            tracing::warn!(lock = %job.key, token = %job.token, error = %error, attempts,
                 "background release failed; the lease will expire at its TTL");
             return;
         }

@@ -66,7 +66,7 @@ pub(super) async fn renew(
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(key = %state.key(), error = %e, "lease renewal failed; retrying");
+                tracing::warn!(lock = %state.key(), error = %e, "lease renewal failed; retrying");
                 let left = state
                     .valid_until()
                     .saturating_duration_since(Instant::now());

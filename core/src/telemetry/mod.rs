@@ -11,7 +11,7 @@
 //!
 //! | span | fields |
 //! |---|---|
-//! | `acquire` (one `lock`/`try_lock` call, including the wait) | `lock` (the encoded key, `prefix{name}`), `wait` (`true` for `lock`, `false` for `try_lock`), `outcome` (`acquired`, `held`, `timed_out`, `error`, `invalid`, `cancelled`), `fence`, `waited_ms`, `attempts`, `error_kind` |
+//! | `acquire` (one `lock`/`try_lock` call, including the wait) | `lock` (the encoded key, `prefix{name}`), `wait` (`true` for `lock`, `false` for `try_lock`), `outcome` (`acquired`, `held`, `timed_out`, `error`, `invalid`, `cancelled`), `fence`, `waited_ms`, `attempts`, `retried_errors` (backend errors the wait rode out), `error_kind` |
 //! | `extend` (a manual [`LockGuard::extend`](crate::LockGuard::extend)) | `lock`, `fence`, `outcome` (`extended`, `not_held`, `error`, `cancelled`), `error_kind` |
 //! | `renewal` (one extend by the renewal task) | `lock`, `fence`, `outcome` (`extended`, `not_held`, `error`, `timeout`), `error_kind` |
 //! | `release` (an explicit release, or one attempt of the background release) | `lock`, `background`, `outcome` (`released`, `not_held`, `error`, `cancelled`), `error_kind` |
@@ -19,12 +19,14 @@
 //! | event | level | fields |
 //! |---|---|---|
 //! | `lease lost` | `WARN` | `lock`, `fence` |
-//! | `lease renewal failed; retrying` | `WARN` | `key`, `error` |
-//! | `background release failed; the lease will expire at its TTL` | `WARN` | `key`, `token` (shortened), `error`, `attempts` |
+//! | `backend error while waiting; retrying until the wait ends` (the first of a `lock` call; later ones at `DEBUG`) | `WARN` | `lock`, `error` |
+//! | `lease renewal failed; retrying` | `WARN` | `lock`, `error` |
+//! | `background release failed; the lease will expire at its TTL` | `WARN` | `lock`, `token` (shortened), `error`, `attempts` |
 //! | `release after the work failed` (by `with_lock` and its kin) | `WARN` | `lock`, `error` |
 //! | `OS randomness failed; lock token drawn from rand's thread generator` | `WARN` | `error` |
 //!
-//! The lock token (the holder's secret) is never a field; background
+//! `lock` is always the encoded key (`prefix{name}`). The lock token (the
+//! holder's secret) is never a field; background
 //! release events show its first four hex digits at most.
 //!
 //! # Metrics
@@ -42,8 +44,8 @@
 //! | `distlock_hold_seconds` | histogram | | from acquisition to release or drop of the guard |
 //! | `distlock_leases_lost_total` | counter | | leases found lost (taken away, or the deadline passed) |
 //! | `distlock_renewals_total` | counter | `outcome` | renewal-task extends by outcome (`extended`, `not_held`, `error`, `timeout`: no answer before the lease's deadline, or the guard ended during the call) |
-//! | `distlock_releases_total` | counter | `outcome`, `background` | releases by outcome (`released`, `not_held`, `error`) |
-//! | `distlock_backend_errors_total` | counter | `op`, `kind` | backend errors by operation (`acquire`, `extend`, `renewal`, `release`) and [`BackendErrorKind`] (`Unavailable`, `Timeout`, `PoolExhausted`, `Auth`, `Permission`, `WrongType`, `Config`, `Protocol`, `Other`) |
+//! | `distlock_releases_total` | counter | `outcome`, `background` | releases by outcome (`released`, `not_held`, `error`, `cancelled`: an explicit release dropped before its answer) |
+//! | `distlock_backend_errors_total` | counter | `op`, `kind` | failed backend calls by operation (`acquire`, `extend`, `renewal`, `release`) and [`BackendErrorKind`] (`Unavailable`, `Timeout`, `PoolExhausted`, `Auth`, `Permission`, `WrongType`, `Config`, `Protocol`, `Conflict`, `ReplicationIncomplete`, `Other`); each failed attempt of a waiting `lock` counts when it happens, so an outage that only waiters meet shows while they wait |
 //!
 //! Labels never depend on lock names by default, so the number of series
 //! stays fixed however many names an application locks. Per-name series
@@ -77,7 +79,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::BackendErrorKind;
 
-pub(crate) use spans::{acquire, attempted, extend, lease_lost, release, renewal, Held};
+pub(crate) use spans::{
+    acquire, attempted, extend, lease_lost, release, renewal, retried_error, Held,
+};
 
 /// The name of the acquisitions counter.
 pub const ACQUISITIONS: &str = "distlock_acquisitions_total";

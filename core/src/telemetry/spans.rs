@@ -2,7 +2,7 @@
 //! they end. Called from the locker, the guard and the releaser with one
 //! line each.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 
 use tokio::time::Instant;
@@ -11,19 +11,54 @@ use tracing::{Instrument, Span};
 
 use super::{kind_label, recorded};
 use crate::backend::{Extend, Release};
-use crate::error::{BackendError, LockError};
+use crate::error::{BackendError, BackendErrorKind, LockError};
 use crate::guard::LockGuard;
 use crate::key::LockKey;
 
+/// What the acquisition running in this task counted so far.
+#[derive(Default)]
+struct Counts {
+    /// Backend attempts.
+    attempts: Cell<u32>,
+    /// Backend errors the wait retried.
+    retried: Cell<u32>,
+    /// The last of them (kind and message): already recorded, so not
+    /// recorded again when the call ends with it.
+    last_retried: RefCell<Option<(BackendErrorKind, String)>>,
+}
+
 tokio::task_local! {
-    /// Backend attempts made by the acquisition running in this task.
-    static ATTEMPTS: Cell<u32>;
+    static COUNTS: Counts;
 }
 
 /// Counts one acquisition attempt of the enclosing [`acquire`] (nothing
 /// outside one).
 pub(crate) fn attempted() {
-    let _ = ATTEMPTS.try_with(|a| a.set(a.get().saturating_add(1)));
+    let _ = COUNTS.try_with(|c| c.attempts.set(c.attempts.get().saturating_add(1)));
+}
+
+/// A backend error that a waiting `lock()` retries: counted in
+/// `distlock_backend_errors_total` (`op="acquire"`) now, so that an outage
+/// only waiters meet shows while they wait; the first of a call is a
+/// `WARN` event, later ones `DEBUG`.
+pub(crate) fn retried_error(key: &LockKey, error: &LockError) {
+    let LockError::Backend(e) = error else {
+        return;
+    };
+    recorded::backend_error(key, "acquire", e.kind());
+    let first = COUNTS
+        .try_with(|c| {
+            let n = c.retried.get();
+            c.retried.set(n.saturating_add(1));
+            *c.last_retried.borrow_mut() = Some((e.kind(), e.to_string()));
+            n == 0
+        })
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(lock = %key, error = %e, "backend error while waiting; retrying until the wait ends");
+    } else {
+        tracing::debug!(lock = %key, error = %e, "backend error while waiting; retrying");
+    }
 }
 
 /// What an acquisition call returns on success.
@@ -60,6 +95,7 @@ pub(crate) async fn acquire<T: Acquired>(
         fence = Empty,
         waited_ms = Empty,
         attempts = Empty,
+        retried_errors = Empty,
         error_kind = Empty,
     );
     let mut pending = PendingAcquire {
@@ -72,11 +108,12 @@ pub(crate) async fn acquire<T: Acquired>(
     if wait {
         recorded::waiters(1.0);
     }
-    let scoped = ATTEMPTS.scope(Cell::new(0), call.instrument(span));
+    let scoped = COUNTS.scope(Counts::default(), call.instrument(span));
     tokio::pin!(scoped);
     let result = scoped.as_mut().await;
-    let attempts = scoped.as_mut().take_value().map_or(0, Cell::into_inner);
-    pending.span.record("attempts", attempts);
+    let counts = scoped.as_mut().take_value().unwrap_or_default();
+    pending.span.record("attempts", counts.attempts.get());
+    pending.span.record("retried_errors", counts.retried.get());
     let outcome = match &result {
         Ok(value) => match value.fence() {
             Some(fence) => {
@@ -87,7 +124,13 @@ pub(crate) async fn acquire<T: Acquired>(
         },
         Err(LockError::TimedOut { .. }) => "timed_out",
         Err(LockError::Backend(e)) => {
-            backend_error(&pending.span, key, "acquire", e);
+            let seen = counts.last_retried.into_inner();
+            if seen.is_some_and(|(kind, message)| kind == e.kind() && message == e.to_string()) {
+                // Recorded when it was retried (`retried_error`).
+                pending.span.record("error_kind", kind_label(e.kind()));
+            } else {
+                backend_error(&pending.span, key, "acquire", e);
+            }
             "error"
         }
         Err(_) => "invalid",
