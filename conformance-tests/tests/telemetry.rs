@@ -196,14 +196,20 @@ fn a_lock_cycle() {
         capture.events()
     );
 
-    assert_eq!(
-        metrics.counter("distlock_acquisitions_total{outcome=acquired}"),
-        2
-    );
-    assert_eq!(
-        metrics.samples("distlock_acquire_wait_seconds{outcome=acquired}"),
-        [0.0, 0.0]
-    );
+    for wait in ["true", "false"] {
+        assert_eq!(
+            metrics.counter(&format!(
+                "distlock_acquisitions_total{{outcome=acquired,wait={wait}}}"
+            )),
+            1
+        );
+        assert_eq!(
+            metrics.samples(&format!(
+                "distlock_acquire_wait_seconds{{outcome=acquired,wait={wait}}}"
+            )),
+            [0.0]
+        );
+    }
     let held = metrics.samples("distlock_hold_seconds{}");
     assert_eq!(held.len(), 2);
     assert_eq!(held[0], 1.5, "paused clock: exactly the sleep");
@@ -252,15 +258,15 @@ fn a_timeout_and_a_held_try_lock() {
     );
 
     assert_eq!(
-        metrics.counter("distlock_acquisitions_total{outcome=timed_out}"),
+        metrics.counter("distlock_acquisitions_total{outcome=timed_out,wait=true}"),
         1
     );
     assert_eq!(
-        metrics.counter("distlock_acquisitions_total{outcome=held}"),
+        metrics.counter("distlock_acquisitions_total{outcome=held,wait=false}"),
         1
     );
     assert_eq!(
-        metrics.samples("distlock_acquire_wait_seconds{outcome=timed_out}"),
+        metrics.samples("distlock_acquire_wait_seconds{outcome=timed_out,wait=true}"),
         [1.0]
     );
     assert_eq!(metrics.gauge("distlock_waiters{}"), 0.0);
@@ -357,7 +363,7 @@ fn a_backend_error() {
     assert_eq!(failed.field("retried_errors"), Some(&*attempts.to_string()));
     assert_eq!(errors("extend"), 1);
     assert_eq!(
-        metrics.counter("distlock_acquisitions_total{outcome=error}"),
+        metrics.counter("distlock_acquisitions_total{outcome=error,wait=true}"),
         1
     );
     assert_eq!(

@@ -38,8 +38,8 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `distlock_acquisitions_total` | counter | `outcome` | `lock`/`try_lock` calls by outcome (`acquired`, `held`, `timed_out`, `error`, `invalid`, `cancelled`) |
-//! | `distlock_acquire_wait_seconds` | histogram | `outcome` | how long those calls took, the wait included |
+//! | `distlock_acquisitions_total` | counter | `outcome`, `wait` | `lock` (`wait="true"`) and `try_lock` (`wait="false"`) calls by outcome (`acquired`, `held`, `timed_out`, `error`, `invalid`, `cancelled`) |
+//! | `distlock_acquire_wait_seconds` | histogram | `outcome`, `wait` | how long those calls took, the wait included |
 //! | `distlock_waiters` | gauge | | `lock` calls in progress (waiting, or making their first attempt) |
 //! | `distlock_hold_seconds` | histogram | | from acquisition to release or drop of the guard |
 //! | `distlock_leases_lost_total` | counter | | leases found lost (taken away, or the deadline passed) |
@@ -67,7 +67,7 @@ mod recorded {
     use crate::error::BackendErrorKind;
     use crate::key::LockKey;
 
-    pub(crate) fn acquisition(_: &LockKey, _: &'static str, _: Duration) {}
+    pub(crate) fn acquisition(_: &LockKey, _: bool, _: &'static str, _: Duration) {}
     pub(crate) fn waiters(_: f64) {}
     pub(crate) fn lease_lost(_: &LockKey) {}
     pub(crate) fn renewal(_: &LockKey, _: &'static str) {}

@@ -23,8 +23,9 @@ fn labels(key: &LockKey, fixed: &[(&'static str, &'static str)]) -> Vec<Label> {
     labels
 }
 
-pub(crate) fn acquisition(key: &LockKey, outcome: &'static str, waited: Duration) {
-    let labels = labels(key, &[("outcome", outcome)]);
+pub(crate) fn acquisition(key: &LockKey, wait: bool, outcome: &'static str, waited: Duration) {
+    let wait = if wait { "true" } else { "false" };
+    let labels = labels(key, &[("outcome", outcome), ("wait", wait)]);
     metrics::histogram!(ACQUIRE_WAIT_SECONDS, labels.clone()).record(waited.as_secs_f64());
     metrics::counter!(ACQUISITIONS, labels).increment(1);
 }

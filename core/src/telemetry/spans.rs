@@ -163,7 +163,7 @@ impl PendingAcquire<'_> {
         if self.wait {
             recorded::waiters(-1.0);
         }
-        recorded::acquisition(self.key, outcome, waited);
+        recorded::acquisition(self.key, self.wait, outcome, waited);
     }
 }
 
