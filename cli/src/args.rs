@@ -83,6 +83,10 @@ pub enum Command {
     /// write to) in its environment. If the lease is lost, the command gets
     /// SIGTERM, then SIGKILL after --kill-grace, and distlock exits with 79.
     /// SIGINT, SIGTERM and SIGHUP are passed on to the command.
+    /// SIGTSTP (Ctrl-Z), SIGTTIN and SIGTTOU are ignored: a stopped distlock
+    /// could not renew the lease. SIGSTOP (it cannot be caught), like
+    /// SIGKILL, leaves the command running without renewal: the lease runs
+    /// out after the TTL and another run may take the lock meanwhile.
     Run(RunArgs),
     /// Show the lock NAME: held, owner, remaining lease, last fencing token.
     Inspect(InspectArgs),

@@ -24,7 +24,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The signals passed on to the command. Each would otherwise end
 /// `distlock` at once and leave the command running without the lock
 /// (SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM too, found in review).
-const FORWARDED: [Signal; 7] = [
+pub const FORWARDED: [Signal; 7] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -33,6 +33,14 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGUSR2,
     Signal::SIGALRM,
 ];
+
+/// The catchable job-control stop signals, caught and ignored: their
+/// default action stops distlock, and a stopped distlock renews nothing,
+/// so its lease ran out and another run took the lock while this run's
+/// command (in its own process group, not stopped) went on (found in an
+/// operator trial). SIGSTOP cannot be caught: like SIGKILL it leaves the
+/// command running without renewal.
+pub const IGNORED: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU];
 
 /// Runs the command under the lock; returns the exit code.
 pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Failure> {
@@ -226,31 +234,57 @@ fn default_owner() -> String {
 }
 
 /// The forwarded signals, registered before the lock is taken so that none
-/// is missed (and none kills distlock with the lock held).
-struct Signals(Vec<(Signal, tokio::signal::unix::Signal)>);
+/// is missed (and none kills distlock with the lock held), and the ignored
+/// stop signals ([`IGNORED`]).
+struct Signals {
+    forwarded: Vec<(Signal, tokio::signal::unix::Signal)>,
+    ignored: Vec<(Signal, tokio::signal::unix::Signal)>,
+}
 
 impl Signals {
     fn new() -> Result<Self, Failure> {
-        FORWARDED
+        Ok(Self {
+            forwarded: Self::catch(&FORWARDED)?,
+            ignored: Self::catch(&IGNORED)?,
+        })
+    }
+
+    fn catch(signals: &[Signal]) -> Result<Vec<(Signal, tokio::signal::unix::Signal)>, Failure> {
+        signals
             .iter()
             .map(|&sig| {
                 signal(SignalKind::from_raw(sig as i32))
                     .map(|s| (sig, s))
                     .map_err(|e| Failure::new(exit::INTERNAL, format!("cannot handle {sig}: {e}")))
             })
-            .collect::<Result<_, _>>()
-            .map(Self)
+            .collect()
     }
 
-    /// The next signal received.
+    /// The next forwarded signal received. An ignored one received
+    /// meanwhile is reported on stderr. Cancel safe.
     async fn recv(&mut self) -> Signal {
-        let waits = self.0.iter_mut().map(|(sig, s)| {
-            let sig = *sig;
-            Box::pin(async move {
-                s.recv().await;
-                sig
-            })
-        });
-        futures::future::select_all(waits).await.0
+        fn any(
+            list: &mut [(Signal, tokio::signal::unix::Signal)],
+        ) -> impl std::future::Future<Output = Signal> + '_ {
+            let waits = list.iter_mut().map(|(sig, s)| {
+                let sig = *sig;
+                Box::pin(async move {
+                    s.recv().await;
+                    sig
+                })
+            });
+            async move { futures::future::select_all(waits).await.0 }
+        }
+        loop {
+            tokio::select! {
+                sig = any(&mut self.forwarded) => return sig,
+                sig = any(&mut self.ignored) => {
+                    eprintln!(
+                        "distlock: {sig} ignored: a stopped distlock could not renew the lease \
+                         (stop the command itself, or end it with SIGTERM)"
+                    );
+                }
+            }
+        }
     }
 }

@@ -448,3 +448,51 @@ fn a_closed_output_pipe_ends_inspect_quietly() {
         assert_eq!(stderr(&out), "", "json {json}");
     }
 }
+
+/// The job-control stop signals (SIGTSTP as from Ctrl-Z, SIGTTIN, SIGTTOU)
+/// do not stop distlock: it keeps renewing past the TTL and the command
+/// keeps the lock (found in an operator trial: `kill -TSTP` stopped
+/// distlock, its lease ran out, and a second run got the lock while the
+/// first command still ran). distlock runs in its own process group here:
+/// in an orphaned one (as under some test harnesses) the kernel discards
+/// these signals and the test would pass without the fix.
+#[test]
+fn job_control_stop_signals_do_not_stop_distlock() {
+    use std::os::unix::process::CommandExt;
+    let url = RedisServer::shared().url();
+    let name = unique("tstp");
+    let dir = scratch("tstp");
+    let ready = dir.join("ready");
+    let script = format!(
+        "trap 'exit 3' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        ready = ready.display()
+    );
+    let mut child = spawn(
+        distlock(url)
+            .args(["run", "--ttl", "1s", &name, "--", "sh", "-c", &script])
+            .process_group(0),
+    );
+    let pid: i32 = wait_for_file(&ready).trim().parse().unwrap();
+    let distlock_pid = Pid::from_raw(child.id() as i32);
+    let fence = inspect(url, &name).last_fence;
+    for sig in [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU] {
+        kill(distlock_pid, sig).unwrap();
+        // Longer than the TTL: only renewal keeps the lock.
+        std::thread::sleep(Duration::from_millis(1500));
+        let state = process_state(child.id() as i32);
+        let info = inspect(url, &name);
+        if state == Some('T') || !info.held {
+            let _ = kill(distlock_pid, Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            let _ = child.kill();
+            panic!("{sig} stopped distlock (state {state:?}); the lock: {info:?}");
+        }
+        assert_eq!(info.last_fence, fence, "{sig}: {info:?}");
+    }
+    assert!(child.try_wait().unwrap().is_none(), "distlock still runs");
+    kill(distlock_pid, Signal::SIGTERM).unwrap();
+    let out = finish(child);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(stderr(&out).contains("SIGTSTP"), "{}", stderr(&out));
+    assert!(!inspect(url, &name).held, "the lock must be free");
+}

@@ -200,3 +200,9 @@ pub fn wait_for_waiter(url: &str, name: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The state letter of a process (`R`, `S`, `T` for stopped, `Z`…), if it exists.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
