@@ -54,15 +54,50 @@ pub async fn acquire(
     }
 }
 
+/// The first and the longest pause before another look after a passing
+/// backend error in `wait`.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
 /// `distlock wait`: 0 once the lock is free, the conflict code if it stays
 /// held for the whole wait.
+///
+/// As in `run`, a backend error on the first look ends it at once (exit
+/// 69); once waiting, transient errors ([`BackendError::is_transient`]: a
+/// restart, a failover, a paused server) are waited through, with a
+/// bounded backoff, until the wait ends; then the last one is the answer
+/// (the lock's state is unknown). Other errors end the wait at once.
+///
+/// [`BackendError::is_transient`]: distlock::BackendError::is_transient
 pub async fn wait(locker: &Locker<RedisBackend>, args: &WaitArgs) -> Result<u8, Failure> {
     let key = locker.key(&args.name)?;
     let deadline = args.wait.limit().map(|l| Instant::now() + l);
     // Registered before each look, so a release in between is not missed.
     let mut watch = locker.backend().watch(&key).await?;
+    let mut first = true;
+    let mut retry_delay = RETRY_MIN;
     loop {
-        let info = locker.inspect(&args.name).await?;
+        let info = match locker.inspect(&args.name).await {
+            Ok(info) => {
+                retry_delay = RETRY_MIN;
+                info
+            }
+            Err(e) if !first && e.backend_error().is_some_and(|b| b.is_transient()) => {
+                let now = Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
+                    return Err(e.into());
+                }
+                let mut wake_at = now + retry_delay;
+                if let Some(d) = deadline {
+                    wake_at = wake_at.min(d);
+                }
+                retry_delay = (retry_delay * 2).min(RETRY_MAX);
+                tokio::time::sleep_until(wake_at).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        first = false;
         if !info.held {
             return Ok(0);
         }

@@ -496,3 +496,41 @@ fn job_control_stop_signals_do_not_stop_distlock() {
     assert!(stderr(&out).contains("SIGTSTP"), "{}", stderr(&out));
     assert!(!inspect(url, &name).held, "the lock must be free");
 }
+
+/// `distlock wait` rides out a short Redis blip (the server paused for
+/// 3 s, longer than the 2 s command timeout) and returns 0 once the holder
+/// releases (found in an operator trial: it exited 69 during the pause
+/// while `run -w` waited through it).
+#[test]
+fn wait_rides_out_a_short_redis_pause() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let name = unique("wait-blip");
+    let rt = runtime();
+    let locker = rt.block_on(async { Locker::new(RedisBackend::from_url(url).unwrap()) });
+    let opts = LockOptions::default().with_ttl(Duration::from_secs(120));
+    let guard = rt
+        .block_on(locker.try_lock_with(&name, |_| opts.clone()))
+        .unwrap()
+        .unwrap();
+    let mut waiter = spawn(distlock(url).args(["wait", "-w", "60", &name]));
+    wait_for_waiter(url, &name);
+    server.pause();
+    std::thread::sleep(Duration::from_secs(3));
+    server.unpause();
+    std::thread::sleep(Duration::from_millis(500));
+    let early = waiter.try_wait().unwrap();
+    rt.block_on(guard.release()).unwrap();
+    let out = finish(waiter);
+    assert!(early.is_none(), "wait ended during the pause: {}", stderr(&out));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // Not a passing error: a wrong password on the first look ends it at once.
+    let server = RedisServer::start_process(
+        distlock_redis::testkit::ProcessOptions::new().args(["--requirepass", "right-pw-3"]),
+    );
+    let wrong = server.url().replace("redis://", "redis://:wrong-pw-4@");
+    let out = output(distlock(&wrong).args(["wait", "-w", "60", &name]));
+    assert_eq!(code(&out), BACKEND, "{}", stderr(&out));
+    assert!(stderr(&out).contains("(Auth)"), "{}", stderr(&out));
+}
