@@ -39,6 +39,11 @@ pub struct Cli {
     /// Connection settings.
     #[command(flatten)]
     pub connection: Connection,
+    /// Log more on stderr: -v info, -vv debug, -vvv trace (default: warnings
+    /// only, such as a failed lease renewal). RUST_LOG, when set, overrides
+    /// it (e.g. RUST_LOG=distlock=debug).
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -12,6 +12,7 @@
 mod args;
 mod connect;
 mod exit;
+mod log;
 mod run;
 mod wait;
 
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if usage { exit::USAGE } else { 0 });
         }
     };
+    log::init(cli.verbose);
     let code = match execute(cli) {
         Ok(code) => code,
         Err(failure) => {

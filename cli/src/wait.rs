@@ -87,6 +87,11 @@ pub async fn wait(locker: &Locker<RedisBackend>, args: &WaitArgs) -> Result<u8, 
                 if deadline.is_some_and(|d| now >= d) {
                     return Err(e.into());
                 }
+                if retry_delay == RETRY_MIN {
+                    tracing::warn!(lock = %args.name, error = %e, "backend error while waiting; retrying");
+                } else {
+                    tracing::debug!(lock = %args.name, error = %e, "backend error while waiting; retrying");
+                }
                 let mut wake_at = now + retry_delay;
                 if let Some(d) = deadline {
                     wake_at = wake_at.min(d);

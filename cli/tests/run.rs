@@ -534,3 +534,51 @@ fn wait_rides_out_a_short_redis_pause() {
     assert_eq!(code(&out), BACKEND, "{}", stderr(&out));
     assert!(stderr(&out).contains("(Auth)"), "{}", stderr(&out));
 }
+
+/// The library's warnings reach stderr (found in an operator trial: the
+/// CLI installed no subscriber, so "lease renewal failed; retrying" went
+/// nowhere and a nearly lost lease was invisible). Redis is paused for
+/// longer than a renewal period plus the 500 ms command timeout, so a
+/// renewal fails, and for much less than the 6 s TTL, so the lease holds.
+#[test]
+fn a_failed_renewal_is_logged_on_stderr() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let name = unique("log");
+    let dir = scratch("log");
+    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let config = dir.join("distlock.toml");
+    std::fs::write(&config, "command_timeout = \"500ms\"\n").unwrap();
+    let script = format!(
+        "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
+        ready = ready.display(),
+        go = go.display()
+    );
+    let child = spawn(
+        distlock(url)
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--ttl", "6s", &name, "--", "sh", "-c", &script]),
+    );
+    wait_for_file(&ready);
+    server.pause();
+    std::thread::sleep(Duration::from_millis(2800));
+    server.unpause();
+    std::fs::write(&go, "go").unwrap();
+    let out = finish(child);
+    assert!(
+        stderr(&out).contains("WARN") && stderr(&out).contains("lease renewal failed; retrying"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // RUST_LOG=off silences it; -v adds the library's INFO and up.
+    let out = output(
+        distlock(url)
+            .env("RUST_LOG", "off")
+            .args(["run", "-v", &name, "--", "true"]),
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
