@@ -145,7 +145,8 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     };
     let status = status
         .map_err(|e| Failure::new(exit::INTERNAL, format!("waiting for the command: {e}")))?;
-    let lost = lost || lease.is_lost();
+    let stopped = lost;
+    let lost = stopped || lease.is_lost();
     if lost {
         // What the command started and left running must not go on
         // without the lock either.
@@ -155,8 +156,8 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     }
     match release(guard).await {
         Ok(Release::Released) if !lost => Ok(status_code(status)),
-        Ok(_) => Err(lost_failure(&args.name, lost)),
-        Err(_) if lost => Err(lost_failure(&args.name, lost)),
+        Ok(_) => Err(lost_failure(&args.name, stopped, status)),
+        Err(_) if lost => Err(lost_failure(&args.name, stopped, status)),
         Err(message) => {
             // The command ran with a valid lease; only the release failed.
             eprintln!("distlock: warning: {message}; the lease will run out at its TTL");
@@ -165,13 +166,31 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     }
 }
 
-fn lost_failure(name: &str, stopped: bool) -> Failure {
-    let what = if stopped {
-        "the command was stopped"
+/// Exit 79, saying how the command ended: its own result is otherwise
+/// hidden behind the lost lease (found in an operator trial).
+fn lost_failure(name: &str, stopped: bool, status: ExitStatus) -> Failure {
+    let ended = how_it_ended(status);
+    let message = if stopped {
+        format!("lost the lease on {name:?} while the command ran; it was stopped and {ended}")
     } else {
-        "the command ended, but exclusion was not guaranteed until its end"
+        format!(
+            "lost the lease on {name:?} before the command ended (exclusion was not \
+             guaranteed until its end); the command {ended}"
+        )
     };
-    Failure::new(exit::LOST, format!("lost the lease on {name:?}; {what}"))
+    Failure::new(exit::LOST, message)
+}
+
+/// "exited with status N" or "was killed by signal N (SIGNAME)".
+fn how_it_ended(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(name) => format!("was killed by signal {sig} ({name})"),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        (None, None) => format!("ended ({status})"),
+    }
 }
 
 /// Releases with a bound; the error message on failure.

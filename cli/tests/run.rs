@@ -582,3 +582,33 @@ fn a_failed_renewal_is_logged_on_stderr() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+/// Exit 79 says how the command ended (found in an operator trial: the
+/// job's own result was hidden behind the lost lease): here a command
+/// that exits 0 on SIGTERM, and one that SIGTERM kills.
+#[test]
+fn a_lost_lease_reports_how_the_command_ended() {
+    let url = RedisServer::shared().url();
+    for (trap, ended) in [
+        ("trap 'exit 0' TERM;", "exited with status 0"),
+        ("", "was killed by signal 15 (SIGTERM)"),
+    ] {
+        let name = unique("lost-status");
+        let dir = scratch("lost-status");
+        let ready = dir.join("ready");
+        let script = format!(
+            "{trap} echo $$ > {ready}; while :; do sleep 0.05; done",
+            ready = ready.display()
+        );
+        let child =
+            spawn(distlock(url).args(["run", "--ttl", "3s", &name, "--", "sh", "-c", &script]));
+        wait_for_file(&ready);
+        let deleted: i64 = redis_cmd(url, &["DEL", &lock_key(url, &name)]);
+        assert_eq!(deleted, 1);
+        let out = finish(child);
+        assert_eq!(code(&out), LOST, "{}", stderr(&out));
+        let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
+        assert!(last.starts_with("distlock: lost the lease"), "{}", stderr(&out));
+        assert!(last.contains(ended), "{}", stderr(&out));
+    }
+}
