@@ -22,7 +22,7 @@ Examples:
 Exit codes: the command's own status (128+N if signal N killed it); \
 64 usage error; 69 backend error (the message names the kind); \
 75 not acquired within the wait (-E changes it); 78 bad connection settings; \
-79 lease lost while the command ran (it was stopped); 126/127 the command could \
+79 lease lost, or --max-hold reached, while the command ran (it was stopped); 126/127 the command could \
 not be executed / was not found.
 
 Connection settings, highest precedence first: --url, the REDIS_URL environment \
@@ -139,6 +139,13 @@ pub struct RunArgs {
     /// while the command runs). Seconds, or a duration such as 30s, 2m.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// The longest time the lock is held: renewal stops there, and a
+    /// command still running is stopped as for a lost lease (SIGTERM, then
+    /// SIGKILL after --kill-grace; exit 79), so a hung command cannot hold
+    /// the lock forever. At least --ttl. Seconds or a duration (e.g. 2h).
+    /// Default: no limit.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_hold: Option<Duration>,
     /// A label stored with the lock for `inspect` (default: HOST:PID).
     #[arg(long, value_name = "LABEL")]
     pub owner: Option<String>,

@@ -9,7 +9,7 @@
 //! | [`INTERNAL`] 70 | distlock itself failed (cannot handle signals, lost track of the command) (`EX_SOFTWARE`) |
 //! | [`CONFLICT`] 75 | the lock was not acquired within the wait (`run`), or stayed held (`wait`); `-E/--conflict-exit-code` changes it (`EX_TEMPFAIL`) |
 //! | [`CONFIG`] 78 | unusable connection settings: no URL, a bad URL, an unreadable or invalid config file (`EX_CONFIG`) |
-//! | [`LOST`] 79 | `run`: the lease was lost while the command ran; the command was stopped |
+//! | [`LOST`] 79 | `run`: the lease was lost (or `--max-hold` ran out) while the command ran; the command was stopped |
 //! | 126 / 127 | `run`: the command could not be executed / was not found (as shells) |
 //!
 //! 64–78 are the `sysexits.h` codes; commands rarely exit with them, so a

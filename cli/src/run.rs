@@ -45,10 +45,13 @@ pub const IGNORED: [Signal; 3] = [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGT
 /// Runs the command under the lock; returns the exit code.
 pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Failure> {
     let owner = args.owner.clone().unwrap_or_else(default_owner);
-    let opts = LockOptions::default()
+    let mut opts = LockOptions::default()
         .with_ttl(args.ttl)
         .with_owner(owner)
         .with_auto_renew(true);
+    if let Some(max_hold) = args.max_hold {
+        opts = opts.with_max_hold(max_hold);
+    }
     opts.validate()?;
     let conflict = args.wait.conflict_exit_code;
     let mut signals = Signals::new()?;
@@ -76,6 +79,15 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
             conflict,
             conflict_message(locker, &args.name, args.wait.limit()).await,
         ));
+    };
+    // Shortly after the acquire request that --max-hold counts from.
+    let acquired_at = Instant::now();
+    let max_hold_reached = || {
+        // Renewal stops there: the lease then runs out a drift allowance
+        // before it (a second's slack for the acquire's round trip).
+        args.max_hold.is_some_and(|m| {
+            acquired_at.elapsed() + LockOptions::drift(args.ttl) + Duration::from_secs(1) >= m
+        })
     };
 
     let mut command = Command::new(&args.command[0]);
@@ -125,8 +137,12 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
             }
             _ = lease.lost(), if !lost => {
                 lost = true;
+                let what = match args.max_hold {
+                    Some(m) if max_hold_reached() => format!("ran out at --max-hold ({m:?})"),
+                    _ => "was lost".to_owned(),
+                };
                 eprintln!(
-                    "distlock: the lease on {:?} was lost; stopping the command (SIGTERM, SIGKILL after {:?})",
+                    "distlock: the lease on {:?} {what}; stopping the command (SIGTERM, SIGKILL after {:?})",
                     args.name, args.kill_grace
                 );
                 if let Some(group) = group {
@@ -156,8 +172,8 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     }
     match release(guard).await {
         Ok(Release::Released) if !lost => Ok(status_code(status)),
-        Ok(_) => Err(lost_failure(&args.name, stopped, status)),
-        Err(_) if lost => Err(lost_failure(&args.name, stopped, status)),
+        Ok(_) => Err(lost_failure(&args, stopped, max_hold_reached(), status)),
+        Err(_) if lost => Err(lost_failure(&args, stopped, max_hold_reached(), status)),
         Err(message) => {
             // The command ran with a valid lease; only the release failed.
             eprintln!("distlock: warning: {message}; the lease will run out at its TTL");
@@ -168,15 +184,22 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
 
 /// Exit 79, saying how the command ended: its own result is otherwise
 /// hidden behind the lost lease (found in an operator trial).
-fn lost_failure(name: &str, stopped: bool, status: ExitStatus) -> Failure {
+fn lost_failure(args: &RunArgs, stopped: bool, max_hold: bool, status: ExitStatus) -> Failure {
+    let name = &args.name;
     let ended = how_it_ended(status);
-    let message = if stopped {
-        format!("lost the lease on {name:?} while the command ran; it was stopped and {ended}")
-    } else {
+    let message = match args.max_hold {
+        Some(m) if stopped && max_hold => format!(
+            "held the lock on {name:?} for --max-hold ({m:?}); the command was stopped and {ended}"
+        ),
+        _ if stopped => {
+            format!("lost the lease on {name:?} while the command ran; it was stopped and {ended}")
+        }
+        _ => {
         format!(
             "lost the lease on {name:?} before the command ended (exclusion was not \
              guaranteed until its end); the command {ended}"
-        )
+            )
+        }
     };
     Failure::new(exit::LOST, message)
 }

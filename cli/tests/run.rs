@@ -612,3 +612,61 @@ fn a_lost_lease_reports_how_the_command_ended() {
         assert!(last.contains(ended), "{}", stderr(&out));
     }
 }
+
+/// `--max-hold`: renewal stops there, the still running command is
+/// stopped as for a lost lease, and distlock exits 79 saying so; the lock
+/// is free afterwards. A max-hold below the TTL is a usage error.
+#[test]
+fn max_hold_stops_a_command_that_runs_too_long() {
+    let url = RedisServer::shared().url();
+    let name = unique("max-hold");
+    let dir = scratch("max-hold");
+    let ready = dir.join("ready");
+    let script = format!(
+        "trap 'exit 0' TERM; echo $$ > {ready}; while :; do sleep 0.05; done",
+        ready = ready.display()
+    );
+    let started = std::time::Instant::now();
+    let child = spawn(distlock(url).args([
+        "run",
+        "--ttl",
+        "1s",
+        "--max-hold",
+        "2500ms",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    wait_for_file(&ready);
+    let out = finish(child);
+    let took = started.elapsed();
+    assert_eq!(code(&out), LOST, "{}", stderr(&out));
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?}: {}",
+        stderr(&out)
+    );
+    let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.contains("--max-hold") && last.contains("exited with status 0"),
+        "{}",
+        stderr(&out)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!inspect(url, &name).held, "the lock must be free");
+
+    let out = output(distlock(url).args([
+        "run",
+        "--ttl",
+        "5s",
+        "--max-hold",
+        "1s",
+        &name,
+        "--",
+        "true",
+    ]));
+    assert_eq!(code(&out), USAGE, "{}", stderr(&out));
+    assert!(stderr(&out).contains("max_hold"), "{}", stderr(&out));
+}
