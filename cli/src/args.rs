@@ -21,7 +21,7 @@ Examples:
 
 Exit codes: the command's own status (128+N if signal N killed it); \
 64 usage error; 69 backend error (the message names the kind); \
-75 not acquired within the wait (-E changes it); 78 bad connection settings; \
+70 distlock itself failed; 75 not acquired within the wait (-E changes it); 78 bad connection settings; \
 79 lease lost, or --max-hold reached, while the command ran (it was stopped); 126/127 the command could \
 not be executed / was not found.
 
@@ -87,7 +87,9 @@ pub enum Command {
     /// DISTLOCK_FENCE (the fencing token: pass it to the resource you
     /// write to) in its environment. If the lease is lost, the command gets
     /// SIGTERM, then SIGKILL after --kill-grace, and distlock exits with 79.
-    /// SIGINT, SIGTERM and SIGHUP are passed on to the command.
+    /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM are
+    /// passed on to the command's process group; while distlock still waits
+    /// for the lock they end the wait (exit 128+N, the command never runs).
     /// SIGTSTP (Ctrl-Z), SIGTTIN and SIGTTOU are ignored: a stopped distlock
     /// could not renew the lease. SIGSTOP (it cannot be caught), like
     /// SIGKILL, leaves the command running without renewal: the lease runs
@@ -222,6 +224,41 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Found in an operator trial: `run --help` named 3 of the 7 forwarded
+    /// signals, and `--help` left out exit code 70.
+    #[test]
+    fn the_help_names_every_handled_signal_and_exit_code() {
+        let mut cli = Cli::command();
+        let top = cli.render_long_help().to_string();
+        let numbers: Vec<&str> = top.split(|c: char| !c.is_ascii_digit()).collect();
+        for code in [
+            exit::USAGE,
+            exit::BACKEND,
+            exit::INTERNAL,
+            exit::CONFLICT,
+            exit::CONFIG,
+            exit::LOST,
+            exit::NOT_EXECUTABLE,
+            exit::NOT_FOUND,
+        ] {
+            assert!(
+                numbers.contains(&code.to_string().as_str()),
+                "exit code {code} missing:\n{top}"
+            );
+        }
+        let run = cli
+            .find_subcommand_mut("run")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        // The help wraps lines: compare without line breaks.
+        let run = run.split_whitespace().collect::<Vec<_>>().join(" ");
+        for sig in crate::run::FORWARDED.iter().chain(&crate::run::IGNORED) {
+            assert!(run.contains(sig.as_str()), "{sig} missing:\n{run}");
+        }
+        assert!(run.contains("SIGSTOP"), "{run}");
     }
 
     #[test]
