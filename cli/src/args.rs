@@ -89,7 +89,9 @@ pub enum Command {
     /// SIGTERM, then SIGKILL after --kill-grace, and distlock exits with 79.
     /// SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 and SIGALRM are
     /// passed on to the command's process group; while distlock still waits
-    /// for the lock they end the wait (exit 128+N, the command never runs).
+    /// for the lock they end the wait (exit 128+N, the command never runs),
+    /// and once the command has ended, while the lock is released, they
+    /// give exit 128+N (a second one gives up on the release).
     /// SIGTSTP (Ctrl-Z), SIGTTIN and SIGTTOU are ignored: a stopped distlock
     /// could not renew the lease. SIGSTOP (it cannot be caught), like
     /// SIGKILL, leaves the command running without renewal: the lease runs

@@ -170,15 +170,60 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
             let _ = kill(group, Signal::SIGKILL);
         }
     }
-    match release(guard).await {
-        Ok(Release::Released) if !lost => Ok(status_code(status)),
-        Ok(_) => Err(lost_failure(&args, stopped, max_hold_reached(), status)),
-        Err(_) if lost => Err(lost_failure(&args, stopped, max_hold_reached(), status)),
-        Err(message) => {
+    // A signal while the lock is being released (a release can stall on
+    // an unreachable Redis, up to RELEASE_TIMEOUT) is not swallowed: the
+    // release goes on, bounded, and distlock then exits 128 + N, as for
+    // a signal while waiting; a second signal gives up on the release (the
+    // lease then runs out at its TTL). Before, distlock exited with the
+    // command's status as if no signal had come (found in an operator
+    // trial). Not passed on: the command has ended, and what it left
+    // running is its own business (or was killed above).
+    let mut signalled: Option<Signal> = None;
+    let released = {
+        let releasing = release(guard);
+        tokio::pin!(releasing);
+        loop {
+            tokio::select! {
+                outcome = &mut releasing => break Some(outcome),
+                sig = signals.recv() => {
+                    if signalled.is_some() {
+                        break None;
+                    }
+                    signalled = Some(sig);
+                    eprintln!(
+                        "distlock: {sig} while releasing the lock on {:?}; finishing the release \
+                         (at most {RELEASE_TIMEOUT:?}, a second signal gives up on it)",
+                        args.name
+                    );
+                }
+            }
+        }
+    };
+    let code = match released {
+        Some(Ok(Release::Released)) if !lost => status_code(status),
+        Some(Ok(_)) => return Err(lost_failure(&args, stopped, max_hold_reached(), status)),
+        _ if lost => return Err(lost_failure(&args, stopped, max_hold_reached(), status)),
+        Some(Err(message)) => {
             // The command ran with a valid lease; only the release failed.
             eprintln!("distlock: warning: {message}; the lease will run out at its TTL");
-            Ok(status_code(status))
+            status_code(status)
         }
+        None => {
+            eprintln!(
+                "distlock: warning: release given up on a second signal; the lease will run out at its TTL"
+            );
+            status_code(status)
+        }
+    };
+    match signalled {
+        Some(sig) => Err(Failure::new(
+            128 + sig as u8,
+            format!(
+                "{sig} arrived before distlock exited; the command {}",
+                how_it_ended(status)
+            ),
+        )),
+        None => Ok(code),
     }
 }
 

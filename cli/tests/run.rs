@@ -670,3 +670,62 @@ fn max_hold_stops_a_command_that_runs_too_long() {
     assert_eq!(code(&out), USAGE, "{}", stderr(&out));
     assert!(stderr(&out).contains("max_hold"), "{}", stderr(&out));
 }
+
+/// A signal while the release stalls (Redis paused after the command
+/// ended) is reported: distlock finishes the bounded release and exits
+/// 128 + N, saying how the command ended (found in an operator trial: it
+/// exited 0 with "warning: release failed", the SIGTERM swallowed). A
+/// second signal gives up on the release at once.
+#[test]
+fn a_signal_during_a_stalled_release_gives_128_plus_n() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = scratch("release-signal");
+    // The release would stall for distlock's whole 5 s release bound.
+    let config = dir.join("distlock.toml");
+    std::fs::write(&config, "command_timeout = \"20s\"\n").unwrap();
+    for second in [false, true] {
+        let name = unique("release-signal");
+        let (ready, go) = (dir.join(format!("ready-{second}")), dir.join(format!("go-{second}")));
+        let script = format!(
+            "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
+            ready = ready.display(),
+            go = go.display()
+        );
+        let child = spawn(
+            distlock(url)
+                .arg("--config")
+                .arg(&config)
+                .args(["run", &name, "--", "sh", "-c", &script]),
+        );
+        let pid: i32 = wait_for_file(&ready).trim().parse().unwrap();
+        server.pause();
+        std::fs::write(&go, "go").unwrap();
+        assert!(stops_running(pid), "the command ended");
+        std::thread::sleep(Duration::from_millis(300));
+        let distlock_pid = Pid::from_raw(child.id() as i32);
+        kill(distlock_pid, Signal::SIGTERM).unwrap();
+        let mut given_up_at = None;
+        if second {
+            std::thread::sleep(Duration::from_millis(300));
+            kill(distlock_pid, Signal::SIGINT).unwrap();
+            given_up_at = Some(std::time::Instant::now());
+        }
+        let out = finish(child);
+        let took = given_up_at.map(|t| t.elapsed());
+        server.unpause();
+        assert_eq!(code(&out), 128 + 15, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("SIGTERM") && stderr(&out).contains("exited with status 0"),
+            "{}",
+            stderr(&out)
+        );
+        if let Some(took) = took {
+            assert!(
+                took < Duration::from_secs(3),
+                "the second signal did not end the release ({took:?}): {}",
+                stderr(&out)
+            );
+        }
+    }
+}
