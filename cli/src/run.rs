@@ -240,8 +240,8 @@ fn lost_failure(args: &RunArgs, stopped: bool, max_hold: bool, status: ExitStatu
             format!("lost the lease on {name:?} while the command ran; it was stopped and {ended}")
         }
         _ => {
-        format!(
-            "lost the lease on {name:?} before the command ended (exclusion was not \
+            format!(
+                "lost the lease on {name:?} before the command ended (exclusion was not \
              guaranteed until its end); the command {ended}"
             )
         }

@@ -522,7 +522,11 @@ fn wait_rides_out_a_short_redis_pause() {
     let early = waiter.try_wait().unwrap();
     rt.block_on(guard.release()).unwrap();
     let out = finish(waiter);
-    assert!(early.is_none(), "wait ended during the pause: {}", stderr(&out));
+    assert!(
+        early.is_none(),
+        "wait ended during the pause: {}",
+        stderr(&out)
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 
     // Not a passing error: a wrong password on the first look ends it at once.
@@ -608,7 +612,11 @@ fn a_lost_lease_reports_how_the_command_ended() {
         let out = finish(child);
         assert_eq!(code(&out), LOST, "{}", stderr(&out));
         let last = stderr(&out).lines().last().unwrap_or_default().to_owned();
-        assert!(last.starts_with("distlock: lost the lease"), "{}", stderr(&out));
+        assert!(
+            last.starts_with("distlock: lost the lease"),
+            "{}",
+            stderr(&out)
+        );
         assert!(last.contains(ended), "{}", stderr(&out));
     }
 }
@@ -686,7 +694,10 @@ fn a_signal_during_a_stalled_release_gives_128_plus_n() {
     std::fs::write(&config, "command_timeout = \"20s\"\n").unwrap();
     for second in [false, true] {
         let name = unique("release-signal");
-        let (ready, go) = (dir.join(format!("ready-{second}")), dir.join(format!("go-{second}")));
+        let (ready, go) = (
+            dir.join(format!("ready-{second}")),
+            dir.join(format!("go-{second}")),
+        );
         let script = format!(
             "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
             ready = ready.display(),
