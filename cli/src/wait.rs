@@ -88,9 +88,9 @@ pub async fn wait(locker: &Locker<RedisBackend>, args: &WaitArgs) -> Result<u8, 
                     return Err(e.into());
                 }
                 if retry_delay == RETRY_MIN {
-                    tracing::warn!(lock = %args.name, error = %e, "backend error while waiting; retrying");
+                    tracing::warn!(lock = %key, error = %e, "backend error while waiting; retrying");
                 } else {
-                    tracing::debug!(lock = %args.name, error = %e, "backend error while waiting; retrying");
+                    tracing::debug!(lock = %key, error = %e, "backend error while waiting; retrying");
                 }
                 let mut wake_at = now + retry_delay;
                 if let Some(d) = deadline {
