@@ -136,6 +136,8 @@ pub async fn wait(locker: &Locker<RedisBackend>, args: &WaitArgs) -> Result<u8, 
 #[derive(Debug, Serialize)]
 struct Shown<'a> {
     name: &'a str,
+    /// The Redis key of the lock (to find it with `redis-cli`).
+    key: &'a str,
     held: bool,
     owner: Option<&'a str>,
     remaining_ms: Option<u128>,
@@ -145,8 +147,10 @@ struct Shown<'a> {
 /// `distlock inspect`: prints the lock's state, exits 0.
 pub async fn inspect(locker: &Locker<RedisBackend>, args: &InspectArgs) -> Result<u8, Failure> {
     let info = locker.inspect(&args.name).await?;
+    let keys = locker.backend().keys(&locker.key(&args.name)?);
     let shown = Shown {
         name: &args.name,
+        key: &keys.lock,
         held: info.held,
         owner: info.owner.as_deref(),
         remaining_ms: info.remaining.map(|r| r.as_millis()),
@@ -159,8 +163,9 @@ pub async fn inspect(locker: &Locker<RedisBackend>, args: &InspectArgs) -> Resul
     } else {
         let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
         format!(
-            "name:       {}\nheld:       {}\nowner:      {}\nremaining:  {}\nlast fence: {}\n",
+            "name:       {}\nkey:        {}\nheld:       {}\nowner:      {}\nremaining:  {}\nlast fence: {}\n",
             shown.name,
+            shown.key,
             if shown.held { "yes" } else { "no" },
             or_dash(shown.owner.map(str::to_owned)),
             or_dash(info.remaining.map(|r| format!("{:.3}s", r.as_secs_f64()))),

@@ -101,6 +101,9 @@ fn a_held_lock_gives_the_conflict_code() {
     assert_eq!(shown["owner"], "test-holder");
     assert_eq!(shown["last_fence"], guard.fence());
     assert!(shown["remaining_ms"].as_u64().unwrap() > 0);
+    // The Redis key, for an operator with `redis-cli`.
+    let lock_key = locker.backend().keys(&locker.key(&name).unwrap()).lock;
+    assert_eq!(shown["key"], lock_key.as_str());
 
     // `wait` without a limit returns once the holder releases.
     let waiter = spawn(distlock(url).args(["wait", &name]));
@@ -114,6 +117,11 @@ fn a_held_lock_gives_the_conflict_code() {
     assert!(marker.exists());
     let out = output(distlock(url).args(["inspect", &name]));
     assert!(stdout(&out).contains("held:       no"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("key:        {lock_key}\n")),
+        "{}",
+        stdout(&out)
+    );
 }
 
 /// The command sees DISTLOCK_NAME and DISTLOCK_FENCE; distlock exits with
