@@ -558,14 +558,9 @@ fn a_failed_renewal_is_logged_on_stderr() {
     let url = server.url();
     let name = unique("log");
     let dir = scratch("log");
-    let (ready, go) = (dir.join("ready"), dir.join("go"));
+    let Gated { ready, go, script } = gated(&dir, "log");
     let config = dir.join("distlock.toml");
     std::fs::write(&config, "command_timeout = \"500ms\"\n").unwrap();
-    let script = format!(
-        "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
-        ready = ready.display(),
-        go = go.display()
-    );
     let child = spawn(
         distlock(url)
             .arg("--config")
@@ -702,15 +697,7 @@ fn a_signal_during_a_stalled_release_gives_128_plus_n() {
     std::fs::write(&config, "command_timeout = \"20s\"\n").unwrap();
     for second in [false, true] {
         let name = unique("release-signal");
-        let (ready, go) = (
-            dir.join(format!("ready-{second}")),
-            dir.join(format!("go-{second}")),
-        );
-        let script = format!(
-            "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
-            ready = ready.display(),
-            go = go.display()
-        );
+        let Gated { ready, go, script } = gated(&dir, &second.to_string());
         let child = spawn(
             distlock(url)
                 .arg("--config")

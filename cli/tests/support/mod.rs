@@ -95,6 +95,28 @@ pub fn scratch(what: &str) -> PathBuf {
     dir
 }
 
+/// A command held at a gate: `sh -c script` writes its pid to `ready`, then
+/// runs until the test creates `go`.
+pub struct Gated {
+    pub ready: PathBuf,
+    pub go: PathBuf,
+    pub script: String,
+}
+
+/// A [`Gated`] command whose files are in `dir`, named with `tag`.
+pub fn gated(dir: &Path, tag: &str) -> Gated {
+    let (ready, go) = (
+        dir.join(format!("ready-{tag}")),
+        dir.join(format!("go-{tag}")),
+    );
+    let script = format!(
+        "echo $$ > {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
+        ready = ready.display(),
+        go = go.display()
+    );
+    Gated { ready, go, script }
+}
+
 /// Waits until `path` exists and is not empty (bounded by [`PATIENCE`]).
 pub fn wait_for_file(path: &Path) -> String {
     let started = Instant::now();
