@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use distlock::{
     Acquire, BackendError, BackendErrorKind, Capabilities, Extend, LockBackend, LockInfo, LockKey,
-    LockToken, RaiseFence, Release, ReleaseHub, ReleaseWatch, Waiter, WaiterId,
+    LockToken, RaiseFence, Release, ReleaseHub, ReleaseWatch, Waiter, WaiterId, MAX_FENCE, MAX_TTL,
 };
 use tokio::time::Instant;
 
@@ -62,6 +62,16 @@ impl State {
         self.locks.get_mut(key)
     }
 
+    /// Counts one more acquisition: the new fencing token, or `None` once
+    /// the counter is at [`MAX_FENCE`] (nothing is counted then).
+    fn next_fence(&mut self) -> Option<u64> {
+        if self.last_fence >= MAX_FENCE {
+            return None;
+        }
+        self.last_fence += 1;
+        Some(self.last_fence)
+    }
+
     /// Removes expired entries once the map has doubled since the last sweep,
     /// which keeps the cost amortised O(1) per insert.
     fn maybe_sweep(&mut self, now: Instant) {
@@ -83,6 +93,9 @@ impl State {
         lease_until: Instant,
     ) {
         let line = self.queues.entry(key.to_owned()).or_default();
+        // A place that lapsed is gone (the trait's rule), even if no call
+        // has dropped it yet: this call joins at the tail.
+        line.retain(|q| q.token != *token || q.lease_until > now);
         match line.iter_mut().find(|q| q.token == *token) {
             Some(place) => {
                 place.waiter = waiter.id;
@@ -143,12 +156,20 @@ impl State {
             if next.lease_until <= now {
                 continue;
             }
-            self.last_fence += 1;
+            let Some(fence) = self.next_fence() else {
+                // No greater fencing token exists: the key stays free, the
+                // waiter keeps its place, and its next call is refused.
+                self.queues
+                    .entry(key.to_owned())
+                    .or_default()
+                    .push_front(next);
+                return None;
+            };
             let entry = Entry {
                 token: next.token,
                 owner: None,
                 expires_at,
-                fence: self.last_fence,
+                fence,
             };
             self.locks.insert(key.to_owned(), entry);
             return Some(next.waiter);
@@ -248,13 +269,31 @@ impl std::fmt::Debug for MemoryBackend {
 
 /// `now + ttl`, or a `Config` error for a TTL too large for the clock (the
 /// `Locker` never sends one above `MAX_TTL`; direct trait calls might).
+/// When a lease (or a place in line) of `ttl` from `now` ends. TTLs from
+/// 1 ms to [`MAX_TTL`] only, as the trait asks and the Redis backend
+/// checks: others are a `Config` error.
 fn expiry(now: Instant, ttl: Duration) -> Result<Instant, BackendError> {
-    now.checked_add(ttl).ok_or_else(|| {
-        BackendError::new(
-            BackendErrorKind::Config,
-            format!("TTL {ttl:?} is too large"),
-        )
-    })
+    let refused =
+        |why: &str| BackendError::new(BackendErrorKind::Config, format!("TTL {ttl:?} {why}"));
+    if ttl < Duration::from_millis(1) {
+        return Err(refused("is under one millisecond"));
+    }
+    if ttl > MAX_TTL {
+        return Err(refused(&format!("is above the maximum {MAX_TTL:?}")));
+    }
+    now.checked_add(ttl).ok_or_else(|| refused("is too large"))
+}
+
+/// The error of an acquisition once the fencing counter is at
+/// [`MAX_FENCE`]: no greater token exists (the Redis backend answers its
+/// `INCR` overflow the same way).
+fn fences_exhausted() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Other,
+        format!(
+            "the fencing counter is at its maximum {MAX_FENCE}: no greater fencing token exists"
+        ),
+    )
 }
 
 #[async_trait]
@@ -294,8 +333,7 @@ impl LockBackend for MemoryBackend {
             state.leave(key.encoded(), token);
             return Ok(Acquire::Acquired { fence });
         }
-        state.last_fence += 1;
-        let fence = state.last_fence;
+        let fence = state.next_fence().ok_or_else(fences_exhausted)?;
         state.locks.insert(
             key.encoded().to_owned(),
             Entry {
@@ -387,6 +425,12 @@ impl LockBackend for MemoryBackend {
         token: &LockToken,
         at_least: u64,
     ) -> Result<RaiseFence, BackendError> {
+        if at_least > MAX_FENCE {
+            return Err(BackendError::new(
+                BackendErrorKind::Config,
+                format!("raise_fence to {at_least}: above the maximum fencing token {MAX_FENCE}"),
+            ));
+        }
         let now = Instant::now();
         let mut state = self.state();
         let fence = match state.live(key.encoded(), now) {
@@ -443,8 +487,9 @@ impl LockBackend for MemoryBackend {
                 }
                 None if state.first_live(k, now).is_none_or(|q| q.token == *token) => {
                     // Free, and first in line (or no line): take it.
-                    state.last_fence += 1;
-                    let fence = state.last_fence;
+                    let Some(fence) = state.next_fence() else {
+                        return Err(fences_exhausted());
+                    };
                     state.locks.insert(
                         k.to_owned(),
                         Entry {
@@ -551,5 +596,119 @@ mod tests {
             backend.stored_entries()
         );
         assert_eq!(backend.state().last_fence, 1_000_000);
+    }
+
+    /// The fencing counter stops at `MAX_FENCE`: a raise above it is a
+    /// `Config` error, and once the counter is there acquisitions fail
+    /// (plain, queued and handovers) instead of wrapping or panicking.
+    /// Found by differential testing against the Redis backend: the next
+    /// acquire answered `MAX_FENCE + 1`, and after a raise to `u64::MAX` it
+    /// panicked ("attempt to add with overflow").
+    #[tokio::test(start_paused = true)]
+    async fn the_fencing_counter_stops_at_max_fence() {
+        let backend = MemoryBackend::new();
+        let ttl = Duration::from_secs(30);
+        let (k, t1, t2) = (key("max"), LockToken::generate(), LockToken::generate());
+        backend.try_acquire(&k, &t1, ttl, None).await.unwrap();
+        for too_high in [MAX_FENCE + 1, u64::MAX] {
+            let e = backend.raise_fence(&k, &t1, too_high).await.unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Config, "{e}");
+        }
+        assert_eq!(
+            backend.raise_fence(&k, &t1, MAX_FENCE).await.unwrap(),
+            RaiseFence::Raised { fence: MAX_FENCE }
+        );
+        // A waiter in line: the release cannot hand over (no greater
+        // token), so the key is free and the waiter's call is refused.
+        let waiter = Waiter::new(WaiterId::generate(), Duration::from_secs(10));
+        let queued = backend
+            .try_acquire_queued(&k, &t2, ttl, None, &waiter)
+            .await
+            .unwrap();
+        assert!(matches!(queued, Acquire::Held { .. }), "{queued:?}");
+        assert_eq!(backend.release(&k, &t1).await.unwrap(), Release::Released);
+        assert!(!backend.inspect(&k).await.unwrap().held);
+        let e = backend
+            .try_acquire_queued(&k, &t2, ttl, None, &waiter)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Other, "{e}");
+        let e = backend.try_acquire(&k, &t2, ttl, None).await.unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Other, "{e}");
+        assert_eq!(backend.inspect(&k).await.unwrap().last_fence, None);
+    }
+
+    /// TTLs and waiter leases outside 1 ms ..= `MAX_TTL` are `Config`
+    /// errors, as on Redis (found by differential testing: memory took
+    /// 500 µs and `MAX_TTL` + 1 ms).
+    #[tokio::test(start_paused = true)]
+    async fn ttls_outside_one_millisecond_to_max_ttl_are_refused() {
+        let backend = MemoryBackend::new();
+        let (k, t) = (key("ttl"), LockToken::generate());
+        let ok = Duration::from_secs(1);
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(500),
+            MAX_TTL + Duration::from_millis(1),
+            Duration::MAX,
+        ] {
+            let e = backend.try_acquire(&k, &t, bad, None).await.unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Config, "{bad:?}: {e}");
+            let w = Waiter::new(WaiterId::generate(), bad);
+            let e = backend
+                .try_acquire_queued(&k, &t, ok, None, &w)
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), BackendErrorKind::Config, "lease {bad:?}: {e}");
+        }
+        for edge in [Duration::from_millis(1), MAX_TTL] {
+            let got = backend.try_acquire(&k, &t, edge, None).await.unwrap();
+            assert!(matches!(got, Acquire::Acquired { .. }), "{edge:?}");
+            let e = backend.extend(&k, &t, Duration::from_micros(10)).await;
+            assert_eq!(e.unwrap_err().kind(), BackendErrorKind::Config);
+            assert_eq!(backend.release(&k, &t).await.unwrap(), Release::Released);
+        }
+    }
+
+    /// A place that lapsed is gone even before a call drops it: the waiter
+    /// calling again joins at the tail, behind those who joined meanwhile
+    /// (the trait's rule; found by differential testing: memory renewed
+    /// the lapsed place where it was).
+    #[tokio::test(start_paused = true)]
+    async fn a_lapsed_place_is_not_given_back() {
+        let backend = MemoryBackend::new();
+        let long = Duration::from_secs(30);
+        let (k, h, t1, t2) = (
+            key("lapsed"),
+            LockToken::generate(),
+            LockToken::generate(),
+            LockToken::generate(),
+        );
+        let w1 = WaiterId::generate();
+        let w2 = Waiter::new(WaiterId::generate(), long);
+        backend.try_acquire(&k, &h, long, None).await.unwrap();
+        let short = Waiter::new(w1, Duration::from_millis(150));
+        backend
+            .try_acquire_queued(&k, &t1, long, None, &short)
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        backend
+            .try_acquire_queued(&k, &t2, long, None, &w2)
+            .await
+            .unwrap();
+        backend
+            .try_acquire_queued(&k, &t1, long, None, &Waiter::new(w1, long))
+            .await
+            .unwrap();
+        assert_eq!(backend.release(&k, &h).await.unwrap(), Release::Released);
+        let first = backend
+            .try_acquire_queued(&k, &t2, long, None, &w2)
+            .await
+            .unwrap();
+        assert!(
+            matches!(first, Acquire::Acquired { .. }),
+            "t2 joined first: {first:?}"
+        );
     }
 }

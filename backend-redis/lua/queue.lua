@@ -46,10 +46,19 @@ local function server_now()
 end
 
 -- Joins the line at its tail, or renews the place of a waiter already in
--- line, for `lease` ms from `now_ms`. Both keys then live at least `lease`
--- ms (never shortened: another waiter's lease may be longer).
+-- line (a live place), for `lease` ms from `now_ms`. Both keys then live
+-- at least `lease` ms (never shortened: another waiter's lease may be
+-- longer).
 local function join(waiters, leases, token, now_ms, now_us, backend, waiter, lease)
-  queue_call('ZADD', waiters, 'NX', now_us, token)
+  -- A live place keeps its score (its turn); a place that lapsed is gone
+  -- even if no call has dropped it yet, so this call joins at the tail.
+  local old = queue_call('HGET', leases, token)
+  local old_end = type(old) == 'string' and tonumber(string.match(old, '^(%d+) '))
+  if old_end and old_end > now_ms then
+    queue_call('ZADD', waiters, 'NX', now_us, token)
+  else
+    queue_call('ZADD', waiters, now_us, token)
+  end
   local record = string.format('%d', now_ms + tonumber(lease)) .. ' ' .. backend .. ' ' .. waiter .. ' ' .. lease
   queue_call('HSET', leases, token, record)
   for _, key in ipairs({waiters, leases}) do

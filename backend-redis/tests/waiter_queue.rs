@@ -711,6 +711,55 @@ async fn many_lapsed_places_do_not_let_a_later_waiter_jump_the_line() {
     }
 }
 
+/// A place that lapsed is gone even while other live places keep the line
+/// alive: the waiter calling again joins at the tail (found by
+/// differential testing: `ZADD NX` kept the lapsed place's old score, so it
+/// got its turn back ahead of waiters who joined meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_place_is_not_given_back() {
+    let b = backend(RedisServer::shared().url());
+    let k = unique("lapsed-back");
+    let long = Duration::from_secs(30);
+    let [h, t1, t2, t3] = [(); 4].map(|()| LockToken::generate());
+    let w1 = WaiterId::generate();
+    let (w2, w3) = (waiter(long), waiter(long));
+    acquired(b.try_acquire(&k, &h, long, None).await.unwrap());
+    let short = Waiter::new(w1, Duration::from_millis(150));
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &t1, long, None, &short)
+            .await
+            .unwrap()
+    ));
+    // A live waiter behind it keeps the line's keys alive.
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &t3, long, None, &w3)
+            .await
+            .unwrap()
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &t2, long, None, &w2)
+            .await
+            .unwrap()
+    ));
+    let again = Waiter::new(w1, long);
+    assert!(is_held(
+        &b.try_acquire_queued(&k, &t1, long, None, &again)
+            .await
+            .unwrap()
+    ));
+    // The line is now t3, t2, t1.
+    for (holder, next, w) in [(&h, &t3, &w3), (&t3, &t2, &w2), (&t2, &t1, &again)] {
+        assert_eq!(b.release(&k, holder).await.unwrap(), Release::Released);
+        let got = b.try_acquire_queued(&k, next, long, None, w).await.unwrap();
+        assert!(
+            matches!(got, Acquire::Acquired { .. }),
+            "the next in line: {got:?}"
+        );
+    }
+    assert_eq!(b.release(&k, &t1).await.unwrap(), Release::Released);
+}
+
 fn calls(info: &str, command: &str) -> u64 {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))

@@ -23,13 +23,23 @@ use crate::token::LockToken;
 /// The rules, checked by the conformance suite:
 /// - A lease is identified by its key and its [`LockToken`]. Only the holder of
 ///   the token may extend or release it; everything else reports "not held"
-///   and changes nothing.
+///   and changes no lease. (One allowance: a release that finds `token` not
+///   holding the key may remember `token` for a while and refuse its later
+///   acquires, with an error [marked](BackendError::with_needs_new_token)
+///   to need a new token, as [`give_back`](LockBackend::give_back) must: a
+///   networked backend cannot tell a stray release from the give-back of an
+///   acquire still on its way. The Redis backend does; the `Locker` never
+///   reuses a token after releasing it.)
 /// - A lease expires `ttl` after it was taken or last extended, by the
-///   backend's clock.
+///   backend's clock. TTLs (and [`Waiter::lease`]) from 1 ms to
+///   [`MAX_TTL`](crate::MAX_TTL) must work; a backend may refuse others with
+///   a `Config` error (the `Locker` never sends them).
 /// - With [`Capabilities::fencing`], every successful acquisition of a key
 ///   returns a fencing token strictly greater than every earlier one for that
 ///   key, across expiry, takeover and release. Release never resets it.
-///   Fencing tokens are at most [`MAX_FENCE`] (`i64::MAX`).
+///   Fencing tokens are at most [`MAX_FENCE`] (`i64::MAX`): once a key's
+///   counter is there, its acquisitions fail (an error, never a smaller or
+///   repeated token).
 /// - Keys are at most [`MAX_ENCODED_KEY_LEN`](crate::MAX_ENCODED_KEY_LEN)
 ///   bytes encoded; a store with smaller limits keys by
 ///   [`LockKey::digest`].
@@ -146,6 +156,8 @@ pub trait LockBackend: Send + Sync + 'static {
     ///   call returns it in [`RaiseFence::Raised`], and every later
     ///   acquisition of `key` returns a strictly greater one. The counter
     ///   never goes down.
+    /// - `at_least` above [`MAX_FENCE`] is refused with a `Config` error,
+    ///   whether or not `token` holds `key`.
     /// - Retrying is harmless.
     ///
     /// Backends that implement it set [`Capabilities::raise_fence`]. The
