@@ -267,8 +267,6 @@ impl std::fmt::Debug for MemoryBackend {
     }
 }
 
-/// `now + ttl`, or a `Config` error for a TTL too large for the clock (the
-/// `Locker` never sends one above `MAX_TTL`; direct trait calls might).
 /// When a lease (or a place in line) of `ttl` from `now` ends. TTLs from
 /// 1 ms to [`MAX_TTL`] only, as the trait asks and the Redis backend
 /// checks: others are a `Config` error.
