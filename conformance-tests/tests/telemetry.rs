@@ -430,3 +430,24 @@ fn an_outage_while_waiting_is_counted_as_it_happens() {
     assert_eq!(warned.len(), 1, "one WARN per wait: {warned:#?}");
     assert_eq!(warned[0].field("lock"), Some("{busy}"));
 }
+
+/// `distlock_held` counts the guards alive: up at acquisition, down at
+/// release, drop and `keep`. A guard still alive at the end (leaked here)
+/// stays counted: a hold that never ends shows. (With per-name labels
+/// switched meanwhile: `telemetry_labels.rs`.)
+#[test]
+fn the_held_gauge_counts_live_guards() {
+    let (_capture, metrics) = observe(|| async {
+        let locker = Locker::new(MemoryBackend::new());
+        let released = locker.lock_with("a", |_| opts().clone()).await.unwrap();
+        let dropped = locker.lock_with("b", |_| opts().clone()).await.unwrap();
+        let kept = locker.lock_with("c", |_| opts().clone()).await.unwrap();
+        let leaked = locker.lock_with("d", |_| opts().clone()).await.unwrap();
+        assert_eq!(released.release().await.unwrap(), Release::Released);
+        drop(dropped);
+        kept.keep();
+        Box::leak(Box::new(leaked));
+    });
+    assert_eq!(metrics.gauge("distlock_held{}"), 1.0);
+    assert_eq!(metrics.samples("distlock_hold_seconds{}").len(), 3);
+}

@@ -67,4 +67,37 @@ fn lock_names_become_labels_only_when_asked() {
             assert_eq!(lock, Some("app{order-2}"), "{name}: {labels:?}");
         }
     }
+
+    // A hold that starts before the switch ends on the series it started
+    // on: the held gauge goes back to 0 there (here, in this one test:
+    // the switch is process-wide).
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let locker = Locker::new(MemoryBackend::new());
+            let opts = LockOptions::default().with_ttl(Duration::from_secs(3));
+            let guard = locker.lock_with("order-3", |_| opts.clone()).await.unwrap();
+            telemetry::set_lock_name_labels(true);
+            guard.release().await.unwrap();
+            telemetry::set_lock_name_labels(false);
+        });
+    });
+    let held: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, _, _, _)| key.key().name() == telemetry::HELD)
+        .map(|(key, _, _, value)| (key.key().labels().count(), value))
+        .collect();
+    assert_eq!(held.len(), 1, "one series: {held:?}");
+    assert_eq!(
+        held[0],
+        (0, metrics_util::debugging::DebugValue::Gauge(0.0.into()))
+    );
 }

@@ -65,6 +65,7 @@ impl LockGuard {
         backend: Arc<dyn LockBackend>,
         releaser: Releaser,
     ) -> Self {
+        let held = crate::telemetry::Held::start(&key);
         let state = LeaseState::new(key, fence, sent_at, opts.ttl);
         let renewal = opts.auto_renew.then(|| {
             tokio::spawn(renew::renew(
@@ -82,7 +83,7 @@ impl LockGuard {
             releaser,
             renewal,
             finished: false,
-            held: crate::telemetry::Held::start(),
+            held,
         }
     }
 
@@ -236,7 +237,7 @@ impl LockGuard {
             return true;
         }
         self.lease.state.mark_ended();
-        self.held.end(self.lease.state.key());
+        self.held.end();
         if let Some(task) = self.renewal.take() {
             task.abort();
         }

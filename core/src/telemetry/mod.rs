@@ -41,6 +41,7 @@
 //! | `distlock_acquisitions_total` | counter | `outcome`, `wait` | `lock` (`wait="true"`) and `try_lock` (`wait="false"`) calls by outcome (`acquired`, `held`, `timed_out`, `error`, `invalid`, `cancelled`) |
 //! | `distlock_acquire_wait_seconds` | histogram | `outcome`, `wait` | how long those calls took, the wait included |
 //! | `distlock_waiters` | gauge | | `lock` calls in progress (waiting, or making their first attempt) |
+//! | `distlock_held` | gauge | | locks this process holds now (guards not yet released or dropped); a hold that never ends shows here long before its `distlock_hold_seconds` sample |
 //! | `distlock_hold_seconds` | histogram | | from acquisition to release or drop of the guard |
 //! | `distlock_leases_lost_total` | counter | | leases found lost (taken away, or the deadline passed) |
 //! | `distlock_renewals_total` | counter | `outcome` | renewal-task extends by outcome (`extended`, `not_held`, `error`, `timeout`: no answer before the lease's deadline, or the guard ended during the call) |
@@ -89,6 +90,8 @@ pub const ACQUISITIONS: &str = "distlock_acquisitions_total";
 pub const ACQUIRE_WAIT_SECONDS: &str = "distlock_acquire_wait_seconds";
 /// The name of the gauge of `lock` calls in progress.
 pub const WAITERS: &str = "distlock_waiters";
+/// The name of the gauge of locks held now.
+pub const HELD: &str = "distlock_held";
 /// The name of the hold-time histogram (seconds).
 pub const HOLD_SECONDS: &str = "distlock_hold_seconds";
 /// The name of the lost-leases counter.

@@ -5,8 +5,8 @@ use std::time::Duration;
 use metrics::Label;
 
 use super::{
-    kind_label, lock_name_labels, ACQUIRE_WAIT_SECONDS, ACQUISITIONS, BACKEND_ERRORS, HOLD_SECONDS,
-    LEASES_LOST, RELEASES, RENEWALS, WAITERS,
+    kind_label, lock_name_labels, ACQUIRE_WAIT_SECONDS, ACQUISITIONS, BACKEND_ERRORS, HELD,
+    HOLD_SECONDS, LEASES_LOST, RELEASES, RENEWALS, WAITERS,
 };
 use crate::error::BackendErrorKind;
 use crate::key::LockKey;
@@ -34,8 +34,17 @@ pub(crate) fn waiters(delta: f64) {
     metrics::gauge!(WAITERS).increment(delta);
 }
 
-pub(crate) fn hold(key: &LockKey, held: Duration) {
-    metrics::histogram!(HOLD_SECONDS, labels(key, &[])).record(held.as_secs_f64());
+/// The labels of a hold's series (see `spans::Held`).
+pub(crate) fn hold_labels(key: &LockKey) -> Vec<Label> {
+    labels(key, &[])
+}
+
+pub(crate) fn held(labels: &[Label], delta: f64) {
+    metrics::gauge!(HELD, labels.to_vec()).increment(delta);
+}
+
+pub(crate) fn hold(labels: &[Label], held: Duration) {
+    metrics::histogram!(HOLD_SECONDS, labels.to_vec()).record(held.as_secs_f64());
 }
 
 pub(crate) fn lease_lost(key: &LockKey) {
@@ -69,6 +78,10 @@ pub fn describe() {
         "time spent in lock/try_lock calls, the wait included"
     );
     describe_gauge!(WAITERS, "lock calls in progress");
+    describe_gauge!(
+        HELD,
+        "locks this process holds now (guards not yet released or dropped)"
+    );
     describe_histogram!(
         HOLD_SECONDS,
         Unit::Seconds,

@@ -315,25 +315,39 @@ pub(crate) fn lease_lost(key: &LockKey, fence: u64) {
     recorded::lease_lost(key);
 }
 
-/// When a guard's lock was taken, for the hold-time histogram (nothing
-/// without the `metrics` feature).
+/// A guard's hold, for the held-locks gauge and the hold-time histogram
+/// (nothing without the `metrics` feature). The labels are fixed when the
+/// hold starts, so the gauge goes down on the series it went up on even
+/// if per-name labels are switched meanwhile.
 pub(crate) struct Held {
     #[cfg(feature = "metrics")]
     since: Instant,
+    #[cfg(feature = "metrics")]
+    labels: Vec<metrics::Label>,
 }
 
 impl Held {
-    /// Starts the hold clock.
-    pub(crate) fn start() -> Self {
-        Self {
-            #[cfg(feature = "metrics")]
-            since: Instant::now(),
+    /// The hold of `key` starts: the gauge goes up.
+    pub(crate) fn start(_key: &LockKey) -> Self {
+        #[cfg(feature = "metrics")]
+        {
+            let labels = recorded::hold_labels(_key);
+            recorded::held(&labels, 1.0);
+            Self {
+                since: Instant::now(),
+                labels,
+            }
         }
+        #[cfg(not(feature = "metrics"))]
+        Self {}
     }
 
-    /// The guard was released or dropped.
-    pub(crate) fn end(&self, _key: &LockKey) {
+    /// The guard was released or dropped (called once).
+    pub(crate) fn end(&self) {
         #[cfg(feature = "metrics")]
-        recorded::hold(_key, self.since.elapsed());
+        {
+            recorded::held(&self.labels, -1.0);
+            recorded::hold(&self.labels, self.since.elapsed());
+        }
     }
 }
