@@ -423,6 +423,7 @@ impl LockBackend for MemoryBackend {
         token: &LockToken,
         at_least: u64,
     ) -> Result<RaiseFence, BackendError> {
+        self.reachable()?;
         if at_least > MAX_FENCE {
             return Err(BackendError::new(
                 BackendErrorKind::Config,
@@ -559,6 +560,7 @@ mod tests {
                 .await
                 .err(),
             backend.watch_queued(&k, &waiter).await.err(),
+            backend.raise_fence(&k, &token, 5).await.err(),
         ];
         for e in kinds {
             let e = e.expect("an error while unavailable");

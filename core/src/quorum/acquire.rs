@@ -107,6 +107,11 @@ pub(super) async fn acquire_queued(
     owner: Option<&str>,
     waiter: Option<&crate::Waiter>,
 ) -> Result<Acquire, BackendError> {
+    // The token holds the key through this quorum already: a repeated
+    // acquire, which must not give back what it holds (see `holds`).
+    if let Some(fence) = q.holds.held(key, token) {
+        return repeat(q, key, token, ttl, owner, fence).await;
+    }
     // A give-back of this token still on its way could undo what this
     // attempt acquires: wait for it first (see the `give_back` module).
     let uncounted = q.give_backs.settle(key, token, ttl).await;
@@ -267,7 +272,95 @@ pub(super) async fn acquire_queued(
         ));
     }
     calls.finish_in_background();
+    q.holds
+        .acquired(key, token, fence, ttl + LockOptions::drift(ttl));
     Ok(Acquire::Acquired { fence })
+}
+
+/// A repeated acquire by `token`, which holds `key` through this quorum
+/// (the trait's rule: the same hold, its lease renewed to `ttl`): every
+/// member is asked as a repeat, and a majority that answers acquired
+/// renews the hold. Nothing is ever given back here: a member that answers
+/// "held" by someone else or fails does not count, and without a majority
+/// the answer is a transient error (the hold stands as it was, for its
+/// guard's own deadline and renewal to judge).
+///
+/// `fence` is the quorum's fencing token of the hold. Without one (a hold
+/// that a majority extended but the quorum never reported acquired), the
+/// renewing majority is brought to its highest token as an acquisition
+/// does ([`fencing::settle`]), and that is the answer.
+pub(super) async fn repeat(
+    q: &Arc<Inner>,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    fence: Option<u64>,
+) -> Result<Acquire, BackendError> {
+    let started = Instant::now();
+    let limit = q.call_limit(ttl);
+    let mut calls = Calls::new();
+    for (i, member) in q.members.iter().enumerate() {
+        let (member, key, token) = (member.clone(), key.clone(), token.clone());
+        let owner = owner.map(str::to_owned);
+        calls.push(i, limit, async move {
+            member
+                .try_acquire(&key, &token, ttl, owner.as_deref())
+                .await
+        });
+    }
+    let (mut renewed, mut errors) = (Vec::new(), Vec::new());
+    while renewed.len() < q.majority && renewed.len() + calls.len() >= q.majority {
+        let Some((i, answer)) = calls.next().await else {
+            break;
+        };
+        match answer {
+            // A member's token of this hold is at most the quorum's (the
+            // highest at acquisition, or raised to it); a greater one is a
+            // new hold there, made after ours ended on that member.
+            Ok(Acquire::Acquired { fence: f }) if fence.is_none_or(|mine| f <= mine) => {
+                renewed.push((i, f));
+            }
+            Ok(_) => {}
+            Err(e) => errors.push((i, e)),
+        }
+    }
+    calls.finish_in_background();
+    let answer = if renewed.len() < q.majority {
+        None
+    } else {
+        match fence {
+            Some(fence) => Some(fence),
+            None if q.fencing => match fencing::settle(q, key, token, ttl, &renewed).await {
+                Ok(fence) => Some(fence),
+                Err(e) => {
+                    errors.push((usize::MAX, e));
+                    None
+                }
+            },
+            None => Some(0),
+        }
+    };
+    let elapsed = started.elapsed();
+    if let Some(fence) = answer {
+        if elapsed < ttl.saturating_sub(LockOptions::drift(ttl)) {
+            q.holds
+                .renewed(key, token, fence, ttl + LockOptions::drift(ttl));
+            return Ok(Acquire::Acquired { fence });
+        }
+    }
+    let summary = format!(
+        "a repeated acquire by the token that holds the key renewed it on {} of {} \
+         members in {elapsed:?} (a majority is {}); nothing was given back",
+        renewed.len(),
+        q.members.len(),
+        q.majority
+    );
+    let mut e = combine("acquire", &summary, &errors);
+    if !e.is_transient() {
+        e = BackendError::new(BackendErrorKind::Unavailable, e.message().to_owned());
+    }
+    Err(e)
 }
 
 /// The answer of an acquisition that found no majority: `Ok(Held)` when

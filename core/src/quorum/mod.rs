@@ -9,6 +9,7 @@ mod config;
 mod contention;
 mod fencing;
 mod give_back;
+mod holds;
 mod ops;
 mod watch;
 
@@ -101,6 +102,19 @@ use crate::token::LockToken;
 ///   that token; it may still be acquired there, but the majority must come
 ///   from the other members. A fresh token (every `try_lock`) waits for
 ///   nothing.
+///
+///   The `remaining` of a [`Acquire::Held`] answer is the shortest a
+///   holding member reported, or the gate's alone when only the gate was
+///   asked; after an extend that a member missed, that member's lease can
+///   be the older, longer one (a waiter then relies on release events and
+///   its backoff rather than on that figure).
+///
+///   A repeated acquire by a token that already holds the key through this
+///   quorum (the trait's rule: the same hold, renewed) never gives
+///   anything back: [`Acquire::Acquired`] with the hold's fencing token if
+///   a majority renewed it, else a transient error with the hold left as
+///   it was (found by a differential test: with one member down, the
+///   holder's repeat gave its majority back under its guard).
 /// - [`extend`](LockBackend::extend): [`Extend::Extended`] if a majority
 ///   of the members that count for the token (see the give-back rule
 ///   above) extended, otherwise [`Extend::NotHeld`] (the guard then treats the
@@ -111,11 +125,17 @@ use crate::token::LockToken;
 ///   majority released and the gate member of contended keys (the first
 ///   member that has not failed lately) answered, each within the member
 ///   timeout; same rules otherwise (holds left on failed members expire
-///   with their TTL; a failed release is not retried).
+///   with their TTL; a failed release is not retried). The slower members'
+///   answers finish in the background, so a token released through a
+///   quorum is not to be used again for that key (its release could still
+///   land on a member after the new acquisition); the `Locker` draws a new
+///   token for every acquisition.
 /// - [`inspect`](LockBackend::inspect): the majority view (held if a
 ///   majority holds it; the remaining lease a majority still has; the
-///   highest fencing token a majority reached). An error if fewer than a
-///   majority answered.
+///   highest fencing token a majority reached; the owner label most
+///   holding members report, "no label" included). An error if fewer than
+///   a majority answered, or if the members that did not answer could
+///   decide whether a majority holds it.
 /// - [`watch`](LockBackend::watch): any member's release notification
 ///   wakes the quorum's waiters; members without notifications are polled
 ///   by the waiter's backoff.
@@ -173,6 +193,9 @@ pub(crate) struct Inner {
     /// Give-backs of partial holds that later attempts of the same token
     /// must wait for or not count on.
     give_backs: give_back::GiveBacks,
+    /// The holds this quorum reported, for repeated acquires by their
+    /// tokens.
+    holds: holds::Holds,
 }
 
 impl Inner {
@@ -239,6 +262,7 @@ impl Quorum {
                 capabilities,
                 watches: watch::Watches::default(),
                 give_backs: give_back::GiveBacks::default(),
+                holds: holds::Holds::default(),
             }),
         })
     }

@@ -7,8 +7,9 @@ use super::calls::{combine, Calls};
 use super::give_back::release_call;
 use super::Inner;
 use crate::backend::{Extend, LockInfo, Release};
-use crate::error::BackendError;
+use crate::error::{BackendError, BackendErrorKind};
 use crate::key::LockKey;
+use crate::options::LockOptions;
 use crate::token::LockToken;
 
 /// How a yes/no call over every member came out.
@@ -96,8 +97,14 @@ pub(super) async fn extend(
     }
     let extended = |a: &Extend| *a == Extend::Extended;
     match vote(q, "extend", calls, extended, None, &uncounted).await {
-        Vote::Yes => Ok(Extend::Extended),
-        Vote::No => Ok(Extend::NotHeld),
+        Vote::Yes => {
+            q.holds.extended(key, token, ttl + LockOptions::drift(ttl));
+            Ok(Extend::Extended)
+        }
+        Vote::No => {
+            q.holds.ended(key, token);
+            Ok(Extend::NotHeld)
+        }
         Vote::Failed(e) => Err(e),
     }
 }
@@ -126,6 +133,7 @@ pub(super) async fn release(
     // the gate.
     let gate = q.contention.gate_member();
     q.give_backs.forget(key, token);
+    q.holds.ended(key, token);
     let released = |a: &Release| *a == Release::Released;
     match vote(q, "release", calls, released, gate, &[]).await {
         Vote::Yes => Ok(Release::Released),
@@ -162,6 +170,23 @@ pub(super) async fn inspect(q: &Arc<Inner>, key: &LockKey) -> Result<LockInfo, B
         );
         return Err(combine("inspect", &summary, &errors));
     }
+    // "Free" only when the members that did not answer could not make a
+    // majority "held" (found by a differential test: two answers, "held"
+    // and "free", read as free while the silent member held it too).
+    let held = infos.iter().filter(|i| i.held).count();
+    if held < q.majority && held + errors.len() >= q.majority {
+        let summary = format!(
+            "{held} of {} members report it held and {} did not answer: whether a majority \
+             holds it is unknown",
+            q.members.len(),
+            errors.len()
+        );
+        let mut e = combine("inspect", &summary, &errors);
+        if !e.is_transient() {
+            e = BackendError::new(BackendErrorKind::Unavailable, e.message().to_owned());
+        }
+        return Err(e);
+    }
     Ok(majority_view(&infos, q.majority))
 }
 
@@ -189,16 +214,18 @@ pub(super) fn majority_view(infos: &[LockInfo], majority: usize) -> LockInfo {
         (Some(x), Some(y)) => y.cmp(x),
     });
     let remaining = remaining[majority - 1];
+    // "No label" is a vote too: a stale label left on a minority must not
+    // outvote a majority holder that set none (found by a differential
+    // test). A tie goes to a label.
     let owner = holders
         .iter()
-        .filter_map(|i| i.owner.as_ref())
+        .map(|i| &i.owner)
         .max_by_key(|o| {
-            holders
-                .iter()
-                .filter(|i| i.owner.as_ref() == Some(o))
-                .count()
+            let votes = holders.iter().filter(|i| &i.owner == *o).count();
+            (votes, o.is_some())
         })
-        .cloned();
+        .cloned()
+        .flatten();
     LockInfo::held(owner, remaining, last_fence)
 }
 
