@@ -81,7 +81,11 @@ return guarded(function()
   end
   -- Free (a holder's or a handover's lease ended), another waiter first:
   -- hand it the lock and line up behind it.
-  grant(k, head, rec, ARGV[3], ARGV[7], ARGV[8] == 's')
+  local granted = grant(k, head, rec, ARGV[3], ARGV[7], ARGV[8] == 's')
   join(k.waiters, k.leases, token, now_ms, now_us, ARGV[4], ARGV[5], ARGV[6])
+  if not granted then
+    -- No greater fencing token exists: the key stays free (no expiry).
+    return {0, -2}
+  end
   return {0, tonumber(rec.claim)}
 end)

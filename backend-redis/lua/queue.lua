@@ -105,10 +105,17 @@ end
 -- claim window (replacing a holder's token: a release hands over without
 -- freeing the key), and its backend hears of it on the lock key +
 -- ':grant:' + BACKEND with the payload 'ENCODED-KEY WAITER'. Returns
--- 'BACKEND WAITER'. k = {lock, owner, fence, waiters, leases}.
+-- 'BACKEND WAITER', or nil (nothing written) when the fencing counter is at
+-- its maximum. k = {lock, owner, fence, waiters, leases}.
 local function grant(k, head, rec, retention, payload, sharded)
   local _, err = bump_fence(k.fence, retention, nil)
   if err then
+    if string.find(tostring(err['err']), 'overflow', 1, true) then
+      -- The counter is at its maximum (MAX_FENCE): no greater fencing
+      -- token exists, so nobody can be handed the lock (the memory
+      -- backend's rule); the waiter keeps its place.
+      return nil
+    end
     error(err)
   end
   leave(k.waiters, k.leases, head)

@@ -43,8 +43,9 @@ return guarded(function()
     -- writes when it errors, and a release that answers an error must
     -- leave the lock as it was (dropping lapsed places aside).
     local first, rec = first_live(k.waiters, k.leases, server_now(), ARGV[1], 256)
-    if first then
-      return grant(k, first, rec, ARGV[6], ARGV[3], sharded)
+    local granted = first and grant(k, first, rec, ARGV[6], ARGV[3], sharded)
+    if granted then
+      return granted
     end
   end
   redis.call('DEL', k.lock, k.owner)

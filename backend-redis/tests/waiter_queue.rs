@@ -649,15 +649,12 @@ async fn a_release_that_fails_leaves_the_lock_and_the_line_as_they_were() {
 async fn many_lapsed_places_do_not_let_a_later_waiter_jump_the_line() {
     let url = RedisServer::shared().url();
     let b = backend(url);
+    let mut admin = admin(url).await;
     for (lapsed, by_release) in [(17, false), (40, false), (17, true), (300, true)] {
         let k = unique("lapsed");
         let holder = LockToken::generate();
-        let hold = if by_release {
-            TTL
-        } else {
-            Duration::from_millis(400)
-        };
-        acquired(b.try_acquire(&k, &holder, hold, None).await.unwrap());
+        // Held for the whole setup however slow it is; ended below.
+        acquired(b.try_acquire(&k, &holder, TTL, None).await.unwrap());
         for _ in 0..lapsed {
             let w = waiter(Duration::from_millis(50));
             let _ = b
@@ -674,11 +671,20 @@ async fn many_lapsed_places_do_not_let_a_later_waiter_jump_the_line() {
         assert!(is_held(
             &b.try_acquire_queued(&k, &ty, TTL, None, &wy).await.unwrap()
         ));
+        // The 50 ms places lapse.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         if by_release {
-            tokio::time::sleep(Duration::from_millis(100)).await;
             assert_eq!(b.release(&k, &holder).await.unwrap(), Release::Released);
         } else {
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            // The holder's lease runs out (no release, nothing handed).
+            let () = redis::cmd("PEXPIRE")
+                .arg(&b.keys(&k).lock)
+                .arg(1)
+                .query_async::<i64>(&mut admin)
+                .await
+                .map(drop)
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // The later waiter calls first, as often as it is told to.
         for _ in 0..lapsed {
@@ -758,6 +764,46 @@ async fn a_lapsed_place_is_not_given_back() {
         );
     }
     assert_eq!(b.release(&k, &t1).await.unwrap(), Release::Released);
+}
+
+/// Once a key's fencing counter is at `MAX_FENCE` nobody can be handed the
+/// lock: a release with a waiter in line frees the key (as on the memory
+/// backend), and acquisitions fail. Found in review: the release failed
+/// with "increment or decrement would overflow" and left the lock held by
+/// the releasing token until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_fence_a_release_hands_over_to_nobody() {
+    let memory = distlock_memory::MemoryBackend::new();
+    let redis = backend(RedisServer::shared().url());
+    for b in [&memory as &dyn LockBackend, &redis as &dyn LockBackend] {
+        let k = unique("max-fence");
+        let (t1, t2) = (LockToken::generate(), LockToken::generate());
+        acquired(b.try_acquire(&k, &t1, TTL, None).await.unwrap());
+        assert_eq!(
+            b.raise_fence(&k, &t1, distlock_redis::MAX_FENCE)
+                .await
+                .unwrap(),
+            distlock_redis::RaiseFence::Raised {
+                fence: distlock_redis::MAX_FENCE
+            }
+        );
+        let w = waiter(Duration::from_secs(10));
+        assert!(is_held(
+            &b.try_acquire_queued(&k, &t2, TTL, None, &w).await.unwrap()
+        ));
+        assert_eq!(b.release(&k, &t1).await.unwrap(), Release::Released);
+        assert!(
+            !b.inspect(&k).await.unwrap().held,
+            "freed, handed to nobody"
+        );
+        let e = b
+            .try_acquire_queued(&k, &t2, TTL, None, &w)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Other, "{e}");
+        let e = b.try_acquire(&k, &t2, TTL, None).await.unwrap_err();
+        assert_eq!(e.kind(), BackendErrorKind::Other, "{e}");
+    }
 }
 
 fn calls(info: &str, command: &str) -> u64 {
