@@ -127,12 +127,28 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     let lease = guard.lease();
     let mut lost = false;
     let mut kill_at: Option<Instant> = None;
+    // A signal that reaches distlock after the command ended (see the
+    // release stage below).
+    let mut signalled: Option<Signal> = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
             sig = signals.recv() => {
                 if let Some(group) = group {
                     let _ = kill(group, sig);
+                }
+                // The command may have ended just before (both were ready
+                // and the signal was picked): then the signal came after
+                // it and is reported as in the release stage, not lost
+                // (found in review: distlock exited 0, the SIGTERM gone).
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!(
+                        "distlock: {sig} as the command ended; releasing the lock on {:?} \
+                         (at most {RELEASE_TIMEOUT:?}, a second signal gives up on it)",
+                        args.name
+                    );
+                    signalled = Some(sig);
+                    break Ok(status);
                 }
             }
             _ = lease.lost(), if !lost => {
@@ -178,7 +194,6 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
     // command's status as if no signal had come (found in an operator
     // trial). Not passed on: the command has ended, and what it left
     // running is its own business (or was killed above).
-    let mut signalled: Option<Signal> = None;
     let released = {
         let releasing = release(guard);
         tokio::pin!(releasing);
