@@ -104,6 +104,14 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,
 {
+    observe_on(true, scenario)
+}
+
+fn observe_on<F, Fut>(paused: bool, scenario: F) -> (LogCapture, Metrics)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let capture = LogCapture::default();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
@@ -111,7 +119,7 @@ where
         metrics::with_local_recorder(&recorder, || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .start_paused(true)
+                .start_paused(paused)
                 .build()
                 .unwrap();
             rt.block_on(scenario());
@@ -134,6 +142,15 @@ where
         })
         .collect();
     (capture, Metrics(metrics))
+}
+
+/// [`observe`] on a real clock (for a backend that stalls its thread).
+fn observe_real_time<F, Fut>(scenario: F) -> (LogCapture, Metrics)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    observe_on(false, scenario)
 }
 
 fn only<'a>(spans: &'a [CapturedSpan], name: &str) -> &'a CapturedSpan {
@@ -450,4 +467,74 @@ fn the_held_gauge_counts_live_guards() {
     });
     assert_eq!(metrics.gauge("distlock_held{}"), 1.0);
     assert_eq!(metrics.samples("distlock_hold_seconds{}").len(), 3);
+}
+
+/// A backend whose every acquire fails, the calls after the first only
+/// after the thread stalled 300 ms (a loaded machine).
+#[derive(Clone, Default)]
+struct Stalling {
+    calls: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait]
+impl LockBackend for Stalling {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+    }
+    async fn try_acquire(
+        &self,
+        _: &LockKey,
+        _: &LockToken,
+        _: Duration,
+        _: Option<&str>,
+    ) -> Result<Acquire, BackendError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) >= 1 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Err(BackendError::new(BackendErrorKind::Unavailable, "outage"))
+    }
+    async fn extend(
+        &self,
+        _: &LockKey,
+        _: &LockToken,
+        _: Duration,
+    ) -> Result<Extend, BackendError> {
+        Ok(Extend::NotHeld)
+    }
+    async fn release(&self, _: &LockKey, _: &LockToken) -> Result<Release, BackendError> {
+        Ok(Release::NotHeld)
+    }
+    async fn inspect(&self, _: &LockKey) -> Result<LockInfo, BackendError> {
+        Ok(LockInfo::free(None))
+    }
+}
+
+/// Every failed call of a wait counts once, the last one too: one that
+/// returns after the wait deadline (not retried) carries the same message
+/// as the one retried before it. Found in review: the span's check "was it
+/// the last retried error?" compared messages, and dropped it.
+#[test]
+fn every_failed_attempt_of_a_wait_counts_once() {
+    let backend = Stalling::default();
+    let (_capture, metrics) = {
+        let backend = backend.clone();
+        observe_real_time(move || async move {
+            let locker = Locker::new(backend);
+            let e = locker
+                .lock_with("x", |_| {
+                    LockOptions::default()
+                        .with_ttl(Duration::from_secs(3))
+                        .with_wait_timeout(Duration::from_millis(100))
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(e, LockError::Backend(_)), "{e:?}");
+        })
+    };
+    let attempts = u64::from(backend.calls.load(Ordering::SeqCst));
+    assert_eq!(attempts, 2, "one retried, one after the deadline");
+    assert_eq!(
+        metrics.counter("distlock_backend_errors_total{kind=Unavailable,op=acquire}"),
+        attempts
+    );
 }

@@ -12,7 +12,7 @@ use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{refresh_period, retry_while_waiting, within, Backoff, Turn, Turns};
+use crate::wait::{counted, refresh_period, retry_while_waiting, within, Backoff, Turn, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
 /// backend, the background releases and the queue of local waiters.
@@ -268,7 +268,8 @@ impl<B: LockBackend> Locker<B> {
             // handoff between tasks of one process).
             watch = within(bound, self.inner.backend.watch(key))
                 .await
-                .ok_or_else(timed_out)??;
+                .ok_or_else(timed_out)?
+                .map_err(|e| counted(key, e))?;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         // The last transient error of an attempt, while no later attempt
@@ -291,7 +292,7 @@ impl<B: LockBackend> Locker<B> {
                     remaining
                 }
                 Err(e) if retry_while_waiting(&e) && Instant::now() < deadline => {
-                    crate::telemetry::retried_error(key, &e);
+                    crate::telemetry::wait_error(key, &e, true);
                     let wake_at = deadline.min(Instant::now() + backoff.next_delay());
                     tokio::time::sleep_until(wake_at).await;
                     if Instant::now() >= deadline {
@@ -300,7 +301,10 @@ impl<B: LockBackend> Locker<B> {
                     last_transient = Some(e);
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    crate::telemetry::wait_error(key, &e, false);
+                    return Err(e);
+                }
             };
             let now = Instant::now();
             if now >= deadline {
@@ -311,7 +315,8 @@ impl<B: LockBackend> Locker<B> {
                 // an immediate retry covers a release in between.
                 watch = within(bound, self.inner.backend.watch(key))
                     .await
-                    .ok_or_else(timed_out)??;
+                    .ok_or_else(timed_out)?
+                    .map_err(|e| counted(key, e))?;
                 if watch.is_some() {
                     continue;
                 }
@@ -377,7 +382,8 @@ impl<B: LockBackend> Locker<B> {
             let waiter = waiter.get_or_insert_with(new_waiter);
             watch = within(bound, inner.backend.watch_queued(key, waiter))
                 .await
-                .ok_or_else(timed_out)??;
+                .ok_or_else(timed_out)?
+                .map_err(|e| counted(key, e))?;
         }
         // Armed for the whole call: from the first request on, the token
         // may hold the lock (taken, or handed over) or a place in line.
@@ -461,7 +467,8 @@ impl<B: LockBackend> Locker<B> {
                         let waiter = waiter.get_or_insert_with(new_waiter);
                         watch = within(bound, inner.backend.watch_queued(key, waiter))
                             .await
-                            .ok_or_else(timed_out)??;
+                            .ok_or_else(timed_out)?
+                            .map_err(|e| counted(key, e))?;
                         if watch.is_some() || plain {
                             continue;
                         }
@@ -493,7 +500,9 @@ impl<B: LockBackend> Locker<B> {
                     LockError::from(e)
                 }
             };
-            if !(retry_while_waiting(&error) && Instant::now() < deadline) {
+            let retrying = retry_while_waiting(&error) && Instant::now() < deadline;
+            crate::telemetry::wait_error(key, &error, retrying);
+            if !retrying {
                 return Err(error);
             }
             if std::mem::take(&mut unknown) {
@@ -508,7 +517,6 @@ impl<B: LockBackend> Locker<B> {
                 ticket =
                     PendingRelease::arm(&inner.releaser, key, &token, Instant::now(), opts.ttl);
             }
-            crate::telemetry::retried_error(key, &error);
             // Retried (with the same token unless the call timed out or the
             // error needs a new token)
             // before the place in line lapses.

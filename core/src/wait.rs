@@ -57,6 +57,15 @@ pub(crate) async fn within<T>(
     }
 }
 
+/// A backend error of a waiting `lock()`'s registration for release
+/// events, counted where it happens, as every failed call of a wait is
+/// (`telemetry::wait_error`).
+pub(crate) fn counted(key: &crate::LockKey, e: crate::BackendError) -> crate::LockError {
+    let e = crate::LockError::from(e);
+    crate::telemetry::wait_error(key, &e, false);
+    e
+}
+
 /// Whether a failed attempt of a waiting call ([`Locker::lock`]) is worth
 /// another one while the wait deadline allows: transient backend errors
 /// (the server restarting, busy with a script, failing over; a timeout; a

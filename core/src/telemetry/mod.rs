@@ -81,7 +81,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::BackendErrorKind;
 
 pub(crate) use spans::{
-    acquire, attempted, extend, lease_lost, release, renewal, retried_error, Held,
+    acquire, attempted, extend, lease_lost, release, renewal, wait_error, Held,
 };
 
 /// The name of the acquisitions counter.

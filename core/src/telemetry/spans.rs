@@ -2,7 +2,7 @@
 //! they end. Called from the locker, the guard and the releaser with one
 //! line each.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 
 use tokio::time::Instant;
@@ -11,7 +11,7 @@ use tracing::{Instrument, Span};
 
 use super::{kind_label, recorded};
 use crate::backend::{Extend, Release};
-use crate::error::{BackendError, BackendErrorKind, LockError};
+use crate::error::{BackendError, LockError};
 use crate::guard::LockGuard;
 use crate::key::LockKey;
 
@@ -20,11 +20,8 @@ use crate::key::LockKey;
 struct Counts {
     /// Backend attempts.
     attempts: Cell<u32>,
-    /// Backend errors the wait retried.
+    /// Backend errors the wait rode out (retried).
     retried: Cell<u32>,
-    /// The last of them (kind and message): already recorded, so not
-    /// recorded again when the call ends with it.
-    last_retried: RefCell<Option<(BackendErrorKind, String)>>,
 }
 
 tokio::task_local! {
@@ -37,20 +34,24 @@ pub(crate) fn attempted() {
     let _ = COUNTS.try_with(|c| c.attempts.set(c.attempts.get().saturating_add(1)));
 }
 
-/// A backend error that a waiting `lock()` retries: counted in
-/// `distlock_backend_errors_total` (`op="acquire"`) now, so that an outage
-/// only waiters meet shows while they wait; the first of a call is a
-/// `WARN` event, later ones `DEBUG`.
-pub(crate) fn retried_error(key: &LockKey, error: &LockError) {
+/// A failed backend call of a waiting `lock()`: counted in
+/// `distlock_backend_errors_total` (`op="acquire"`) where it happens, so
+/// that an outage only waiters meet shows while they wait, and each failed
+/// call counts once (the `acquire` span of a `lock()` does not count the
+/// error it ends with again). The first that the wait rides out
+/// (`retrying`) is a `WARN` event, later ones `DEBUG`.
+pub(crate) fn wait_error(key: &LockKey, error: &LockError, retrying: bool) {
     let LockError::Backend(e) = error else {
         return;
     };
     recorded::backend_error(key, "acquire", e.kind());
+    if !retrying {
+        return;
+    }
     let first = COUNTS
         .try_with(|c| {
             let n = c.retried.get();
             c.retried.set(n.saturating_add(1));
-            *c.last_retried.borrow_mut() = Some((e.kind(), e.to_string()));
             n == 0
         })
         .unwrap_or(true);
@@ -123,14 +124,13 @@ pub(crate) async fn acquire<T: Acquired>(
             None => "held",
         },
         Err(LockError::TimedOut { .. }) => "timed_out",
+        Err(LockError::Backend(e)) if wait => {
+            // Counted where it happened (`wait_error`).
+            pending.span.record("error_kind", kind_label(e.kind()));
+            "error"
+        }
         Err(LockError::Backend(e)) => {
-            let seen = counts.last_retried.into_inner();
-            if seen.is_some_and(|(kind, message)| kind == e.kind() && message == e.to_string()) {
-                // Recorded when it was retried (`retried_error`).
-                pending.span.record("error_kind", kind_label(e.kind()));
-            } else {
-                backend_error(&pending.span, key, "acquire", e);
-            }
+            backend_error(&pending.span, key, "acquire", e);
             "error"
         }
         Err(_) => "invalid",
