@@ -416,7 +416,8 @@ impl LockBackend for MemoryBackend {
 
     /// Raises the hold's token and the store's counter (shared by every
     /// name, so raising it for one name only makes the others skip
-    /// numbers).
+    /// numbers; raised to [`MAX_FENCE`], it ends every name's
+    /// acquisitions).
     async fn raise_fence(
         &self,
         key: &LockKey,

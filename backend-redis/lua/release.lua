@@ -41,7 +41,8 @@ return guarded(function()
     -- Every check that can fail (the line's keys, the fence counter) runs
     -- before the lock key is written: Redis does not undo a script's
     -- writes when it errors, and a release that answers an error must
-    -- leave the lock as it was (dropping lapsed places aside).
+    -- leave the lock as it was (dropping lapsed places and a give-back's
+    -- tombstone aside).
     local first, rec = first_live(k.waiters, k.leases, server_now(), ARGV[1], 256)
     local granted = first and grant(k, first, rec, ARGV[6], ARGV[3], sharded)
     if granted then

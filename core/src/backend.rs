@@ -39,7 +39,8 @@ use crate::token::LockToken;
 ///   key, across expiry, takeover and release. Release never resets it.
 ///   Fencing tokens are at most [`MAX_FENCE`] (`i64::MAX`): once a key's
 ///   counter is there, its acquisitions fail (an error, never a smaller or
-///   repeated token).
+///   repeated token). A store with one counter for every key (as
+///   `distlock-memory`) then fails them for every key.
 /// - Keys are at most [`MAX_ENCODED_KEY_LEN`](crate::MAX_ENCODED_KEY_LEN)
 ///   bytes encoded; a store with smaller limits keys by
 ///   [`LockKey::digest`].
