@@ -134,13 +134,12 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
         tokio::select! {
             status = child.wait() => break status,
             sig = signals.recv() => {
-                if let Some(group) = group {
-                    let _ = kill(group, sig);
-                }
                 // The command may have ended just before (both were ready
                 // and the signal was picked): then the signal came after
-                // it and is reported as in the release stage, not lost
-                // (found in review: distlock exited 0, the SIGTERM gone).
+                // it, is not passed on (what the command left running is
+                // its own business), and is reported as in the release
+                // stage, not lost (found in review: distlock exited 0, the
+                // SIGTERM gone).
                 if let Ok(Some(status)) = child.try_wait() {
                     eprintln!(
                         "distlock: {sig} as the command ended; releasing the lock on {:?} \
@@ -149,6 +148,9 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
                     );
                     signalled = Some(sig);
                     break Ok(status);
+                }
+                if let Some(group) = group {
+                    let _ = kill(group, sig);
                 }
             }
             _ = lease.lost(), if !lost => {

@@ -272,8 +272,7 @@ pub(super) async fn acquire_queued(
         ));
     }
     calls.finish_in_background();
-    q.holds
-        .acquired(key, token, fence, ttl + LockOptions::drift(ttl));
+    q.holds.acquired(key, token, fence, ttl);
     Ok(Acquire::Acquired { fence })
 }
 
@@ -297,6 +296,12 @@ pub(super) async fn repeat(
     owner: Option<&str>,
     fence: Option<u64>,
 ) -> Result<Acquire, BackendError> {
+    // The give-back rules hold here too (see the `give_back` module): a
+    // member where a give-back of this token may still land does not count
+    // (found in review: it counted, the stale give-back landed after the
+    // answer, and another client took the majority), and running
+    // give-backs are waited for.
+    let uncounted = q.give_backs.settle(key, token, ttl).await;
     let started = Instant::now();
     let limit = q.call_limit(ttl);
     let mut calls = Calls::new();
@@ -315,14 +320,27 @@ pub(super) async fn repeat(
             break;
         };
         match answer {
-            // A member's token of this hold is at most the quorum's (the
-            // highest at acquisition, or raised to it); a greater one is a
-            // new hold there, made after ours ended on that member.
-            Ok(Acquire::Acquired { fence: f }) if fence.is_none_or(|mine| f <= mine) => {
+            _ if uncounted.contains(&i) => {}
+            // With fencing, a member's token of this hold is at most the
+            // quorum's (the highest at acquisition, or raised to it); a
+            // greater one is a new hold there, made after ours ended on
+            // that member. Without, the quorum's token is 0 and the
+            // members' own are not compared.
+            Ok(Acquire::Acquired { fence: f })
+                if !q.fencing || fence.is_none_or(|mine| f <= mine) =>
+            {
                 renewed.push((i, f));
             }
             Ok(_) => {}
             Err(e) => errors.push((i, e)),
+        }
+        let pending = calls
+            .members()
+            .iter()
+            .filter(|m| !uncounted.contains(m))
+            .count();
+        if renewed.len() + pending < q.majority {
+            break;
         }
     }
     calls.finish_in_background();
@@ -344,8 +362,7 @@ pub(super) async fn repeat(
     let elapsed = started.elapsed();
     if let Some(fence) = answer {
         if elapsed < ttl.saturating_sub(LockOptions::drift(ttl)) {
-            q.holds
-                .renewed(key, token, fence, ttl + LockOptions::drift(ttl));
+            q.holds.renewed(key, token, fence, ttl);
             return Ok(Acquire::Acquired { fence });
         }
     }

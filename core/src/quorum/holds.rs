@@ -79,10 +79,10 @@ impl Holds {
     }
 
     /// The quorum reported `key` acquired by `token` with `fence`; the
-    /// majority's leases end within `keep` from now (the TTL, plus the
-    /// drift allowance for member clocks running slow). A minority may
-    /// hold it longer (a late answer, a failed extend): that is no quorum
-    /// hold.
+    /// majority's leases end within `keep` from now (the TTL: the holder's
+    /// guard counts on less, the TTL minus the drift allowance, from an
+    /// earlier instant). A minority may hold it longer (a late answer, a
+    /// failed extend): that is no quorum hold.
     pub(super) fn acquired(&self, key: &LockKey, token: &LockToken, fence: u64, keep: Duration) {
         let now = Instant::now();
         let mut state = self.state();

@@ -133,9 +133,12 @@ use crate::token::LockToken;
 /// - [`inspect`](LockBackend::inspect): the majority view (held if a
 ///   majority holds it; the remaining lease a majority still has; the
 ///   highest fencing token a majority reached; the owner label most
-///   holding members report, "no label" included). An error if fewer than
-///   a majority answered, or if the members that did not answer could
-///   decide whether a majority holds it.
+///   holding members report, "no label" included). Held only when a
+///   majority of all members report it held: a member that does not answer
+///   counts as not holding, so with members silent a held lock can show
+///   as free (an error instead would fail every `inspect` during a
+///   minority outage whenever the others disagree). An error if fewer than
+///   a majority answered.
 /// - [`watch`](LockBackend::watch): any member's release notification
 ///   wakes the quorum's waiters; members without notifications are polled
 ///   by the waiter's backoff.
