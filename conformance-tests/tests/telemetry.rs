@@ -538,3 +538,37 @@ fn every_failed_attempt_of_a_wait_counts_once() {
         attempts
     );
 }
+
+/// `try_lock_or_holder` is counted like `try_lock` (found in review: it
+/// recorded no acquisition, span or backend error).
+#[test]
+fn try_lock_or_holder_is_counted() {
+    let (capture, metrics) = observe(|| async {
+        let backend = Flaky::default();
+        let locker = Locker::new(backend.clone());
+        let _held = locker.lock_with("busy", |_| opts().clone()).await.unwrap();
+        let answer = locker.try_lock_or_holder("busy", |o| o).await.unwrap();
+        assert!(matches!(answer, distlock::TryLock::Held(_)));
+        backend.down.store(true, Ordering::SeqCst);
+        assert!(locker.try_lock_or_holder("other", |o| o).await.is_err());
+        backend.down.store(false, Ordering::SeqCst);
+    });
+    assert_eq!(
+        metrics.counter("distlock_acquisitions_total{outcome=held,wait=false}"),
+        1
+    );
+    assert_eq!(
+        metrics.counter("distlock_acquisitions_total{outcome=error,wait=false}"),
+        1
+    );
+    assert_eq!(
+        metrics.counter("distlock_backend_errors_total{kind=Unavailable,op=acquire}"),
+        1
+    );
+    let spans = capture.spans();
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "acquire").count(),
+        3,
+        "{spans:#?}"
+    );
+}

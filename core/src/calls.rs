@@ -158,7 +158,8 @@ impl<B: LockBackend> Locker<B> {
         let opts = self.options(configure);
         opts.validate()?;
         let key = self.key(name)?;
-        Ok(match self.attempt(&key, &opts).await? {
+        let attempt = crate::telemetry::acquire(&key, false, self.attempt(&key, &opts));
+        Ok(match attempt.await? {
             Ok(guard) => TryLock::Acquired(guard),
             Err(remaining) => TryLock::Held(Holder {
                 name: key.name().to_owned(),
