@@ -351,9 +351,13 @@ pub(super) async fn repeat(
             Some(fence) => Some(fence),
             None if q.fencing => match fencing::settle(q, key, token, ttl, &renewed).await {
                 Ok(fence) => Some(fence),
+                // Nothing is given back: the hold stands as it was.
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
-                    errors.push((usize::MAX, e));
-                    None
+                    return Err(BackendError::new(
+                        BackendErrorKind::Unavailable,
+                        e.message().to_owned(),
+                    ))
                 }
             },
             None => Some(0),
