@@ -305,7 +305,6 @@ impl<B: LockBackend> Locker<B> {
         let lease = guard.lease();
         let value = f(lease.clone()).await;
         let name = guard.name().to_owned();
-        let key = guard.lease().state.key().clone();
         // Lost before the work ended (renewal found it gone, or the deadline
         // passed): exclusion was not guaranteed, whatever release says.
         let lost = lease.is_lost();
@@ -316,7 +315,7 @@ impl<B: LockBackend> Locker<B> {
                 if !lost {
                     // The release is retried in the background; the work is
                     // done and the lease was valid until it ended.
-                    tracing::warn!(lock = %key, error = %e, "release after the work failed");
+                    tracing::warn!(lock = %lease.state.key(), error = %e, "release after the work failed");
                 }
                 !lost
             }
