@@ -503,6 +503,17 @@ impl World {
         Ok(())
     }
 
+    /// How many members' stores hold `key` for `token`.
+    async fn holding(&self, key: &LockKey, token: &LockToken) -> usize {
+        let mut n = 0;
+        for m in &self.members {
+            if m.holds(key, token).await {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// A token released or given back through the quorum is not used
     /// again for that name (the quorum docs: its release may still land on
     /// a member after a new acquisition; the `Locker` draws a new token
@@ -542,12 +553,7 @@ impl World {
         let is_acq = matches!(op, Op::Acquire { .. } | Op::Queued { .. });
         match q {
             Out::Acquired(_) | Out::Extended => {
-                let mut holding = 0;
-                for m in &self.members {
-                    if m.holds(k, tok).await {
-                        holding += 1;
-                    }
-                }
+                let holding = self.holding(k, tok).await;
                 if holding < majority {
                     eprintln!(
                         "  ({} reported but only {holding} members hold it)",
@@ -596,12 +602,7 @@ impl World {
             Out::Err(..) | Out::Held(_)
                 if is_acq && self.believed[n].is_some_and(|b| b.t == t && b.until > started) =>
             {
-                let mut holding = 0;
-                for m in &self.members {
-                    if m.holds(k, tok).await {
-                        holding += 1;
-                    }
-                }
+                let holding = self.holding(k, tok).await;
                 if holding < majority {
                     eprintln!(
                         "  ({} to the holder; {holding} members still hold it)",
@@ -993,17 +994,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Members (raw stores) holding `key` for `token`.
-async fn holding(w: &World, key: &LockKey, token: &LockToken) -> usize {
-    let mut n = 0;
-    for m in &w.members {
-        if m.holds(key, token).await {
-            n += 1;
-        }
-    }
-    n
-}
-
 /// Q1 (safety). An acquire by the token that already holds the name
 /// (allowed by the trait: "answers Acquired with that hold's fencing
 /// token and renews the lease"), which finds no majority this time (one
@@ -1037,7 +1027,7 @@ async fn q1_a_failed_repeat_acquire_gives_back_the_holders_majority() {
     w.members[0].set(DOWN);
     let q = w.quorum.try_acquire(k, &t2, ms(2_500), None).await;
     let m = r.try_acquire(k, &t2, ms(2_500), None).await;
-    let still = holding(&w, k, &t2).await;
+    let still = w.holding(k, &t2).await;
     w.members[0].set(UP);
     // Another token, 3 s later (t0's stale hold is gone; t2's 30 s lease
     // runs for 27 s more).

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::calls::{combine, Calls};
 use super::give_back::give_back;
+use super::holds::HoldId;
 use super::{fencing, Inner};
 use crate::backend::Acquire;
 use crate::error::{BackendError, BackendErrorKind};
@@ -83,6 +84,33 @@ impl Tally {
     }
 }
 
+/// `try_acquire` on every member but `except`, all at once, each bounded
+/// by the member timeout.
+fn try_acquire_all(
+    q: &Inner,
+    key: &LockKey,
+    token: &LockToken,
+    ttl: Duration,
+    owner: Option<&str>,
+    except: Option<usize>,
+) -> Calls<Acquire> {
+    let limit = q.call_limit(ttl);
+    let mut calls = Calls::new();
+    for (i, member) in q.members.iter().enumerate() {
+        if Some(i) == except {
+            continue;
+        }
+        let (member, key, token) = (member.clone(), key.clone(), token.clone());
+        let owner = owner.map(str::to_owned);
+        calls.push(i, limit, async move {
+            member
+                .try_acquire(&key, &token, ttl, owner.as_deref())
+                .await
+        });
+    }
+    calls
+}
+
 /// Acquires `key` on a majority of members; see [`Quorum`](super::Quorum).
 pub(super) async fn acquire(
     q: &Arc<Inner>,
@@ -109,7 +137,8 @@ pub(super) async fn acquire_queued(
 ) -> Result<Acquire, BackendError> {
     // The token holds the key through this quorum already: a repeated
     // acquire, which must not give back what it holds (see `holds`).
-    if let Some(fence) = q.holds.held(key, token) {
+    let hold = HoldId::new(key, token);
+    if let Some(fence) = q.holds.held(&hold) {
         return repeat(q, key, token, ttl, owner, fence).await;
     }
     // A give-back of this token still on its way could undo what this
@@ -160,19 +189,7 @@ pub(super) async fn acquire_queued(
             answer => tally.count(g, answer),
         }
     }
-    let mut calls = Calls::new();
-    for (i, member) in q.members.iter().enumerate() {
-        if Some(i) == gate {
-            continue;
-        }
-        let (member, key, token) = (member.clone(), key.clone(), token.clone());
-        let owner = owner.map(str::to_owned);
-        calls.push(i, limit, async move {
-            member
-                .try_acquire(&key, &token, ttl, owner.as_deref())
-                .await
-        });
-    }
+    let mut calls = try_acquire_all(q, key, token, ttl, owner, gate);
     while tally.acquired.len() < q.majority && tally.acquired.len() + calls.len() >= q.majority {
         let Some((i, answer)) = calls.next().await else {
             break;
@@ -272,7 +289,7 @@ pub(super) async fn acquire_queued(
         ));
     }
     calls.finish_in_background();
-    q.holds.acquired(key, token, fence, ttl);
+    q.holds.acquired(hold, fence, ttl);
     Ok(Acquire::Acquired { fence })
 }
 
@@ -303,17 +320,7 @@ pub(super) async fn repeat(
     // give-backs are waited for.
     let uncounted = q.give_backs.settle(key, token, ttl).await;
     let started = Instant::now();
-    let limit = q.call_limit(ttl);
-    let mut calls = Calls::new();
-    for (i, member) in q.members.iter().enumerate() {
-        let (member, key, token) = (member.clone(), key.clone(), token.clone());
-        let owner = owner.map(str::to_owned);
-        calls.push(i, limit, async move {
-            member
-                .try_acquire(&key, &token, ttl, owner.as_deref())
-                .await
-        });
-    }
+    let mut calls = try_acquire_all(q, key, token, ttl, owner, None);
     let (mut renewed, mut errors) = (Vec::new(), Vec::new());
     while renewed.len() < q.majority && renewed.len() + calls.len() >= q.majority {
         let Some((i, answer)) = calls.next().await else {
@@ -352,13 +359,7 @@ pub(super) async fn repeat(
             None if q.fencing => match fencing::settle(q, key, token, ttl, &renewed).await {
                 Ok(fence) => Some(fence),
                 // Nothing is given back: the hold stands as it was.
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    return Err(BackendError::new(
-                        BackendErrorKind::Unavailable,
-                        e.message().to_owned(),
-                    ))
-                }
+                Err(e) => return Err(transient(e)),
             },
             None => Some(0),
         }
@@ -377,11 +378,17 @@ pub(super) async fn repeat(
         q.members.len(),
         q.majority
     );
-    let mut e = combine("acquire", &summary, &errors);
-    if !e.is_transient() {
-        e = BackendError::new(BackendErrorKind::Unavailable, e.message().to_owned());
+    Err(transient(combine("acquire", &summary, &errors)))
+}
+
+/// `e`, as an `Unavailable` error if its kind is not transient: a repeat
+/// that could not renew leaves the hold as it was, and trying again is
+/// right.
+fn transient(e: BackendError) -> BackendError {
+    if e.is_transient() {
+        return e;
     }
-    Err(e)
+    BackendError::new(BackendErrorKind::Unavailable, e.message().to_owned())
 }
 
 /// The answer of an acquisition that found no majority: `Ok(Held)` when

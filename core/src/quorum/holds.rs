@@ -42,7 +42,7 @@ struct State {
     /// By (a hash of the encoded key, the token): no allocation per hold.
     /// Tokens are random 128-bit values, so an entry cannot be mistaken
     /// for another token's.
-    holds: HashMap<(u64, LockToken), Hold>,
+    holds: HashMap<HoldId, Hold>,
     sweep_at: usize,
 }
 
@@ -55,10 +55,17 @@ struct Hold {
     until: Instant,
 }
 
-fn id(key: &LockKey, token: &LockToken) -> (u64, LockToken) {
-    let mut h = DefaultHasher::new();
-    key.encoded().hash(&mut h);
-    (h.finish(), token.clone())
+/// Which hold: a key and a token, hashed once per acquisition (it is
+/// looked up first, then recorded).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct HoldId(u64, LockToken);
+
+impl HoldId {
+    pub(super) fn new(key: &LockKey, token: &LockToken) -> Self {
+        let mut h = DefaultHasher::new();
+        key.encoded().hash(&mut h);
+        Self(h.finish(), token.clone())
+    }
 }
 
 impl Holds {
@@ -68,22 +75,22 @@ impl Holds {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `Some(fence)` if `key` is held by `token` through this quorum (an
+    /// `Some(fence)` if the key is held by the token through this quorum (an
     /// acquisition it reported, or an extend a majority confirmed) and its
     /// lease may not have ended: the fencing token the quorum handed out
     /// for it, if it did.
-    pub(super) fn held(&self, key: &LockKey, token: &LockToken) -> Option<Option<u64>> {
+    pub(super) fn held(&self, id: &HoldId) -> Option<Option<u64>> {
         let state = self.state();
-        let hold = state.holds.get(&id(key, token))?;
+        let hold = state.holds.get(id)?;
         (hold.until > Instant::now()).then_some(hold.fence)
     }
 
-    /// The quorum reported `key` acquired by `token` with `fence`; the
+    /// The quorum reported the key acquired by the token with `fence`; the
     /// majority's leases end within `keep` from now (the TTL: the holder's
     /// guard counts on less, the TTL minus the drift allowance, from an
     /// earlier instant). A minority may hold it longer (a late answer, a
     /// failed extend): that is no quorum hold.
-    pub(super) fn acquired(&self, key: &LockKey, token: &LockToken, fence: u64, keep: Duration) {
+    pub(super) fn acquired(&self, id: HoldId, fence: u64, keep: Duration) {
         let now = Instant::now();
         let mut state = self.state();
         if state.holds.len() >= state.sweep_at.max(MIN_SWEEP_LEN) {
@@ -92,7 +99,7 @@ impl Holds {
         }
         let until = now + keep;
         let fence = Some(fence);
-        state.holds.insert(id(key, token), Hold { fence, until });
+        state.holds.insert(id, Hold { fence, until });
     }
 
     /// A majority extended the hold: its leases now end within `keep`
@@ -103,7 +110,7 @@ impl Holds {
         let until = Instant::now() + keep;
         self.state()
             .holds
-            .entry(id(key, token))
+            .entry(HoldId::new(key, token))
             .and_modify(|hold| hold.until = until)
             .or_insert(Hold { fence: None, until });
     }
@@ -113,7 +120,7 @@ impl Holds {
     /// and the quorum answered it with `fence`.
     pub(super) fn renewed(&self, key: &LockKey, token: &LockToken, fence: u64, keep: Duration) {
         let until = Instant::now() + keep;
-        if let Some(hold) = self.state().holds.get_mut(&id(key, token)) {
+        if let Some(hold) = self.state().holds.get_mut(&HoldId::new(key, token)) {
             hold.until = hold.until.max(until);
             hold.fence = Some(fence);
         }
@@ -121,6 +128,6 @@ impl Holds {
 
     /// The hold ended: released, given back, or found not held.
     pub(super) fn ended(&self, key: &LockKey, token: &LockToken) {
-        self.state().holds.remove(&id(key, token));
+        self.state().holds.remove(&HoldId::new(key, token));
     }
 }
