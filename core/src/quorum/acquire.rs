@@ -36,6 +36,8 @@ struct Tally {
     /// (member, fencing token) of uncounted members that acquired: held,
     /// given back like the others, but not part of the majority.
     spare: Vec<(usize, u64)>,
+    /// Members whose answer had not come when the outcome was decided.
+    unheard: usize,
 }
 
 impl Tally {
@@ -207,6 +209,7 @@ pub(super) async fn acquire_queued(
             }
         }
         note(q, key, &tally);
+        tally.unheard = calls.len();
         let gate_won = gate.is_some_and(|g| tally.acquired.iter().any(|&(i, _)| i == g));
         let split = !tally.acquired.is_empty() && tally.held > 0 && tally.errors.len() < q.majority;
         let retried = if split && gate_won {
@@ -409,24 +412,35 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
     }
     if q.members.len() - lost.len() < q.majority {
         lost.sort_unstable();
-        return Err(BackendError::new(
-            BackendErrorKind::Unavailable,
-            format!(
-                "quorum acquire: members {lost:?} cannot count for this token (an earlier \
-                 give-back of it there has an unknown outcome, or they refuse it as given \
-                 back), which leaves fewer than a majority of {}; a new token can win",
-                q.majority
-            ),
-        )
-        .with_needs_new_token(true));
+        // The members' own errors of this attempt come first: they are the
+        // news (an outage), the token's state only explains the kind.
+        let mut message = format!(
+            "quorum acquire: {} of {} members failed this attempt and members {lost:?} \
+             cannot count for this token (an earlier give-back of it there has an \
+             unknown outcome, or they refuse it as given back), which leaves fewer than \
+             a majority of {}; a new token can win",
+            tally.errors.len(),
+            q.members.len(),
+            q.majority
+        );
+        for (i, e) in &tally.errors {
+            message.push_str(&format!("; member {i}: {e}"));
+        }
+        return Err(
+            BackendError::new(BackendErrorKind::Unavailable, message).with_needs_new_token(true)
+        );
     }
     if tally.held > 0 && tally.errors.len() < q.majority {
         return Ok(Acquire::Held {
             remaining: tally.remaining,
         });
     }
+    let unheard = match tally.unheard {
+        0 => String::new(),
+        n => format!(", {n} not heard yet"),
+    };
     let summary = format!(
-        "{} of {} members acquired, {} hold it, {} failed; a majority is {}",
+        "{} of {} members acquired, {} hold it, {} failed{unheard}; a majority is {}",
         tally.acquired.len(),
         q.members.len(),
         tally.held,
