@@ -113,6 +113,14 @@ impl LockGuard {
         self.lease.is_held()
     }
 
+    /// True once the lease is known lost (taken away, or its deadline
+    /// passed while held); see [`Lease::is_lost`]. Not the opposite of
+    /// [`is_valid`](LockGuard::is_valid): a lease that ended normally is
+    /// neither.
+    pub fn is_lost(&self) -> bool {
+        self.lease.is_lost()
+    }
+
     /// A `'static` view of the lease to hand to the critical section.
     pub fn lease(&self) -> Lease {
         self.lease.clone()

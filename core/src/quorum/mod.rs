@@ -139,9 +139,14 @@ use crate::token::LockToken;
 ///   as free (an error instead would fail every `inspect` during a
 ///   minority outage whenever the others disagree). An error if fewer than
 ///   a majority answered.
-/// - [`watch`](LockBackend::watch): any member's release notification
-///   wakes the quorum's waiters; members without notifications are polled
-///   by the waiter's backoff.
+/// - [`watch`](LockBackend::watch): release notifications from a
+///   **majority** of members (arriving less than a second apart; while the
+///   key is contended, the gate member's among them) wake one of the
+///   quorum's waiters. A release frees a majority; a single member's
+///   release is usually a failed attempt's give-back, and waking on it
+///   would start a storm of useless retries while the holder keeps the
+///   lock. Members without notifications are polled by the waiter's
+///   backoff.
 /// - [`capabilities`](LockBackend::capabilities): what **all** members
 ///   offer; `fencing` needs every member to have fencing and (with more
 ///   than one member) [`raise_fence`](LockBackend::raise_fence). A quorum
@@ -370,8 +375,9 @@ impl LockBackend for Quorum {
         ops::inspect(&self.inner, key).await
     }
 
-    /// With one member, that member's. With several, a watch woken by any
-    /// member's release notification when **every** member sends them (the
+    /// With one member, that member's. With several, a watch woken by
+    /// release notifications from a majority of members (see
+    /// [`Quorum`]) when **every** member sends them (the
     /// quorum's [`Capabilities::release_notify`]); otherwise `None`, and a
     /// waiting [`Locker`](crate::Locker) polls with its backoff (found by a
     /// backend author's trial: a watch came back while the capability said

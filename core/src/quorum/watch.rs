@@ -1,5 +1,5 @@
-//! Release notifications of a quorum: any member's release wakes the
-//! quorum's waiters.
+//! Release notifications of a quorum: releases seen on a majority of
+//! members wake the quorum's waiters.
 //!
 //! The quorum has its own [`ReleaseHub`]. The first waiter of a key
 //! registers with every member that notifies, and a forwarding task turns
