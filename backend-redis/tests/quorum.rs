@@ -1,6 +1,8 @@
 //! The distlock conformance suite against quorums of real Redis servers:
 //! three servers, five servers, two live servers plus one address where
-//! nothing listens, and three servers without the line of waiters (the
+//! nothing listens (listed last, and listed first, where it would be the
+//! gate of contended keys until its first failure moves the role on),
+//! and three servers without the line of waiters (the
 //! quorum's waiters then watch every member's release events, as over
 //! backends that have no line). Every case must pass on each.
 
@@ -26,26 +28,35 @@ fn servers() -> &'static [RedisServer] {
 /// A loopback address where nothing listens: connections are refused.
 const UNREACHABLE: &str = "redis://127.0.0.1:1";
 
-/// A quorum of `LIVE` servers, plus the unreachable address if `DOWN`;
-/// members keep the line of waiters if `LINE`.
-struct QuorumHarness<const LIVE: usize, const DOWN: bool, const LINE: bool = true>;
+/// A quorum of `LIVE` servers, plus the unreachable address if `DOWN`
+/// (first in the member list if `DOWN_FIRST`, else last); members keep the
+/// line of waiters if `LINE`.
+struct QuorumHarness<
+    const LIVE: usize,
+    const DOWN: bool,
+    const LINE: bool = true,
+    const DOWN_FIRST: bool = false,
+>;
 
-impl<const LIVE: usize, const DOWN: bool, const LINE: bool> QuorumHarness<LIVE, DOWN, LINE> {
+impl<const LIVE: usize, const DOWN: bool, const LINE: bool, const DOWN_FIRST: bool>
+    QuorumHarness<LIVE, DOWN, LINE, DOWN_FIRST>
+{
     fn urls(&self) -> Vec<String> {
         let mut urls: Vec<String> = servers()[..LIVE]
             .iter()
             .map(|s| s.url().to_owned())
             .collect();
         if DOWN {
-            urls.push(UNREACHABLE.to_owned());
+            let at = if DOWN_FIRST { 0 } else { urls.len() };
+            urls.insert(at, UNREACHABLE.to_owned());
         }
         urls
     }
 }
 
 #[distlock_conformance::async_trait]
-impl<const LIVE: usize, const DOWN: bool, const LINE: bool> Harness
-    for QuorumHarness<LIVE, DOWN, LINE>
+impl<const LIVE: usize, const DOWN: bool, const LINE: bool, const DOWN_FIRST: bool> Harness
+    for QuorumHarness<LIVE, DOWN, LINE, DOWN_FIRST>
 {
     type Backend = Quorum;
 
@@ -106,6 +117,11 @@ mod five {
 mod two_live_one_unreachable {
     use super::*;
     distlock_conformance::suite!(QuorumHarness<2, true>);
+}
+
+mod one_unreachable_then_two_live {
+    use super::*;
+    distlock_conformance::suite!(QuorumHarness<2, true, true, true>);
 }
 
 mod three_without_line {

@@ -17,6 +17,7 @@ use distlock::{
     RaiseFence, ReleaseWatch,
 };
 use distlock_conformance::fenced::FencedResource;
+use distlock_conformance::history::{check, Hold, HolderId, Stamp};
 use distlock_redis::testkit::{ProcessOptions, RedisServer};
 use distlock_redis::{
     LockBackend, LockKey, LockOptions, LockToken, Locker, RedisBackend, RedisConfig, Release,
@@ -83,7 +84,10 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
         .unwrap();
     let first = held.fence();
     let waiting = {
-        let (waiter, name, opts) = (waiter.clone(), name.clone(), opts.clone());
+        let (waiter, name) = (waiter.clone(), name.clone());
+        let opts = opts
+            .clone()
+            .with_retry(Duration::from_secs(10), Duration::from_secs(10));
         tokio::spawn(async move { waiter.lock_with(&name, |_| opts.clone()).await })
     };
     servers[0].pause();
@@ -96,10 +100,19 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
     assert!(holder.inspect(&name).await.unwrap().held);
 
     assert_eq!(held.release().await.unwrap(), Release::Released);
+    let released_at = Instant::now();
     let taken = bounded("the waiter's lock", waiting)
         .await
         .unwrap()
         .unwrap();
+    // Woken by the release events of the two live members, not by its
+    // backoff (10 s between attempts): within the member timeout (1 s, a
+    // call to the paused member) and some slack for a loaded machine.
+    let waited = released_at.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "the waiter took over {waited:?} after the release"
+    );
     assert!(taken.fence() > first, "{} after {first}", taken.fence());
     servers[0].unpause();
     let second = taken.fence();
@@ -264,6 +277,26 @@ async fn a_slow_member_counts_against_the_majority_but_never_blocks() {
             start.elapsed()
         );
     }
+
+    // Now the slow member's vote is needed: member 2 stops answering. The
+    // slow member counts as failed once the member timeout passes, so there
+    // is no majority, and the call ends long before the slow answer would
+    // come.
+    servers[2].pause();
+    let start = Instant::now();
+    let outcome = bounded("try_lock", locker.try_lock_with(&name, |_| opts.clone())).await;
+    let took = start.elapsed();
+    servers[2].unpause();
+    if let Ok(Some(guard)) = &outcome {
+        panic!(
+            "acquired with only one member answering in time (fence {})",
+            guard.fence()
+        );
+    }
+    assert!(
+        took < slow_by,
+        "the call waited for the slow member's answer: {took:?} ({outcome:?})"
+    );
 }
 
 /// A different member is paused for every acquisition, so consecutive
@@ -272,17 +305,27 @@ async fn a_slow_member_counts_against_the_majority_but_never_blocks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fences_increase_when_a_different_member_fails_each_time() {
     let servers = servers(3);
-    let locker = Locker::new(quorum(&servers));
+    // Two clients (quorums of their own) take turns, and the history of
+    // their holds is checked as the stress tests' is.
+    let lockers = [Locker::new(quorum(&servers)), Locker::new(quorum(&servers))];
     let name = unique("rotate");
     let opts = LockOptions::default().with_ttl(Duration::from_secs(10));
     let mut last = 0;
+    let mut holds = Vec::new();
     for round in 0..9 {
+        let locker = &lockers[round % 2];
         let down = &servers[round % 3];
         down.pause();
+        let sent = Stamp::now();
         let guard = bounded("try_lock", locker.try_lock_with(&name, |_| opts.clone()))
             .await
             .unwrap()
             .expect("two live members grant it");
+        let holder = HolderId {
+            process: (round % 2) as u32,
+            task: 0,
+        };
+        let mut hold = Hold::from_guard(holder, sent, Stamp::now(), &guard);
         assert!(
             guard.fence() > last,
             "round {round}: {} after {last}",
@@ -297,8 +340,13 @@ async fn fences_increase_when_a_different_member_fails_each_time() {
         // waits for the first member's answer, so with the old order the
         // test depended on the resume beating a new connection's handshake.)
         down.unpause();
+        hold.before_release(&guard);
         assert_eq!(guard.release().await.unwrap(), Release::Released);
+        holds.push(hold);
     }
+    let report = check(&holds);
+    assert_eq!(report.total_holds(), 9);
+    assert!(report.is_clean(), "{report}");
 }
 
 /// A failed attempt gives back, in the background, a member that had not
@@ -351,4 +399,117 @@ async fn a_late_give_back_never_deletes_the_next_attempt_of_the_same_token() {
 
 async fn direct_call<T>(call: impl Future<Output = Result<T, distlock::BackendError>>) -> T {
     bounded("a direct member call", call).await.unwrap()
+}
+
+/// Two members on one Redis server (here: two database numbers of it)
+/// would count one server twice toward the majority: refused, as the
+/// server's identity (its address) is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_on_one_server_are_refused() {
+    let servers = servers(2);
+    let url = servers[0].url();
+    let members = [
+        RedisBackend::from_url(url).unwrap(),
+        RedisBackend::from_url(&format!("{url}/1")).unwrap(),
+        RedisBackend::from_url(servers[1].url()).unwrap(),
+    ];
+    match Quorum::new(members) {
+        Err(distlock::QuorumError::DuplicateMember { first, second, .. }) => {
+            assert_eq!((first, second), (0, 1));
+        }
+        other => panic!("expected DuplicateMember, got {other:?}"),
+    }
+}
+
+/// A "server" that answers every request with bytes that are not RESP
+/// (a wrong port, a proxy speaking another protocol).
+fn garbage_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// A member that answers protocol garbage counts against the majority:
+/// with two real servers beside it the lock works (fences still
+/// increase); with two garbage members there is no majority, and the
+/// answer is a typed error, quickly, with nothing left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_answer_protocol_garbage_count_against_the_majority() {
+    let servers = servers(2);
+    let garbage = [garbage_server(), garbage_server()];
+    let backend = |url: &str| -> std::sync::Arc<dyn LockBackend> {
+        std::sync::Arc::new(
+            RedisBackend::from_config(
+                &RedisConfig::new(url)
+                    .with_connect_timeout(Duration::from_millis(500))
+                    .with_command_timeout(Duration::from_millis(500))
+                    .with_pool_wait_timeout(Duration::from_millis(300)),
+            )
+            .expect("a valid URL"),
+        )
+    };
+    let config = QuorumConfig::default().with_member_timeout(Duration::from_secs(2));
+    let one_bad = Quorum::with_config(
+        [
+            backend(servers[0].url()),
+            backend(&garbage[0]),
+            backend(servers[1].url()),
+        ],
+        config.clone(),
+    )
+    .unwrap();
+    let locker = Locker::new(one_bad);
+    let name = unique("garbage");
+    let mut last = 0;
+    for _ in 0..3 {
+        let guard = bounded("lock", locker.lock(&name)).await.unwrap();
+        assert!(guard.fence() > last);
+        last = guard.fence();
+        assert_eq!(guard.release().await.unwrap(), Release::Released);
+    }
+
+    let two_bad = Quorum::with_config(
+        [
+            backend(servers[0].url()),
+            backend(&garbage[0]),
+            backend(&garbage[1]),
+        ],
+        config,
+    )
+    .unwrap();
+    let key = LockKey::new("", unique("garbage-majority")).unwrap();
+    let start = Instant::now();
+    let e = bounded(
+        "acquire",
+        two_bad.try_acquire(&key, &LockToken::generate(), Duration::from_secs(10), None),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        e.message().contains("member 1") && e.message().contains("member 2"),
+        "both bad members are named: {e}"
+    );
+    assert_eq!(e.kind(), distlock::BackendErrorKind::Protocol, "{e}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let info = direct_call(member(&servers[0]).inspect(&key)).await;
+    assert!(!info.held, "the real member's partial hold was given back");
 }

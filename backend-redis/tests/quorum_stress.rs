@@ -12,8 +12,9 @@
 //! `history::check`: there must be **no fence-order violation** in either
 //! run; overlapping holds are printed for both runs (a restart without
 //! persistence may let a second client in, which is what fencing is for)
-//! and must be absent from the run without the restart. Run with
-//! `--nocapture` to see the figures.
+//! and must be absent from the run without the restart; both runs' figures
+//! are written to stderr (shown by `cargo test` whether or not the test
+//! passes). The restart must fall inside the run: holds before and after.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use distlock::Quorum;
 use distlock_conformance::history::{
-    check, stress_streaming, BoxError, Hold, SharedCounter, StressConfig,
+    check, stress_streaming, BoxError, Hold, SharedCounter, Stamp, StressConfig,
 };
 use distlock_redis::redis::AsyncCommands;
 use distlock_redis::testkit::{ProcessOptions, RedisServer};
@@ -123,8 +124,10 @@ fn quorum_stress_worker() {
 }
 
 /// Runs the children against `servers`; with `restart`, stops and
-/// restarts `servers[1]` (no persistence) a third into the run.
-fn run(servers: &[RedisServer], restart: bool) -> Vec<Hold> {
+/// restarts `servers[1]` (no persistence) a third into the run. Returns
+/// the holds and, with `restart`, when the member went down and when it
+/// was back.
+fn run(servers: &[RedisServer], restart: bool) -> (Vec<Hold>, Option<(Stamp, Stamp)>) {
     let urls: Vec<&str> = servers.iter().map(|s| s.url()).collect();
     let run = format!("{}-{}-{restart}", std::process::id(), rand_suffix());
     let children: Vec<_> = (0..PROCESSES)
@@ -147,11 +150,14 @@ fn run(servers: &[RedisServer], restart: bool) -> Vec<Hold> {
                 .expect("spawning a worker")
         })
         .collect();
+    let mut outage = None;
     if restart {
         std::thread::sleep(CHILD_BUDGET / 3);
+        let down = Stamp::now();
         servers[1].stop();
         std::thread::sleep(Duration::from_millis(500));
         servers[1].restart();
+        outage = Some((down, Stamp::now()));
     }
     let started = Instant::now();
     let mut holds = Vec::new();
@@ -169,7 +175,20 @@ fn run(servers: &[RedisServer], restart: bool) -> Vec<Hold> {
         );
         assert!(child.wait().expect("wait").success(), "a worker failed");
     }
-    holds
+    (holds, outage)
+}
+
+/// Shown whether or not the test passes (the test harness hides what a
+/// passing test prints with `println!`).
+fn report(what: &str, report: &distlock_conformance::history::Report) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "quorum stress {what}: {} holds, {} overlaps, {} fence-order violations",
+        report.total_holds(),
+        report.overlaps(),
+        report.fence_violations()
+    );
 }
 
 fn rand_suffix() -> u128 {
@@ -184,21 +203,22 @@ fn quorum_stress_across_processes_with_a_member_restart() {
         .map(|_| RedisServer::start_process(ProcessOptions::new()))
         .collect();
 
-    let calm = check(&run(&servers, false));
-    println!(
-        "without restart: {} holds, {} overlaps, {} fence-order violations",
-        calm.total_holds(),
-        calm.overlaps(),
-        calm.fence_violations()
-    );
-    let restarted = check(&run(&servers, true));
-    println!(
-        "with a member restarted mid-run: {} holds, {} overlaps, {} fence-order violations",
-        restarted.total_holds(),
-        restarted.overlaps(),
-        restarted.fence_violations()
-    );
+    let (holds, _) = run(&servers, false);
+    let calm = check(&holds);
+    report("without restart", &calm);
+    let (holds, outage) = run(&servers, true);
+    let restarted = check(&holds);
+    report("with a member restarted mid-run", &restarted);
     assert!(calm.total_holds() > 0 && restarted.total_holds() > 0);
     assert!(calm.is_clean(), "{calm}");
     assert_eq!(restarted.fence_violations(), 0, "{restarted}");
+    // The restart fell inside the run: locks were taken before the member
+    // went down and after it was back.
+    let (down, back) = outage.expect("the second run restarts a member");
+    let before = holds.iter().filter(|h| h.acquired < down).count();
+    let after = holds.iter().filter(|h| h.acquire_sent > back).count();
+    assert!(
+        before > 0 && after > 0,
+        "{before} holds before the restart, {after} after: it did not fall inside the run"
+    );
 }
