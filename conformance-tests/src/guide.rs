@@ -331,6 +331,24 @@
 //! must forward both methods too (or report `waiter_queue: false`), or its
 //! waiters keep calling the plain methods and never line up.
 //!
+//! # 7b. Taking part in a quorum (optional)
+//!
+//! [`Quorum`](distlock::Quorum) takes one lock on several independent
+//! backends and hands out the highest member fence of the acquiring
+//! majority after raising the others to it, so your backend takes part in
+//! quorum fencing only with
+//! [`raise_fence`](distlock::LockBackend::raise_fence) (set
+//! [`Capabilities::raise_fence`](distlock::Capabilities)); without it a
+//! quorum of several members reports `fencing: false` (or refuses to be
+//! built with `QuorumConfig::require_fencing`). The rules are in the
+//! method's docs (only while the token holds the key; the counter never
+//! goes down; above `MAX_FENCE` is a `Config` error) and the conformance
+//! case `raise_fence_lifts_the_counter` checks them. Also implement
+//! [`identity`](distlock::LockBackend::identity) (the server or store the
+//! backend talks to, such as `host:port`), so that a quorum refuses the
+//! same server listed twice. Then run the suite over a quorum of your
+//! backends too (see `conformance-tests/tests/quorum_memory.rs`).
+//!
 //! # 8. Stress and history
 //!
 //! [`history::stress`](crate::history::stress) runs many tasks over a few
