@@ -501,29 +501,16 @@ async fn ordered(
         }
         let mut tries = 0;
         loop {
-            let answer =
-                tokio::time::timeout(limit, member.try_acquire(key, token, ttl, owner)).await;
+            let answer = bounded(limit, member.try_acquire(key, token, ttl, owner)).await;
             match answer {
-                Ok(Ok(Acquire::Acquired { fence })) => tally.won(i, fence),
-                Ok(Ok(Acquire::Held { remaining })) => {
-                    if !tally.acquired.is_empty() && tries < ORDERED_RETRIES {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
-                        continue;
-                    }
-                    tally.held += 1;
-                    if let Some(r) = remaining {
-                        tally.remaining = Some(tally.remaining.map_or(r, |m| m.min(r)));
-                    }
+                Ok(Acquire::Held { .. })
+                    if !tally.acquired.is_empty() && tries < ORDERED_RETRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(2u64 << tries)).await;
+                    continue;
                 }
-                Ok(Err(e)) => tally.errors.push((i, e)),
-                Err(_) => tally.errors.push((
-                    i,
-                    BackendError::new(
-                        BackendErrorKind::Timeout,
-                        format!("no answer within the member timeout {limit:?}"),
-                    ),
-                )),
+                answer => tally.count(i, answer),
             }
             break;
         }
