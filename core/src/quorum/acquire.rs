@@ -412,8 +412,8 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
     }
     if q.members.len() - lost.len() < q.majority {
         lost.sort_unstable();
-        // The members' own errors of this attempt come first: they are the
-        // news (an outage), the token's state only explains the kind.
+        // The members' own errors of this attempt are the news (an
+        // outage); the token's state only explains the kind.
         let mut message = format!(
             "quorum acquire: {} of {} members failed this attempt and members {lost:?} \
              cannot count for this token (an earlier give-back of it there has an \

@@ -140,13 +140,15 @@ use crate::token::LockToken;
 ///   minority outage whenever the others disagree). An error if fewer than
 ///   a majority answered.
 /// - [`watch`](LockBackend::watch): release notifications from a
-///   **majority** of members (arriving less than a second apart; while the
-///   key is contended, the gate member's among them) wake one of the
-///   quorum's waiters. A release frees a majority; a single member's
-///   release is usually a failed attempt's give-back, and waking on it
-///   would start a storm of useless retries while the holder keeps the
-///   lock. Members without notifications are polled by the waiter's
-///   backoff.
+///   **majority** of members (each less than a second after the one
+///   before; while the key is contended, the gate member's among them, or
+///   else after a quiet second) wake one of the quorum's watchers. A
+///   release frees a majority; a single member's release is usually a
+///   failed attempt's give-back, and waking on it would start a storm of
+///   useless retries while the holder keeps the lock. Members without
+///   notifications are polled by the waiter's backoff. A waiting `lock()`
+///   over members that keep a line of waiters is woken by the gate's
+///   handover instead (see [`Quorum::watch_queued`]).
 /// - [`capabilities`](LockBackend::capabilities): what **all** members
 ///   offer; `fencing` needs every member to have fencing and (with more
 ///   than one member) [`raise_fence`](LockBackend::raise_fence). A quorum
