@@ -12,7 +12,7 @@ use crate::key::LockKey;
 use crate::options::LockOptions;
 use crate::releaser::{PendingRelease, Releaser};
 use crate::token::LockToken;
-use crate::wait::{counted, refresh_period, retry_while_waiting, within, Backoff, Turn, Turns};
+use crate::wait::{refresh_period, registered, retry_while_waiting, within, Backoff, Turn, Turns};
 
 /// Takes named locks through a backend. Cheap to clone; clones share the
 /// backend, the background releases and the queue of local waiters.
@@ -266,10 +266,7 @@ impl<B: LockBackend> Locker<B> {
             // lock now: register before the first attempt, so that a failed
             // attempt needs no immediate retry (one round trip less per
             // handoff between tasks of one process).
-            watch = within(bound, self.inner.backend.watch(key))
-                .await
-                .ok_or_else(timed_out)?
-                .map_err(|e| counted(key, e))?;
+            watch = registered(key, bound, self.inner.backend.watch(key), timed_out).await?;
         }
         let mut backoff = Backoff::new(opts.retry_min, opts.retry_max);
         // The last transient error of an attempt, while no later attempt
@@ -313,10 +310,7 @@ impl<B: LockBackend> Locker<B> {
             if watch.is_none() {
                 // Register before the next attempt so no release is missed;
                 // an immediate retry covers a release in between.
-                watch = within(bound, self.inner.backend.watch(key))
-                    .await
-                    .ok_or_else(timed_out)?
-                    .map_err(|e| counted(key, e))?;
+                watch = registered(key, bound, self.inner.backend.watch(key), timed_out).await?;
                 if watch.is_some() {
                     continue;
                 }
@@ -380,10 +374,13 @@ impl<B: LockBackend> Locker<B> {
         let mut watch = None;
         if hot {
             let waiter = waiter.get_or_insert_with(new_waiter);
-            watch = within(bound, inner.backend.watch_queued(key, waiter))
-                .await
-                .ok_or_else(timed_out)?
-                .map_err(|e| counted(key, e))?;
+            watch = registered(
+                key,
+                bound,
+                inner.backend.watch_queued(key, waiter),
+                timed_out,
+            )
+            .await?;
         }
         // Armed for the whole call: from the first request on, the token
         // may hold the lock (taken, or handed over) or a place in line.
@@ -465,10 +462,13 @@ impl<B: LockBackend> Locker<B> {
                         // the line (a cold first call did not), and covers
                         // a handover in between.
                         let waiter = waiter.get_or_insert_with(new_waiter);
-                        watch = within(bound, inner.backend.watch_queued(key, waiter))
-                            .await
-                            .ok_or_else(timed_out)?
-                            .map_err(|e| counted(key, e))?;
+                        watch = registered(
+                            key,
+                            bound,
+                            inner.backend.watch_queued(key, waiter),
+                            timed_out,
+                        )
+                        .await?;
                         if watch.is_some() || plain {
                             continue;
                         }

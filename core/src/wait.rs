@@ -57,13 +57,26 @@ pub(crate) async fn within<T>(
     }
 }
 
-/// A backend error of a waiting `lock()`'s registration for release
-/// events, counted where it happens, as every failed call of a wait is
-/// (`telemetry::wait_error`).
-pub(crate) fn counted(key: &crate::LockKey, e: crate::BackendError) -> crate::LockError {
-    let e = crate::LockError::from(e);
-    crate::telemetry::wait_error(key, &e, false);
-    e
+/// A waiting `lock()`'s registration for release events (`watch` or
+/// `watch_queued`), bounded by the wait `deadline`: `timed_out()` when cut
+/// off there, and a backend error counted where it happens, as every
+/// failed call of a wait is (`telemetry::wait_error`).
+pub(crate) async fn registered(
+    key: &crate::LockKey,
+    deadline: Option<tokio::time::Instant>,
+    registration: impl std::future::Future<
+        Output = Result<Option<crate::ReleaseWatch>, crate::BackendError>,
+    >,
+    timed_out: impl FnOnce() -> crate::LockError,
+) -> Result<Option<crate::ReleaseWatch>, crate::LockError> {
+    within(deadline, registration)
+        .await
+        .ok_or_else(timed_out)?
+        .map_err(|e| {
+            let e = crate::LockError::from(e);
+            crate::telemetry::wait_error(key, &e, false);
+            e
+        })
 }
 
 /// Whether a failed attempt of a waiting call ([`Locker::lock`]) is worth
