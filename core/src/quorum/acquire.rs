@@ -414,18 +414,18 @@ fn failure(q: &Inner, tally: Tally) -> Result<Acquire, BackendError> {
         lost.sort_unstable();
         // The members' own errors of this attempt are the news (an
         // outage); the token's state only explains the kind.
-        let mut message = format!(
-            "quorum acquire: {} of {} members failed this attempt and members {lost:?} \
-             cannot count for this token (an earlier give-back of it there has an \
-             unknown outcome, or they refuse it as given back), which leaves fewer than \
-             a majority of {}; a new token can win",
+        let summary = format!(
+            "{} of {} members failed this attempt and members {lost:?} cannot count for \
+             this token (an earlier give-back of it there has an unknown outcome, or they \
+             refuse it as given back), which leaves fewer than a majority of {}; a new \
+             token can win",
             tally.errors.len(),
             q.members.len(),
             q.majority
         );
-        for (i, e) in &tally.errors {
-            message.push_str(&format!("; member {i}: {e}"));
-        }
+        let message = combine("acquire", &summary, &tally.errors)
+            .message()
+            .to_owned();
         return Err(
             BackendError::new(BackendErrorKind::Unavailable, message).with_needs_new_token(true)
         );
