@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use distlock::{
-    async_trait, Acquire, BackendError, Capabilities, Extend, LockInfo, Quorum, QuorumConfig,
-    RaiseFence, ReleaseWatch,
+    async_trait, Acquire, BackendError, Capabilities, Extend, LockError, LockGuard, LockInfo,
+    Quorum, QuorumConfig, RaiseFence, ReleaseWatch,
 };
 use distlock_conformance::fenced::FencedResource;
 use distlock_conformance::history::{check, Hold, HolderId, Stamp};
@@ -49,18 +49,39 @@ fn servers(n: usize) -> Vec<RedisServer> {
 }
 
 fn member(server: &RedisServer) -> RedisBackend {
-    RedisBackend::from_config(
-        &RedisConfig::new(server.url())
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_command_timeout(Duration::from_millis(500))
-            .with_pool_wait_timeout(Duration::from_millis(300)),
-    )
-    .expect("a valid test URL")
+    backend(&config(server.url()))
+}
+
+/// A member's settings: short timeouts, so a dead member fails fast.
+fn config(url: &str) -> RedisConfig {
+    RedisConfig::new(url)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_command_timeout(Duration::from_millis(500))
+        .with_pool_wait_timeout(Duration::from_millis(300))
+}
+
+fn backend(config: &RedisConfig) -> RedisBackend {
+    RedisBackend::from_config(config).expect("a valid test URL")
 }
 
 /// A new client: a quorum of new backends of `servers`.
 fn quorum(servers: &[RedisServer]) -> Quorum {
     Quorum::new(servers.iter().map(member)).expect("distinct servers")
+}
+
+/// Releases `held` and waits for the lock `waiting` then gets: that guard,
+/// and how long after the release began the waiter had it.
+async fn release_and_take_over(
+    held: LockGuard,
+    waiting: tokio::task::JoinHandle<Result<LockGuard, LockError>>,
+) -> (LockGuard, Duration) {
+    let released_at = Instant::now();
+    assert_eq!(held.release().await.unwrap(), Release::Released);
+    let taken = bounded("the waiter's lock", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    (taken, released_at.elapsed())
 }
 
 /// One member paused (SIGSTOP) for longer than the TTL, while one client
@@ -96,18 +117,12 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
     assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
     assert!(holder.inspect(&name).await.unwrap().held);
 
-    let released_at = Instant::now();
-    assert_eq!(held.release().await.unwrap(), Release::Released);
-    let taken = bounded("the waiter's lock", waiting)
-        .await
-        .unwrap()
-        .unwrap();
+    let (taken, waited) = release_and_take_over(held, waiting).await;
     // A prompt takeover: the release itself may wait up to the member
     // timeout (1 s) for the paused gate member, then the waiter (in the
     // gate's line, calling about every 170 ms) takes over; the rest is
     // slack for a loaded machine. That release events wake a waiter is
     // `a_release_event_wakes_a_quorum_waiter_over_redis`.
-    let waited = released_at.elapsed();
     assert!(
         waited < Duration::from_secs(3),
         "the waiter took over {waited:?} after the release began"
@@ -134,15 +149,8 @@ async fn a_member_paused_longer_than_the_ttl_while_held_and_waited_on() {
 async fn a_release_event_wakes_a_quorum_waiter_over_redis() {
     let servers = servers(3);
     let name = unique("wake");
-    let without_line = |server: &RedisServer| {
-        RedisBackend::from_config(
-            &RedisConfig::new(server.url())
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_command_timeout(Duration::from_millis(500))
-                .with_waiter_queue(false),
-        )
-        .expect("a valid test URL")
-    };
+    let without_line =
+        |server: &RedisServer| backend(&config(server.url()).with_waiter_queue(false));
     let holder = Locker::new(quorum(&servers));
     let waiter = Locker::new(Quorum::new(servers.iter().map(without_line)).unwrap());
     // A long lease, so the waiter's sleep is not cut short by the holder's
@@ -166,13 +174,7 @@ async fn a_release_event_wakes_a_quorum_waiter_over_redis() {
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished(), "the lock is held: the waiter waits");
-    let released_at = Instant::now();
-    assert_eq!(held.release().await.unwrap(), Release::Released);
-    let taken = bounded("the waiter's lock", waiting)
-        .await
-        .unwrap()
-        .unwrap();
-    let waited = released_at.elapsed();
+    let (taken, waited) = release_and_take_over(held, waiting).await;
     assert!(
         waited < Duration::from_secs(5),
         "woken by the release events, not the 10 s backoff: took {waited:?}"
@@ -513,23 +515,15 @@ fn garbage_server() -> String {
 async fn members_that_answer_protocol_garbage_count_against_the_majority() {
     let servers = servers(2);
     let garbage = [garbage_server(), garbage_server()];
-    let backend = |url: &str| -> std::sync::Arc<dyn LockBackend> {
-        std::sync::Arc::new(
-            RedisBackend::from_config(
-                &RedisConfig::new(url)
-                    .with_connect_timeout(Duration::from_millis(500))
-                    .with_command_timeout(Duration::from_millis(500))
-                    .with_pool_wait_timeout(Duration::from_millis(300)),
-            )
-            .expect("a valid URL"),
-        )
+    let shared = |url: &str| -> std::sync::Arc<dyn LockBackend> {
+        std::sync::Arc::new(backend(&config(url)))
     };
     let config = QuorumConfig::default().with_member_timeout(Duration::from_secs(2));
     let one_bad = Quorum::with_config(
         [
-            backend(servers[0].url()),
-            backend(&garbage[0]),
-            backend(servers[1].url()),
+            shared(servers[0].url()),
+            shared(&garbage[0]),
+            shared(servers[1].url()),
         ],
         config.clone(),
     )
@@ -546,9 +540,9 @@ async fn members_that_answer_protocol_garbage_count_against_the_majority() {
 
     let two_bad = Quorum::with_config(
         [
-            backend(servers[0].url()),
-            backend(&garbage[0]),
-            backend(&garbage[1]),
+            shared(servers[0].url()),
+            shared(&garbage[0]),
+            shared(&garbage[1]),
         ],
         config,
     )
