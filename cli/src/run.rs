@@ -141,11 +141,7 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
                 // stage, not lost (found in review: distlock exited 0, the
                 // SIGTERM gone).
                 if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!(
-                        "distlock: {sig} as the command ended; releasing the lock on {:?} \
-                         (at most {RELEASE_TIMEOUT:?}, a second signal gives up on it)",
-                        args.name
-                    );
+                    signal_while_releasing(sig, "as the command ended", &args.name);
                     signalled = Some(sig);
                     break Ok(status);
                 }
@@ -207,11 +203,7 @@ pub async fn run(locker: &Locker<RedisBackend>, args: RunArgs) -> Result<u8, Fai
                         break None;
                     }
                     signalled = Some(sig);
-                    eprintln!(
-                        "distlock: {sig} while releasing the lock on {:?}; finishing the release \
-                         (at most {RELEASE_TIMEOUT:?}, a second signal gives up on it)",
-                        args.name
-                    );
+                    signal_while_releasing(sig, "while releasing", &args.name);
                 }
             }
         }
@@ -391,4 +383,13 @@ impl Signals {
             }
         }
     }
+}
+
+/// Says that `sig` came `when` (as the command ended, or while releasing):
+/// the release goes on, bounded, and a second signal gives up on it.
+fn signal_while_releasing(sig: Signal, when: &str, name: &str) {
+    eprintln!(
+        "distlock: {sig} {when}; finishing the release of the lock on {name:?} \
+         (at most {RELEASE_TIMEOUT:?}, a second signal gives up on it)"
+    );
 }
